@@ -1,0 +1,38 @@
+# Set-up on a fresh clone needs only Python 3.11: every target builds .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export RAY_AUTH_MODE ?= disabled
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.25
+
+.PHONY: demo test lint venv dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+demo: venv
+	$(BIN)/kdci-ray sweep tune_configs/quickstart.yaml
+
+test: dev
+	$(BIN)/ruff check kdci_ray tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: dev
+	$(BIN)/ruff check kdci_ray tests benchmarks
+
+clean:
+	rm -rf $(VENV) results

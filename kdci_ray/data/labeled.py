@@ -1,0 +1,44 @@
+"""The labelled data a teacher was trained on, as uint8 tensors normalised on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LabeledData:
+    """Train and test splits as uint8 ``(N, C, H, W)`` images plus int64 labels.
+
+    Students never see ``x_train``: only the teacher trains on it. Everything is scored on the
+    test split. ``mean``/``std`` map ``[0, 1]`` pixels to the models' input range.
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 ``(B, C, H, W)`` -> float model input."""
+        x = images.float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def test_inputs(self) -> tuple[Tensor, Tensor]:
+        return self.normalize(self.x_test), self.y_test

@@ -1,0 +1,8 @@
+"""KDCI: de-confounded data-free KD (Wang et al., CVPR 2024) as a plug-in for any method."""
+
+from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary
+from kdci_ray.kdci.intervention import BackdoorAdjustment
+from kdci_ray.kdci.plugin import KDCI, KDCISettings, attention_entropy, teacher_logits
+
+__all__ = ["KDCI", "BackdoorAdjustment", "ConfounderDictionary", "KDCISettings",
+           "attention_entropy", "build_dictionary", "teacher_logits"]

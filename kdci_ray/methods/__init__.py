@@ -1,0 +1,11 @@
+"""DFKD methods behind one interface (``Method``); the registry maps config names to classes."""
+
+from __future__ import annotations
+
+from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.dafl import DAFL
+from kdci_ray.methods.deepinv import DeepInversion
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (DAFL, DeepInversion)}
+
+__all__ = ["METHODS", "Method", "MethodContext"]

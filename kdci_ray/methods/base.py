@@ -1,0 +1,84 @@
+"""The Method interface every DFKD method implements (after zju-vipa `datafree`'s
+``synthesize()`` / ``sample()`` seam).
+
+The one distillation loop (``kdci_ray.train.task``) drives a method like this::
+
+    for round in range(rounds):
+        method.synthesize(round)                      # update generator / pixels / pool
+        for _ in range(kd_steps):
+            x = method.sample(batch_size)             # substitution data
+            losses = method.student_loss(s_logits, t_logits)   # dict with "loss"
+
+Methods own only what differs: their synthesis, their generator's optimiser and their loss terms.
+They never import ``ray`` or ``kdci_ray.kdci`` (KDCI is a plug-in the loop applies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class MethodContext:
+    """What the loop hands a method. ``wrap`` makes a module data-parallel (DDP) when the loop
+    runs on several ranks, so a method's generator gradients are averaged like the student's."""
+
+    teacher: nn.Module
+    student: nn.Module  # the bare student (never the DDP wrapper)
+    num_classes: int
+    channels: int
+    image_size: int
+    device: torch.device
+    seed: int  # already rank-specific: each rank synthesises its own data
+    rounds: int
+    rank: int = 0
+    world_size: int = 1
+    wrap: Callable[[nn.Module], nn.Module] = lambda m: m
+
+
+class Method:
+    """Base class; subclasses set the class attributes and implement the three calls."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    SMOKE: ClassVar[dict[str, Any]] = {}
+    kdci_k: ClassVar[int] = 8  # default KDCI dictionary size for this method
+    kdci_refresh: ClassVar[str] = "round"  # "round": rebuild each synthesis round; "once"
+
+    @classmethod
+    def kdci_source_size(cls, cfg: Any, world_size: int = 1) -> int:
+        """How many images one KDCI refresh clusters (all ranks together)."""
+        return int(cfg.batch_size) * world_size
+
+    def __init__(self, cfg: Any, ctx: MethodContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.rng = torch.Generator(device="cpu").manual_seed(ctx.seed)
+
+    def synthesize(self, round_idx: int) -> dict[str, float]:
+        """One synthesis round; returns scalar losses to log (the loop prefixes ``synth/``)."""
+        raise NotImplementedError
+
+    def sample(self, batch_size: int) -> Tensor:
+        """A batch of substitution inputs for one KD step (no grad to the generator)."""
+        raise NotImplementedError
+
+    def kdci_source(self) -> Tensor:
+        """Images the KDCI dictionary is built from at a refresh (the latest synthetic data)."""
+        raise NotImplementedError
+
+    def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
+        """Named loss terms for the student step; must contain ``loss`` (the sum that trains)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state

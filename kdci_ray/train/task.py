@@ -1,0 +1,150 @@
+"""The one distillation loop, shared by every DFKD method (runs with or without Ray).
+
+Per round: ``method.synthesize()``; KDCI dictionary refresh when enabled (every round for
+generation-based methods, once for sampling-based ones); then ``kd_steps`` times: sample a batch,
+teacher under no_grad, student forward, optional KDCI compensation, ``method.student_loss``, step.
+This is the only place that branches on ``kdci.enabled``. Under torch.distributed each rank draws
+its own substitution data and DDP averages the gradients of the student, the KDCI attention and
+the method's generator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from kdci_ray.config import ExperimentConfig
+from kdci_ray.kdci import KDCI, KDCISettings, attention_entropy
+from kdci_ray.methods import METHODS, MethodContext
+from kdci_ray.models import create_model
+from kdci_ray.train.evaluate import accuracy, predict_logits
+from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
+from kdci_ray.train.teacher import load_data, load_teacher
+
+
+class Reporter(Protocol):
+    """Receives every evaluation; ``state`` (the final student, on every rank) on the last."""
+
+    def __call__(self, metrics: dict[str, float], step: int,
+                 state: dict[str, Any] | None) -> None: ...
+
+
+class Collect:
+    """The in-process reporter: keeps every report (tests and the plain Python API use it)."""
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.state: dict[str, Any] | None = None
+
+    def __call__(self, metrics: dict[str, float], step: int,
+                 state: dict[str, Any] | None) -> None:
+        self.history.append((step, dict(metrics)))
+        if state is not None:
+            self.state = state
+
+
+def _lr_lambda(cfg: ExperimentConfig) -> Callable[[int], float]:
+    total = cfg.train.rounds * cfg.train.kd_steps
+    if cfg.train.lr_schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def distill(cfg: ExperimentConfig, report: Reporter | None = None,
+            runtime: Runtime | None = None) -> dict[str, float]:
+    """Train a student from the teacher without data; returns the final metrics."""
+    limit_threads()
+    rt = runtime or current_runtime(cfg.run.use_gpu)
+    report = report or Collect()
+    seed_everything(cfg.seed)  # same initial weights on every rank
+    data = load_data(cfg)
+    teacher = load_teacher(cfg, data, rt.device)
+    student = create_model(cfg.student.arch, data.num_classes, data.channels).to(rt.device)
+    student_ddp = rt.wrap(student)
+
+    method_cls = METHODS[cfg.method]
+    rank_seed = cfg.seed * 1000 + rt.rank  # each rank synthesises its own data
+    ctx = MethodContext(teacher=teacher, student=student, num_classes=data.num_classes,
+                        channels=data.channels, image_size=data.image_size, device=rt.device,
+                        seed=rank_seed, rounds=cfg.train.rounds, rank=rt.rank,
+                        world_size=rt.world_size, wrap=rt.wrap)
+    method = method_cls(cfg.method_config, ctx)
+
+    params = [{"params": student.parameters(), "lr": cfg.train.lr}]
+    kdci = attention = None
+    if cfg.kdci.enabled:
+        k = cfg.kdci.k or method_cls.kdci_k
+        kdci = KDCI(KDCISettings(k=k, pca_dim=cfg.kdci.pca_dim, hidden=cfg.kdci.hidden,
+                                 backend=cfg.kdci.backend, n_init=cfg.kdci.n_init, seed=cfg.seed),
+                    data.num_classes, rt.device)
+        attention = rt.wrap(kdci.module)
+        params.append({"params": kdci.module.parameters(), "lr": cfg.train.lr * cfg.kdci.lr_scale})
+    opt = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                          weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+
+    teacher_acc = accuracy(*predict_logits(teacher, data, rt.device))
+    start, step, last_eval_step = time.perf_counter(), 0, 0
+    final: dict[str, float] = {}
+    sums: dict[str, float] = defaultdict(float)
+    for rnd in range(cfg.train.rounds):
+        logs = {f"synth/{k}": v for k, v in method.synthesize(rnd).items()}
+        if kdci is not None and (method_cls.kdci_refresh == "round" or rnd == 0):
+            logs.update(kdci.refresh(teacher, method.kdci_source()))
+        student.train()
+        for _ in range(cfg.train.kd_steps):
+            x = method.sample(cfg.train.batch_size).to(rt.device)
+            with torch.no_grad():
+                t_logits = teacher(x).logits
+            s_logits = student_ddp(x).logits
+            if kdci is not None:
+                s_logits, lam = kdci.compensate(s_logits, attention)
+                sums["kdci/attn_entropy"] += attention_entropy(lam.detach())
+            losses = method.student_loss(s_logits, t_logits)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            sched.step()
+            step += 1
+            for name, value in losses.items():
+                sums[f"train/{name}"] += float(value.detach())
+        last = rnd + 1 == cfg.train.rounds
+        if (rnd + 1) % cfg.train.eval_every == 0 or last:
+            metrics = _evaluate(student, kdci, data, rt)
+            n = max(1, step - last_eval_step)
+            metrics.update({k: v / n for k, v in sums.items()})
+            last_eval_step = step
+            metrics.update(logs)
+            metrics.update({"eval/teacher_acc": teacher_acc, "round": rnd + 1, "step": step,
+                            "lr": sched.get_last_lr()[0],
+                            "time/elapsed_s": time.perf_counter() - start,
+                            "finished": float(last)})
+            sums.clear()
+            state = _state(student, kdci, method, cfg) if last else None
+            report(metrics, step, state)
+            final = metrics
+    return final
+
+
+def _evaluate(student: nn.Module, kdci: KDCI | None, data, rt: Runtime) -> dict[str, float]:
+    logits, labels = predict_logits(student, data, rt.device)
+    metrics = {"eval/acc": accuracy(logits, labels)}
+    if kdci is not None:
+        with torch.no_grad():
+            adjusted, _ = kdci.module(logits.to(rt.device))
+        metrics["eval/acc_kdci"] = accuracy(adjusted.cpu(), labels)
+    return metrics
+
+
+def _state(student: nn.Module, kdci: KDCI | None, method, cfg: ExperimentConfig) -> dict[str, Any]:
+    state: dict[str, Any] = {"state_dict": student.state_dict(), "arch": cfg.student.arch,
+                             "method": cfg.method}
+    if kdci is not None:
+        state["kdci"] = kdci.module.state_dict()
+    return state

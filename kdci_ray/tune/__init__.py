@@ -1,0 +1,1 @@
+"""Ray Tune sweeps: search spaces from YAML, result tables."""

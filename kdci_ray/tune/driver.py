@@ -1,0 +1,189 @@
+"""The Tune driver: a sweep is a Ray Tune grid whose every trial trains through Ray Train.
+
+Ray Train V2 way: each Tune *function* trial builds a ``TorchTrainer`` and calls ``fit()``; the
+trainer's ``TuneReportCallback`` forwards the workers' reports to Tune. The trial itself holds no
+CPU (only the Train workers do), and Tune never stops a trial early (a stopped Train-driving trial
+would keep its workers' CPUs).
+
+Everything a user can get wrong is checked before the first trial starts: every grid point is
+resolved into a full config, data and teacher are checked, and the output directory must be new.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdci_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    load_experiment,
+    parse_overrides,
+    resolve,
+    save_resolved,
+    to_flat,
+)
+from kdci_ray.tune.naming import trial_dirname
+from kdci_ray.tune.space import build_param_space, grid_points
+from kdci_ray.tune.table import rows_from_sweep, write_tables
+
+SWEEP_FILE = "sweep.yaml"
+
+
+@dataclass
+class SweepPlan:
+    name: str
+    out_dir: Path
+    settings: dict[str, Any]  # YAML settings (fixed keys)
+    overrides: dict[str, Any]  # command-line overrides (win over sampled values)
+    search: dict[str, Any]
+    configs: list[ExperimentConfig]  # one per grid point (validation and teacher set-up)
+
+
+def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
+               output: str | None = None, smoke: bool = False, single: bool = False,
+               launch_dir: Path | None = None) -> SweepPlan:
+    """Parse and validate a sweep without starting Ray; ``single`` ignores the search section."""
+    exp = load_experiment(config_path)
+    over = parse_overrides(overrides or [])
+    if smoke:
+        over["smoke"] = True
+    search = {} if single else exp.search
+    points = grid_points(search)
+    build_param_space(search)  # validates non-grid specs too
+    if not points:
+        raise ConfigError(f"{exp.path}: the search section expands to zero trials")
+    configs = [resolve(exp.settings, point, over) for point in points]
+    first = configs[0]
+    out = output or first.run.output
+    base = launch_dir or Path.cwd()
+    out_dir = Path(out).expanduser() if out else base / "results" / exp.stem
+    return SweepPlan(name=first.name, out_dir=out_dir.resolve(), settings=exp.settings,
+                     overrides=over, search=search, configs=configs)
+
+
+def prepare_output(plan: SweepPlan, overwrite: bool) -> None:
+    """A sweep writes into a new directory; ``overwrite`` replaces an earlier sweep's results."""
+    out = plan.out_dir
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"output directory {out} already holds results; pass --overwrite to replace "
+                f"them, or choose another directory with --output"
+            )
+        if not (out / SWEEP_FILE).is_file():
+            raise ConfigError(
+                f"refusing to overwrite {out}: it exists but is not a kdci-ray sweep directory "
+                f"(no {SWEEP_FILE}); choose another --output"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({"name": plan.name, "settings": plan.settings,
+                           "overrides": plan.overrides, "search": plan.search}, sort_keys=False)
+    (out / SWEEP_FILE).write_text(text)
+
+
+def check_inputs(plan: SweepPlan, log=print) -> None:
+    """Data readable, teacher present (the embedded one is trained once here, not per trial)."""
+    from kdci_ray.train.teacher import ensure_teacher, load_data, teacher_path
+
+    seen: set[Path] = set()
+    for cfg in plan.configs:
+        load_data(cfg)  # raises a clear error for a missing data path
+        path = teacher_path(cfg)
+        if path not in seen:
+            seen.add(path)
+            ensure_teacher(cfg, log)
+
+
+def trial_fn(params: dict[str, Any], settings: dict[str, Any],
+             overrides: dict[str, Any]) -> None:
+    """One Tune trial: resolve its config, save it, train it with Ray Train."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from kdci_ray.train.ray_train import fit
+
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    cfg = resolve(settings, params, overrides)
+    save_resolved(cfg, trial_dir / "config.yaml")
+    fit(cfg, to_flat(cfg), trial_dir, callbacks=[TuneReportCallback()])
+
+
+def _max_concurrent(cfg: ExperimentConfig) -> int:
+    import ray
+
+    if cfg.run.max_concurrent_trials > 0:
+        return cfg.run.max_concurrent_trials
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return max(1, math.floor(cpus / (cfg.run.workers * cfg.run.cpus_per_worker)))
+
+
+def init_ray() -> bool:
+    """Connect to ``RAY_ADDRESS`` or start a local Ray; returns True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False)
+    return True
+
+
+def run_sweep(plan: SweepPlan, log=print) -> str:
+    """Run every trial, then write and return the comparison table."""
+    import ray
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # rank 0 writes exact-tag TB events
+    started = init_ray()
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(trial_fn, settings=plan.settings, overrides=plan.overrides),
+            {"cpu": 0, "memory": 256 * 1024**2},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=build_param_space(plan.search),
+            tune_config=tune.TuneConfig(max_concurrent_trials=_max_concurrent(plan.configs[0]),
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=plan.out_dir.name,
+                                      storage_path=str(plan.out_dir.parent),
+                                      callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+                                      verbose=1),
+        )
+        results = tuner.fit()
+        errors = [_last_line(r.error) for r in results if r.error is not None]
+    finally:
+        if started:
+            ray.shutdown()
+    table = report(plan.out_dir, title=plan.name)
+    for err in errors:
+        log(f"trial failed: {err}")
+    return table
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else repr(error)
+
+
+def report(sweep_dir: Path, title: str | None = None) -> str:
+    """Rebuild ``summary.csv`` / ``summary.md`` from a finished or interrupted sweep directory."""
+    sweep_dir = Path(sweep_dir).resolve()
+    rows = rows_from_sweep(sweep_dir)
+    if rows.empty:
+        raise ConfigError(f"{sweep_dir} holds no trials (no trial directory with config.yaml)")
+    return write_tables(rows, sweep_dir, title or sweep_dir.name)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a private cache with a tiny trained teacher, one Ray session per test run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports torch / ray: one thread per process, no auth on the local Ray, a cache
+# that never touches the user's home.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"
+_CACHE = tempfile.mkdtemp(prefix="kdci_cache_")
+os.environ["KDCI_RAY_CACHE"] = _CACHE
+
+# Tiny, fast settings every loop test starts from (16x16 digits, tiny CNNs).
+TINY = {
+    "preset": "embedded",
+    "teacher.arch": "tiny_cnn",
+    "teacher.epochs": 4,
+    "teacher.min_acc": 0.5,
+    "student.arch": "tiny_cnn",
+    "train.rounds": 2,
+    "train.kd_steps": 2,
+    "train.batch_size": 16,
+    "train.eval_every": 1,
+    "dafl.batch_size": 16,
+    "dafl.latent_dim": 16,
+    "deepinv.batch_size": 16,
+    "deepinv.iterations": 3,
+    "kdci.k": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_settings() -> dict:
+    """TINY settings with the tiny teacher trained once into the test cache."""
+    from kdci_ray.config import resolve
+    from kdci_ray.train.teacher import ensure_teacher
+
+    ensure_teacher(resolve(TINY), log=lambda msg: None)
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    tmp = tempfile.mkdtemp(prefix="kr", dir="/tmp")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=tmp,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
