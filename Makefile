@@ -25,14 +25,14 @@ venv: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 demo: venv
-	$(BIN)/kdci-ray sweep tune_configs/quickstart.yaml
+	$(BIN)/kdci-ray sweep tune_configs/quickstart.yaml --overwrite
 
 test: dev
-	$(BIN)/ruff check kdci_ray tests benchmarks
+	$(BIN)/ruff check kdci_ray tests
 	$(BIN)/python -m pytest -q
 
 lint: dev
-	$(BIN)/ruff check kdci_ray tests benchmarks
+	$(BIN)/ruff check kdci_ray tests
 
 clean:
 	rm -rf $(VENV) results

@@ -35,6 +35,7 @@ class DAFLConfig:
     """Paper defaults for CIFAR-10 (DAFL README: ResNet-34 -> ResNet-18)."""
 
     latent_dim: int = 1000
+    width: int = 128  # generator base channels
     batch_size: int = 1024  # generator batch per step
     lr_g: float = 0.02  # Adam
     g_steps: int = 1  # generator updates per synthesis round
@@ -54,10 +55,10 @@ class DAFL(Method):
     # with batches and rounds sized for 16x16 digits on one CPU core (~1 min).
     PRESETS = {
         "embedded": {
-            "dafl.latent_dim": 100, "dafl.batch_size": 128, "dafl.lr_g": 1e-3,
+            "dafl.latent_dim": 100, "dafl.width": 64, "dafl.batch_size": 128, "dafl.lr_g": 1e-3,
             "dafl.oh": 1.0, "dafl.ie": 20.0, "dafl.a": 0.001, "dafl.g_steps": 1,
             "dafl.kd_temperature": 20.0,
-            "train.rounds": 80, "train.kd_steps": 5, "train.batch_size": 128,
+            "train.rounds": 100, "train.kd_steps": 5, "train.batch_size": 128,
             "train.lr": 0.05, "train.eval_every": 10,
         }
     }
@@ -65,7 +66,8 @@ class DAFL(Method):
 
     def __init__(self, cfg: DAFLConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        gen = DAFLGenerator(cfg.latent_dim, ctx.image_size, ctx.channels).to(ctx.device)
+        gen = DAFLGenerator(cfg.latent_dim, ctx.image_size, ctx.channels, cfg.width)
+        gen = gen.to(ctx.device)
         self.generator = ctx.wrap(gen)
         self.bare_generator = gen
         self.optimizer = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g)

@@ -90,16 +90,21 @@ def prepare_output(plan: SweepPlan, overwrite: bool) -> None:
 
 
 def check_inputs(plan: SweepPlan, log=print) -> None:
-    """Data readable, teacher present (the embedded one is trained once here, not per trial)."""
-    from kdci_ray.train.teacher import ensure_teacher, load_data, teacher_path
+    """Data readable, teacher present and fitting its architecture (the embedded teacher is trained
+    once here, not per trial)."""
+    import torch
 
-    seen: set[Path] = set()
+    from kdci_ray.train.teacher import ensure_teacher, load_data, load_teacher, teacher_path
+
+    seen: set[tuple] = set()
     for cfg in plan.configs:
-        load_data(cfg)  # raises a clear error for a missing data path
-        path = teacher_path(cfg)
-        if path not in seen:
-            seen.add(path)
-            ensure_teacher(cfg, log)
+        key = (teacher_path(cfg), cfg.teacher.arch, cfg.data.name, cfg.data.root)
+        if key in seen:
+            continue
+        seen.add(key)
+        data = load_data(cfg)  # raises a clear error for a missing data path
+        ensure_teacher(cfg, log)
+        load_teacher(cfg, data, torch.device("cpu"))  # a checkpoint that does not fit fails here
 
 
 def trial_fn(params: dict[str, Any], settings: dict[str, Any],
@@ -158,7 +163,8 @@ def run_sweep(plan: SweepPlan, log=print) -> str:
             trainable,
             param_space=build_param_space(plan.search),
             tune_config=tune.TuneConfig(max_concurrent_trials=_max_concurrent(plan.configs[0]),
-                                        trial_dirname_creator=trial_dirname),
+                                        trial_dirname_creator=trial_dirname,
+                                        trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(name=plan.out_dir.name,
                                       storage_path=str(plan.out_dir.parent),
                                       callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
@@ -186,4 +192,6 @@ def report(sweep_dir: Path, title: str | None = None) -> str:
     rows = rows_from_sweep(sweep_dir)
     if rows.empty:
         raise ConfigError(f"{sweep_dir} holds no trials (no trial directory with config.yaml)")
+    if title is None and (sweep_dir / SWEEP_FILE).is_file():
+        title = (yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()) or {}).get("name")
     return write_tables(rows, sweep_dir, title or sweep_dir.name)
