@@ -17,9 +17,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed
 dev: $(VENV)/.installed-dev

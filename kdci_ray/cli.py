@@ -3,6 +3,7 @@
 Examples::
 
     kdci-ray teacher                                  # train + cache the embedded digits teacher
+    kdci-ray teacher --config tune_configs/quickstart.yaml teacher.epochs=40 --force
     kdci-ray sweep tune_configs/quickstart.yaml       # the grid, on local Ray or $RAY_ADDRESS
     kdci-ray train tune_configs/quickstart.yaml method=deepinv kdci.enabled=true
     kdci-ray sweep tune_configs/quickstart.yaml --smoke --output /tmp/smoke
@@ -38,7 +39,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     _log(f"teacher {cfg.teacher.arch} on {cfg.data.name}: test acc {acc:.4f}, saved to {path}")
 
 
-def _sweep(args: argparse.Namespace, single: bool) -> None:
+def _sweep(args: argparse.Namespace, single: bool) -> int:
     from kdci_ray.tune.driver import check_inputs, plan_sweep, prepare_output, run_sweep
 
     start = time.perf_counter()
@@ -46,11 +47,14 @@ def _sweep(args: argparse.Namespace, single: bool) -> None:
     check_inputs(plan, _log)
     prepare_output(plan, args.overwrite)
     _log(f"{len(plan.configs)} trial(s) -> {plan.out_dir}")
-    table = run_sweep(plan, _log)
-    print(table, flush=True)
+    outcome = run_sweep(plan)
+    print(outcome.table, flush=True)
     _log(f"wrote {plan.out_dir / 'summary.csv'} and summary.md; "
          f"wall time {time.perf_counter() - start:.0f} s")
     _log(f"compare the runs: tensorboard --logdir {plan.out_dir}")
+    for err in outcome.errors:
+        _log(f"trial failed: {err}")
+    return 1 if outcome.errors else 0
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -70,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("teacher", help="train and cache the teacher of a config")
-    p.add_argument("config", nargs="?", help="experiment YAML (default: embedded digits)")
     p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("--config", help="experiment YAML whose teacher to train (default: digits)")
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.set_defaults(func=cmd_teacher)
 
@@ -98,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (ConfigError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
         print(f"kdci-ray: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

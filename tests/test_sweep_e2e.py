@@ -20,7 +20,9 @@ def test_sweep_writes_tables_tensorboard_configs_and_checkpoints(tiny_settings, 
     plan = plan_sweep(cfg, [f"{k}={v}" for k, v in tiny_settings.items()], output=str(out))
     check_inputs(plan, log=lambda m: None)
     prepare_output(plan, overwrite=False)
-    table = run_sweep(plan)
+    outcome = run_sweep(plan)
+    assert outcome.errors == []
+    table = outcome.table
 
     rows = pd.read_csv(out / "summary.csv")
     for column in ("method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc"):

@@ -13,8 +13,7 @@ from kdci_ray.train.teacher import load_data, teacher_path, train_teacher
 
 def test_teacher_command_caches_and_reuses(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("KDCI_RAY_CACHE", str(tmp_path))
-    args = ["teacher", "", "teacher.arch=tiny_cnn", "teacher.epochs=2", "teacher.min_acc=0"]
-    args.remove("")
+    args = ["teacher", "teacher.arch=tiny_cnn", "teacher.epochs=2", "teacher.min_acc=0"]
     assert main(args) == 0
     cfg = resolve({"teacher.arch": "tiny_cnn"})
     path = teacher_path(cfg)

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from kdci_ray.methods.losses import kd_loss
+
 
 @dataclass
 class MethodContext:
@@ -60,6 +62,7 @@ class Method:
         self.cfg = cfg
         self.ctx = ctx
         self.rng = torch.Generator(device="cpu").manual_seed(ctx.seed)
+        self.last_batch: Tensor | None = None
 
     def synthesize(self, round_idx: int) -> dict[str, float]:
         """One synthesis round; returns scalar losses to log (the loop prefixes ``synth/``)."""
@@ -70,12 +73,17 @@ class Method:
         raise NotImplementedError
 
     def kdci_source(self) -> Tensor:
-        """Images the KDCI dictionary is built from at a refresh (the latest synthetic data)."""
-        raise NotImplementedError
+        """Images the KDCI dictionary is built from at a refresh: by default the batch the last
+        ``synthesize()`` stored in ``self.last_batch``."""
+        if self.last_batch is None:
+            raise RuntimeError(f"{type(self).__name__}.kdci_source() before the first synthesize()")
+        return self.last_batch
 
     def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
-        """Named loss terms for the student step; must contain ``loss`` (the sum that trains)."""
-        raise NotImplementedError
+        """Named loss terms for the student step; must contain ``loss`` (the sum that trains).
+        Default: plain KD at the method's explicit ``kd_temperature``."""
+        kd = kd_loss(student_logits, teacher_logits, self.cfg.kd_temperature)
+        return {"loss": kd, "kd": kd}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from kdci_ray.methods.base import Method, MethodContext
 from kdci_ray.methods.generators import DAFLGenerator
-from kdci_ray.methods.losses import kd_loss
 
 
 @dataclass
@@ -71,7 +70,6 @@ class DAFL(Method):
         self.generator = ctx.wrap(gen)
         self.bare_generator = gen
         self.optimizer = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g)
-        self.last_batch: Tensor | None = None
 
     def _z(self, n: int) -> Tensor:
         z = torch.randn(n, self.cfg.latent_dim, generator=self.rng)
@@ -106,15 +104,6 @@ class DAFL(Method):
     @torch.no_grad()
     def sample(self, batch_size: int) -> Tensor:
         return self.generator(self._z(batch_size))
-
-    def kdci_source(self) -> Tensor:
-        if self.last_batch is None:
-            raise RuntimeError("DAFL.kdci_source() before the first synthesize()")
-        return self.last_batch
-
-    def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
-        kd = kd_loss(student_logits, teacher_logits, self.cfg.kd_temperature)
-        return {"loss": kd, "kd": kd}
 
     def state_dict(self) -> dict:
         return {"generator": self.bare_generator.state_dict(),

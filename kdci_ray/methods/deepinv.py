@@ -27,7 +27,7 @@ from torch import Tensor
 
 from kdci_ray.methods.base import Method, MethodContext
 from kdci_ray.methods.hooks import bn_statistics
-from kdci_ray.methods.losses import js_divergence, kd_loss, total_variation
+from kdci_ray.methods.losses import js_divergence, total_variation
 from kdci_ray.methods.pool import ImagePool, augment
 
 
@@ -84,7 +84,6 @@ class DeepInversion(Method):
     def __init__(self, cfg: DeepInversionConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
         self.pool = ImagePool(cfg.pool_size)
-        self.last_batch: Tensor | None = None
 
     def _targets(self, n: int) -> Tensor:
         # Balanced labels, as in the reference (columns of classes), offset per rank and round.
@@ -133,15 +132,6 @@ class DeepInversion(Method):
     def sample(self, batch_size: int) -> Tensor:
         x = self.pool.sample(batch_size, self.rng)
         return augment(x, self.rng, pad=self.cfg.augment_pad, flip=self.cfg.augment_flip)
-
-    def kdci_source(self) -> Tensor:
-        if self.last_batch is None:
-            raise RuntimeError("DeepInversion.kdci_source() before the first synthesize()")
-        return self.last_batch
-
-    def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
-        kd = kd_loss(student_logits, teacher_logits, self.cfg.kd_temperature)
-        return {"loss": kd, "kd": kd}
 
     def state_dict(self) -> dict:
         return {"pool": self.pool.batches, "rng": self.rng.get_state()}

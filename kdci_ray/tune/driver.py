@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,13 +148,35 @@ def init_ray() -> bool:
     return True
 
 
-def run_sweep(plan: SweepPlan, log=print) -> str:
-    """Run every trial, then write and return the comparison table."""
+@contextmanager
+def _tune_tensorboard_off() -> Iterator[None]:
+    """Rank 0 already writes TensorBoard events with exact tags (``eval/acc``) into each trial
+    directory; keep Tune from adding a second, ``ray/tune/``-prefixed copy there. Scoped, so the
+    process environment is restored afterwards."""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+@dataclass
+class SweepOutcome:
+    table: str  # the Markdown comparison table (also in summary.md)
+    errors: list[str]  # one line per failed trial
+
+
+def run_sweep(plan: SweepPlan) -> SweepOutcome:
+    """Run every trial, then write the comparison table (failed trials are listed, not fatal)."""
     import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # rank 0 writes exact-tag TB events
     started = init_ray()
     try:
         trainable = tune.with_resources(
@@ -170,15 +194,13 @@ def run_sweep(plan: SweepPlan, log=print) -> str:
                                       callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                                       verbose=1),
         )
-        results = tuner.fit()
+        with _tune_tensorboard_off():
+            results = tuner.fit()
         errors = [_last_line(r.error) for r in results if r.error is not None]
     finally:
         if started:
             ray.shutdown()
-    table = report(plan.out_dir, title=plan.name)
-    for err in errors:
-        log(f"trial failed: {err}")
-    return table
+    return SweepOutcome(report(plan.out_dir, title=plan.name), errors)
 
 
 def _last_line(error: BaseException) -> str:
