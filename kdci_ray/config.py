@@ -89,6 +89,17 @@ class KDCIConfig:
 
 
 @dataclass
+class PoolConfig:
+    """Unlabeled open-world images for the sampling-based methods (MosaicKD, DFND)."""
+
+    source: str = "embedded"  # embedded (crops of packaged photos) | folder | npz
+    path: str = ""  # folder / npz directory for the real sources
+    size: int = 600_000  # images in the pool (embedded: crops generated; others: at most this)
+    seed: int = 0
+    min_scale: float = 0.1  # embedded crops: smallest crop side as a share of the photo's side
+
+
+@dataclass
 class RunConfig:
     """How a run is executed: Ray Train workers and where results go."""
 
@@ -105,6 +116,7 @@ SECTIONS: dict[str, type] = {
     "student": StudentConfig,
     "train": TrainConfig,
     "kdci": KDCIConfig,
+    "pool": PoolConfig,
     "run": RunConfig,
 }
 
@@ -131,6 +143,7 @@ class ExperimentConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kdci: KDCIConfig = field(default_factory=KDCIConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     run: RunConfig = field(default_factory=RunConfig)
     methods: dict[str, Any] = field(
         default_factory=lambda: {name: cls.Config() for name, cls in METHODS.items()}

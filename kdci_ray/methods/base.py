@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -41,6 +42,23 @@ class MethodContext:
     rank: int = 0
     world_size: int = 1
     wrap: Callable[[nn.Module], nn.Module] = lambda m: m
+    mean: tuple[float, ...] = (0.0,)  # the teacher's input normalisation: x = (pixel - mean) / std
+    std: tuple[float, ...] = (1.0,)
+    open_world: Any = None  # OpenWorldPool for sampling-based methods (built by the loop)
+    cache_dir: Path | None = None  # where selections of the open-world pool are cached
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 or [0, 1] float ``(B, C, H, W)`` -> the teacher's input space."""
+        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.to(self.device) - mean.to(self.device)) / std.to(self.device)
+
+    def to_uint8(self, x: Tensor) -> Tensor:
+        """Inverse of ``normalize`` (clamped to [0, 255]) for compact pools."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 class Method:
@@ -52,6 +70,7 @@ class Method:
     SMOKE: ClassVar[dict[str, Any]] = {}
     kdci_k: ClassVar[int] = 8  # default KDCI dictionary size for this method
     kdci_refresh: ClassVar[str] = "round"  # "round": rebuild each synthesis round; "once"
+    needs_open_world: ClassVar[bool] = False  # sampling-based methods read an unlabeled pool
 
     @classmethod
     def kdci_source_size(cls, cfg: Any, world_size: int = 1) -> int:
@@ -67,6 +86,11 @@ class Method:
     def synthesize(self, round_idx: int) -> dict[str, float]:
         """One synthesis round; returns scalar losses to log (the loop prefixes ``synth/``)."""
         raise NotImplementedError
+
+    def kd_active(self, round_idx: int) -> bool:
+        """Whether the loop runs the KD steps this round (Fast's warm-up rounds return False)."""
+        del round_idx
+        return True
 
     def sample(self, batch_size: int) -> Tensor:
         """A batch of substitution inputs for one KD step (no grad to the generator)."""

@@ -25,7 +25,16 @@ from kdci_ray.methods import METHODS, MethodContext
 from kdci_ray.models import create_model
 from kdci_ray.train.evaluate import accuracy, predict_logits
 from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
-from kdci_ray.train.teacher import load_data, load_teacher
+from kdci_ray.train.teacher import cache_dir, load_data, load_teacher
+
+
+def open_world(cfg: ExperimentConfig, data) -> Any:
+    """The unlabeled pool of a sampling-based method, in the teacher's input format."""
+    from kdci_ray.data.openworld import build_open_world
+
+    p = cfg.pool
+    return build_open_world(p.source, p.path, size=p.size, channels=data.channels,
+                            image_size=data.image_size, seed=p.seed, min_scale=p.min_scale)
 
 
 class Reporter(Protocol):
@@ -73,7 +82,9 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
     ctx = MethodContext(teacher=teacher, student=student, num_classes=data.num_classes,
                         channels=data.channels, image_size=data.image_size, device=rt.device,
                         seed=rank_seed, rounds=cfg.train.rounds, rank=rt.rank,
-                        world_size=rt.world_size, wrap=rt.wrap)
+                        world_size=rt.world_size, wrap=rt.wrap, mean=data.mean, std=data.std,
+                        open_world=open_world(cfg, data) if method_cls.needs_open_world else None,
+                        cache_dir=cache_dir() / "selections")
     method = method_cls(cfg.method_config, ctx)
 
     params = [{"params": student.parameters(), "lr": cfg.train.lr}]
@@ -98,7 +109,7 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
         if kdci is not None and (method_cls.kdci_refresh == "round" or rnd == 0):
             logs.update(kdci.refresh(teacher, method.kdci_source()))
         student.train()
-        for _ in range(cfg.train.kd_steps):
+        for _ in range(cfg.train.kd_steps if method.kd_active(rnd) else 0):
             x = method.sample(cfg.train.batch_size).to(rt.device)
             with torch.no_grad():
                 t_logits = teacher(x).logits

@@ -1,0 +1,166 @@
+"""Explicit, recorded selection of an open-world pool by the teacher.
+
+The sampling-based methods do not distill on the raw open-world pool but on the part of it the
+teacher finds most useful:
+
+- ``confidence``: the ``n`` images with the highest maximum softmax probability. DFND (Chen et
+  al., CVPR 2021) keeps the unlabeled images the teacher is most confident about (its "noisy
+  data" selection); we use the plain max-probability score, without DFND's extra class-balance
+  and noise-adaptation terms.
+- ``entropy``: the ``n`` images with the highest prediction entropy, the subset choice this
+  project uses for MosaicKD (Fang et al., NeurIPS 2021), whose open-world data is out of domain
+  by construction.
+
+Ties go to the lower index; NaN scores rank last. The result (sorted int64 pool indices) is
+cached on disk keyed by the criterion, ``n``, the pool's fingerprint and ``key_extra`` (the
+teacher checkpoint's hash), so every trial of a sweep reuses one scoring pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdci_ray.data.openworld import OpenWorldPool
+
+CRITERIA = ("confidence", "entropy")
+
+
+def file_sha1(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """The SHA-1 hex digest of a file, read in chunks (teacher checkpoints)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()
+
+
+def selection_key(criterion: str, n: int, fingerprint: str, key_extra: str = "") -> str:
+    """The cache key: SHA-1 of (criterion, n, pool fingerprint, key_extra), 20 hex digits."""
+    payload = json.dumps([criterion, int(n), fingerprint, key_extra])
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def scores_from_logits(logits: Tensor, criterion: str) -> np.ndarray:
+    """Per-sample selection scores (higher = kept first) from ``(B, K)`` logits."""
+    logp = torch.log_softmax(logits.detach().to("cpu", torch.float64), dim=1)
+    if criterion == "confidence":
+        score = logp.max(dim=1).values.exp()
+    elif criterion == "entropy":
+        score = -(logp.exp() * logp).sum(dim=1)
+    else:
+        raise ValueError(f"unknown selection criterion {criterion!r}: choose one of "
+                         f"{', '.join(CRITERIA)}")
+    return score.numpy()
+
+
+def top_n(scores: np.ndarray, n: int) -> np.ndarray:
+    """Sorted indices of the ``n`` highest scores; ties go to the lower index, NaN ranks last."""
+    ranked = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.argsort(-ranked, kind="stable")
+    return np.sort(order[:n]).astype(np.int64)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cached(npy: Path, n: int, length: int) -> np.ndarray | None:
+    try:
+        indices = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None  # unreadable: recompute and overwrite
+    if indices.shape != (n,) or indices.dtype.kind not in "iu":
+        return None
+    if n and (indices.min() < 0 or indices.max() >= length):
+        return None
+    return indices.astype(np.int64)
+
+
+def score_pool(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], criterion: str,
+               batch_size: int = 1024, progress: bool = False) -> np.ndarray:
+    """Score every image of the pool once, in index order and batches of ``batch_size``."""
+    total = len(pool)
+    scores = np.empty(total, dtype=np.float64)
+    started, last = time.monotonic(), -1
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        with torch.no_grad():
+            logits = score_fn(pool.get(np.arange(start, stop)))
+        if logits.dim() != 2 or logits.shape[0] != stop - start:
+            raise ValueError(f"score_fn must return (batch, classes) logits, got "
+                             f"{tuple(logits.shape)} for a batch of {stop - start}")
+        scores[start:stop] = scores_from_logits(logits, criterion)
+        tenth = stop * 10 // total
+        if progress and tenth != last:
+            last = tenth
+            print(f"selection: scored {stop}/{total} images "
+                  f"({time.monotonic() - started:.0f}s)", file=sys.stderr, flush=True)
+    return scores
+
+
+def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, criterion: str,
+           cache_dir: Path | None, key_extra: str = "", batch_size: int = 1024,
+           progress: bool = False) -> np.ndarray:
+    """The ``n`` pool indices the teacher prefers under ``criterion``, sorted (int64).
+
+    ``score_fn`` maps a uint8 ``(B, C, H, W)`` batch to the teacher's ``(B, K)`` logits (the
+    caller normalises and runs the teacher). With ``cache_dir`` the result is stored as
+    ``<cache_dir>/<key>.npy`` with a ``<key>.json`` record (criterion, n, fingerprint,
+    key_extra, pool length, time), both written atomically; a later call with the same key
+    loads it instead of scoring the pool again.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown selection criterion {criterion!r}: choose one of "
+                         f"{', '.join(CRITERIA)}")
+    total = len(pool)
+    if int(n) <= 0:
+        raise ValueError(f"selection size n must be positive, got {n}")
+    if int(n) > total:
+        raise ValueError(f"cannot select n={n} images from an open-world pool of {total}: "
+                         f"lower n or enlarge pool.size")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    n = int(n)
+    fingerprint = pool.fingerprint
+    key = selection_key(criterion, n, fingerprint, key_extra)
+    npy = json_path = None
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        npy, json_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+        if npy.is_file():
+            cached = _load_cached(npy, n, total)
+            if cached is not None:
+                return cached
+
+    indices = top_n(score_pool(pool, score_fn, criterion, int(batch_size), progress), n)
+
+    if npy is not None and json_path is not None:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        record = {"key": key, "criterion": criterion, "n": n, "fingerprint": fingerprint,
+                  "key_extra": key_extra, "pool_length": total,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_unix": time.time()}
+        # The record first: the .npy appearing is what marks the entry complete.
+        _atomic_write(json_path, lambda fh: fh.write(json.dumps(record, indent=2).encode()))
+        _atomic_write(npy, lambda fh: np.save(fh, indices, allow_pickle=False))
+    return indices
