@@ -33,6 +33,10 @@ TINY = {
     "deepinv.batch_size": 16,
     "deepinv.iterations": 3,
     "kdci.k": 4,
+    "fast.batch_size": 16, "fast.latent_dim": 16, "fast.width": 8, "fast.g_steps": 2,
+    "fast.warmup": 0,
+    "cmi.batch_size": 16, "cmi.latent_dim": 16, "cmi.width": 8, "cmi.g_steps": 2,
+    "cmi.bank_size": 64, "cmi.n_neg": 32,
 }
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.cmi import CMI
 from kdci_ray.methods.dafl import DAFL
 from kdci_ray.methods.deepinv import DeepInversion
+from kdci_ray.methods.fast import Fast
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (DAFL, DeepInversion)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (DAFL, DeepInversion, Fast, CMI)}
 
 __all__ = ["METHODS", "Method", "MethodContext"]
