@@ -75,7 +75,7 @@ def test_fast_round_meta_updates_the_generator_and_fills_the_pool(tiny_settings,
     logs = method.synthesize(0)
     assert not torch.allclose(_params(method.generator), before)  # the meta step moved it
     assert set(logs) >= {"bn", "oh", "adv", "loss", "pool_size"} and logs["bn"] > 0
-    assert len(method.pool) == 16 and method.pool.batches[0].dtype == torch.uint8
+    assert len(method.pool) == 16 and method.pool.images().dtype == torch.uint8
     assert method.last_batch.shape == (16, 1, 16, 16)
     assert method.bn_memory.stats is not None  # the momentum memory was committed
     assert count_forward_hooks(method.ctx.teacher) == hooks

@@ -158,3 +158,18 @@ def test_deepinversion_stores_the_best_iterate(tiny_settings, monkeypatch) -> No
     assert len(seen) == 8 and logs["loss"] == pytest.approx(losses[best])
     assert torch.equal(method.last_batch, seen[best][1])
     assert best != len(seen) - 1 or losses[-1] == min(losses)
+
+
+def test_image_pool_is_a_bounded_ring_buffer() -> None:
+    from kdci_ray.methods.pool import ImagePool
+
+    pool = ImagePool(capacity=5)
+    for start in (0, 3, 6):
+        pool.add(torch.arange(start, start + 3, dtype=torch.uint8).view(3, 1, 1, 1))
+    assert len(pool) == 5
+    assert pool.images().flatten().tolist() == [4, 5, 6, 7, 8]  # oldest dropped first
+    drawn = pool.sample(200, torch.Generator().manual_seed(0)).flatten().tolist()
+    assert set(drawn) == {4, 5, 6, 7, 8}
+    clone = ImagePool(capacity=5)
+    clone.load_state_dict(pool.state_dict())
+    assert torch.equal(clone.images(), pool.images())

@@ -339,12 +339,12 @@ class CMI(Method):
 
     def state_dict(self) -> dict:
         return {"head": self.head.state_dict(), "head_optimizer": self.head_optimizer.state_dict(),
-                "bank": self.bank.data, "bank_ptr": self.bank.ptr, "pool": self.pool.batches,
+                "bank": self.bank.data, "bank_ptr": self.bank.ptr, "pool": self.pool.state_dict(),
                 "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
         self.head_optimizer.load_state_dict(state["head_optimizer"])
         self.bank.data, self.bank.ptr = state["bank"], state["bank_ptr"]
-        self.pool.batches = list(state["pool"])
+        self.pool.load_state_dict(state["pool"])
         self.rng.set_state(state["rng"])

@@ -13,6 +13,8 @@ Deviations from the reference code (NVlabs/DeepInversion, ``cifar10/deepinversio
 - the loss used to pick the best batch is computed before the step it scores (as in the code) but
   the stored pixels are those that produced it;
 - JS divergence uses unclamped probabilities with natural log (the code clamps to [0.01, 0.99]);
+- the pool keeps uint8 images in memory (the reference writes PNGs; both clamp to the valid
+  pixel range);
 - the KD temperature is an explicit setting, default 20 as in the CMI / Fast harness the KDCI
   paper builds on; the competition temperature (3 in the code) is separate (``comp_temperature``).
 """
@@ -125,17 +127,17 @@ class DeepInversion(Method):
                 opt.step()
         ctx.student.train(student_was_training)
         ctx.student.zero_grad(set_to_none=True)
-        self.pool.add(best.images)
+        self.pool.add(ctx.to_uint8(best.images))  # compact; clamps like the reference's PNGs
         self.last_batch = best.images
         return {**best.logs, "pool_size": float(len(self.pool))}
 
     def sample(self, batch_size: int) -> Tensor:
-        x = self.pool.sample(batch_size, self.rng)
+        x = self.ctx.normalize(self.pool.sample(batch_size, self.rng))
         return augment(x, self.rng, pad=self.cfg.augment_pad, flip=self.cfg.augment_flip)
 
     def state_dict(self) -> dict:
-        return {"pool": self.pool.batches, "rng": self.rng.get_state()}
+        return {"pool": self.pool.state_dict(), "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.pool.batches = list(state["pool"])
+        self.pool.load_state_dict(state["pool"])
         self.rng.set_state(state["rng"])

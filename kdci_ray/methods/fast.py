@@ -194,12 +194,12 @@ class Fast(Method):
     def state_dict(self) -> dict:
         return {"generator": self.generator.state_dict(),
                 "meta_optimizer": self.meta_optimizer.state_dict(),
-                "bn_memory": self.bn_memory.state_dict(), "pool": self.pool.batches,
+                "bn_memory": self.bn_memory.state_dict(), "pool": self.pool.state_dict(),
                 "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.bn_memory.load_state_dict(state["bn_memory"])
-        self.pool.batches = list(state["pool"])
+        self.pool.load_state_dict(state["pool"])
         self.rng.set_state(state["rng"])

@@ -12,26 +12,54 @@ from torch import Tensor
 
 
 class ImagePool:
+    """A ring buffer of at most ``capacity`` images (any dtype; uint8 keeps it compact).
+
+    Storage is one preallocated tensor, so sampling is a single gather, never a concatenation of
+    everything stored; once full, the oldest images are overwritten first.
+    """
+
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"pool capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.batches: list[Tensor] = []
+        self.data: Tensor | None = None
+        self.filled = 0  # valid images
+        self.next = 0  # where the next image goes
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self.batches)
+        return self.filled
 
     def add(self, images: Tensor) -> None:
-        self.batches.append(images.detach().clone())
-        while len(self) - len(self.batches[0]) >= self.capacity:
-            self.batches.pop(0)
+        images = images.detach()[-self.capacity:]
+        if self.data is None:
+            self.data = images.new_empty((self.capacity, *images.shape[1:]))
+        n = len(images)
+        idx = (torch.arange(n) + self.next) % self.capacity
+        self.data[idx.to(self.data.device)] = images
+        self.next = (self.next + n) % self.capacity
+        self.filled = min(self.capacity, self.filled + n)
+
+    def images(self) -> Tensor:
+        """Every stored image (oldest first once the buffer has wrapped)."""
+        if self.data is None:
+            raise RuntimeError("the image pool is empty: synthesize() must run before sample()")
+        if self.filled < self.capacity:
+            return self.data[: self.filled]
+        return torch.cat([self.data[self.next:], self.data[: self.next]])
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        if not self.batches:
+        if self.data is None:
             raise RuntimeError("the image pool is empty: synthesize() must run before sample()")
-        data = torch.cat(self.batches) if len(self.batches) > 1 else self.batches[0]
-        idx = torch.randint(len(data), (batch_size,), generator=generator)
-        return data[idx.to(data.device)]
+        idx = torch.randint(self.filled, (batch_size,), generator=generator)
+        return self.data[idx.to(self.data.device)]
+
+    def state_dict(self) -> dict:
+        return {"images": None if self.data is None else self.images().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.data, self.filled, self.next = None, 0, 0
+        if state["images"] is not None:
+            self.add(state["images"])
 
 
 def augment(x: Tensor, generator: torch.Generator, pad: int = 2, flip: bool = True) -> Tensor:
