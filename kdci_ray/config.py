@@ -128,6 +128,7 @@ SMOKE: dict[str, Any] = {
     "teacher.epochs": 1,
     "teacher.min_acc": 0.0,
     "kdci.k": 4,
+    "pool.size": 256,
 }
 
 

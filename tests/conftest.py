@@ -37,6 +37,10 @@ TINY = {
     "fast.warmup": 0,
     "cmi.batch_size": 16, "cmi.latent_dim": 16, "cmi.width": 8, "cmi.g_steps": 2,
     "cmi.bank_size": 64, "cmi.n_neg": 32,
+    "pool.size": 512,
+    "mosaickd.ood_subset": 64, "mosaickd.batch_size": 16, "mosaickd.latent_dim": 16,
+    "mosaickd.width": 8, "mosaickd.ndf": 8,
+    "dfnd.select_n": 64,
 }
 
 
