@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdci_ray.data.openworld import check_format
+
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
 
@@ -70,10 +72,7 @@ class ImageFolderPool:
 
     def __init__(self, root: str | Path, channels: int, image_size: int,
                  size: int | None = None) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be at least 1, got {image_size}")
+        check_format(channels, image_size)
         self.root = Path(root).expanduser()
         accepted = ", ".join(EXTENSIONS)
         if not self.root.is_dir():

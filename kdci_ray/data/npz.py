@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from numpy.lib import format as npy_format
 from torch import Tensor
 
+from kdci_ray.data.openworld import check_format
+
 PATTERN = "*.npz"
 EXPECTED = ("files matching *.npz (e.g. train_data_batch_1.npz ... train_data_batch_10.npz, "
             "val_data.npz), each with a 'data' array of uint8 (N, 3*S*S) rows in planar CHW "
@@ -118,10 +120,7 @@ class NpzBatchPool:
 
     def __init__(self, root: str | Path, channels: int, image_size: int,
                  size: int | None = None) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be at least 1, got {image_size}")
+        check_format(channels, image_size)
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"npz batch directory {self.root} does not exist: expected "

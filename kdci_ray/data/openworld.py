@@ -27,6 +27,14 @@ class OpenWorldPool(Protocol):
     def fingerprint(self) -> str: ...
 
 
+def check_format(channels: int, image_size: int) -> None:
+    """The teacher input formats a pool can produce: 1 (grayscale) or 3 (RGB) channels."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if int(image_size) < 1:
+        raise ValueError(f"image_size must be at least 1, got {image_size}")
+
+
 class TensorPool:
     """An in-memory pool over a uint8 ``(N, C, H, W)`` tensor (tests, small pools)."""
 

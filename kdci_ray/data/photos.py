@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdci_ray.data.openworld import check_format
+
 SOURCE = "sklearn-sample-images"
 _VERSION = 1  # bump when the crop recipe changes: it is part of the fingerprint
 _GAP = 2.0  # resize from a pyramid level with >= _GAP source pixels per output pixel
@@ -78,10 +80,7 @@ class EmbeddedPhotoPool:
                  min_scale: float = 0.1) -> None:
         if int(size) < 1:
             raise ValueError(f"pool size must be at least 1, got {size}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be at least 1, got {image_size}")
+        check_format(channels, image_size)
         if not 0.0 < float(min_scale) <= 1.0:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
         self.size = int(size)

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from kdci_ray.atomic import atomic_write
 from kdci_ray.data.openworld import OpenWorldPool
 
 CRITERIA = ("confidence", "entropy")
@@ -70,19 +68,6 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     ranked = np.where(np.isnan(scores), -np.inf, scores)
     order = np.argsort(-ranked, kind="stable")
     return np.sort(order[:n]).astype(np.int64)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_cached(npy: Path, n: int, length: int) -> np.ndarray | None:
@@ -161,6 +146,6 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
                   "key_extra": key_extra, "pool_length": total,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_unix": time.time()}
         # The record first: the .npy appearing is what marks the entry complete.
-        _atomic_write(json_path, lambda fh: fh.write(json.dumps(record, indent=2).encode()))
-        _atomic_write(npy, lambda fh: np.save(fh, indices, allow_pickle=False))
+        atomic_write(json_path, lambda fh: fh.write(json.dumps(record, indent=2).encode()))
+        atomic_write(npy, lambda fh: np.save(fh, indices, allow_pickle=False))
     return indices

@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 
@@ -45,7 +44,7 @@ from torch import Tensor, nn
 
 from kdci_ray.methods.base import Method, MethodContext
 from kdci_ray.methods.generators import DatafreeGenerator, dcgan_reset_
-from kdci_ray.methods.hooks import bn_statistics
+from kdci_ray.methods.hooks import bn_statistics, exclusive_hooks
 from kdci_ray.methods.pool import ImagePool, augment
 
 
@@ -158,18 +157,9 @@ class InstanceMeans:
         self.handles = []
 
 
-@contextmanager
-def instance_means(model: nn.Module) -> Iterator[InstanceMeans]:
+def instance_means(model: nn.Module) -> AbstractContextManager[InstanceMeans]:
     """Feature hooks active only inside the context, never stacked, always removed."""
-    if getattr(model, _FEATURES_FLAG, False):
-        raise RuntimeError("instance-mean hooks are already active on this model")
-    object.__setattr__(model, _FEATURES_FLAG, True)
-    hooks = InstanceMeans(model)
-    try:
-        yield hooks
-    finally:
-        hooks.remove()
-        object.__setattr__(model, _FEATURES_FLAG, False)
+    return exclusive_hooks(model, lambda: InstanceMeans(model), _FEATURES_FLAG, "instance-mean")
 
 
 class MLPHead(nn.Module):

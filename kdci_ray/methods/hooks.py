@@ -8,11 +8,19 @@ blended with a memory (``BNMomentum``) that persists across synthesis calls; sam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+
+class _Removable(Protocol):
+    def remove(self) -> None: ...
+
+
+H = TypeVar("H", bound=_Removable)
 
 _FLAG = "_bn_statistics_active"  # set on a model while our hooks are registered
 
@@ -50,16 +58,23 @@ class BNStatistics:
 
 
 @contextmanager
-def bn_statistics(model: nn.Module) -> Iterator[BNStatistics]:
-    if getattr(model, _FLAG, False):
-        raise RuntimeError("BN-statistics hooks are already active on this model; they never stack")
-    object.__setattr__(model, _FLAG, True)
-    stats = BNStatistics(model)
+def exclusive_hooks(model: nn.Module, make: Callable[[], H], flag: str = _FLAG,
+                    what: str = "BN-statistics") -> Iterator[H]:
+    """Register hooks built by ``make()`` for the duration of the block only: refused when hooks
+    of the same kind (``flag``) are already on ``model`` (they never stack), always removed."""
+    if getattr(model, flag, False):
+        raise RuntimeError(f"{what} hooks are already active on this model; they never stack")
+    object.__setattr__(model, flag, True)
+    hooks = make()
     try:
-        yield stats
+        yield hooks
     finally:
-        stats.remove()
-        object.__setattr__(model, _FLAG, False)
+        hooks.remove()
+        object.__setattr__(model, flag, False)
+
+
+def bn_statistics(model: nn.Module) -> AbstractContextManager[BNStatistics]:
+    return exclusive_hooks(model, lambda: BNStatistics(model))
 
 
 class BNMomentum:
@@ -128,19 +143,11 @@ class MomentumBNStatistics(BNStatistics):
         self.memory.update(self.last)  # type: ignore[arg-type]
 
 
-@contextmanager
-def bn_statistics_momentum(model: nn.Module, memory: BNMomentum) -> Iterator[MomentumBNStatistics]:
+def bn_statistics_momentum(model: nn.Module,
+                           memory: BNMomentum) -> AbstractContextManager[MomentumBNStatistics]:
     """Like ``bn_statistics`` (same no-stacking rule, hooks removed on exit) with the momentum
     memory; call ``commit()`` inside the context to update the memory."""
-    if getattr(model, _FLAG, False):
-        raise RuntimeError("BN-statistics hooks are already active on this model; they never stack")
-    object.__setattr__(model, _FLAG, True)
-    stats = MomentumBNStatistics(model, memory)
-    try:
-        yield stats
-    finally:
-        stats.remove()
-        object.__setattr__(model, _FLAG, False)
+    return exclusive_hooks(model, lambda: MomentumBNStatistics(model, memory))
 
 
 def count_forward_hooks(model: nn.Module) -> int:

@@ -8,8 +8,6 @@ wrapper (leading ``module.``) are accepted.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from kdci_ray.atomic import atomic_write
 
 _PREFIX = "module."
 _WRAPPER_KEYS = ("state_dict", "model")
@@ -187,17 +187,5 @@ def save_checkpoint(model: nn.Module, path: str | Path, **meta: Any) -> Path:
     """
     if "state_dict" in meta:
         raise TypeError("save_checkpoint(): 'state_dict' is reserved for the model weights")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu() for k, v in _unwrap_model(model).state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": sd, **meta}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save({"state_dict": sd, **meta}, fh))

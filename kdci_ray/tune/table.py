@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import ExperimentConfig, KDCIConfig, flatten
 
 ROW_COLUMNS = [
@@ -158,17 +157,6 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
 # ----------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def sorted_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Per-trial rows sorted by method, kdci, seed; ``acc_kdci`` blanked where KDCI is off."""
     rows = rows.copy()
@@ -184,8 +172,8 @@ def write_tables(rows: pd.DataFrame, out_dir: Path, title: str) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sorted_rows(rows)
     markdown = to_markdown(summarize(rows), title)
-    _atomic_write(out_dir / "summary.csv", rows.to_csv(index=False))
-    _atomic_write(out_dir / "summary.md", markdown)
+    atomic_write_text(out_dir / "summary.csv", rows.to_csv(index=False))
+    atomic_write_text(out_dir / "summary.md", markdown)
     return markdown
 
 
