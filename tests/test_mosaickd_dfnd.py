@@ -145,7 +145,9 @@ def test_transition_rows_sum_to_one_with_the_given_diagonal(tmp_path) -> None:
     s = torch.randn(8, C, requires_grad=True)
     for _ in range(3):
         method.student_loss(s, torch.randn(8, C))["loss"].backward()
-    method.student_loss(s, torch.randn(8, C))  # applies the pending gradient
+        before = method.transition()
+        method.after_student_step()  # the loop calls this right after the student's step
+        assert not torch.allclose(method.transition(), before)
     learned = method.transition()
     assert not torch.allclose(learned, t0)
     assert torch.allclose(learned.diagonal(), torch.full((C,), acc))

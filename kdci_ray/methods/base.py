@@ -109,6 +109,10 @@ class Method:
         kd = kd_loss(student_logits, teacher_logits, self.cfg.kd_temperature)
         return {"loss": kd, "kd": kd}
 
+    def after_student_step(self) -> None:
+        """Called by the loop right after each student optimiser step: a method that learns
+        something from the student's loss with its own optimiser steps it here (DFND's T)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

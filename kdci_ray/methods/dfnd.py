@@ -23,9 +23,9 @@ ResNet-18, ImageNet pool resized to 32x32). Deviations:
 - student batches are augmented (random translation by ``augment_pad`` with reflect padding,
   horizontal flip); the reference defines a RandomCrop(32, 4) + flip transform but trains on the
   un-augmented subset; ``augment_pad = 0, augment_flip = False`` reproduces that;
-- ``T``'s learned part steps (Adam) at the start of the next ``student_loss`` call, i.e. after the
-  loop's backward; the code steps it together with the student. The last step's gradient is
-  never applied. Under DDP ``T`` is wrapped like the student, so every rank holds the same ``T``;
+- ``T``'s learned part has its own Adam, stepped in ``after_student_step`` right after the loop's
+  student step (the code steps both optimisers together). Under DDP ``T`` is wrapped like the
+  student, so every rank holds the same ``T``;
 - the NLL input is clamped at 1e-12 before the log (only matters when ``teacher_acc = 1``);
 - the student's optimiser and schedule are the loop's (the code: SGD 0.1, steps at 40% / 80%);
 - the selection is cached on disk keyed by the pool's fingerprint and the teacher's weights.
@@ -256,7 +256,6 @@ class DFND(Method):
         return self.noise.matrix().detach()
 
     def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
-        self._step_transition()
         labels = teacher_logits.argmax(dim=1)
         weights = self.weights if self.weights is not None else \
             torch.ones(self.ctx.num_classes, device=student_logits.device)
@@ -268,8 +267,8 @@ class DFND(Method):
         noise = noise_adaptation_loss(noisy, labels, weights)
         return {"loss": kd + noise, "kd": kd, "noise": noise}
 
-    def _step_transition(self) -> None:
-        """Apply the gradient the loop's last backward left on ``T`` (then clear it)."""
+    def after_student_step(self) -> None:
+        """Step ``T`` with the gradient the loop's backward left on it (then clear it)."""
         if self.cfg.learn_transition and self.noise.logits.grad is not None:
             self.noise_opt.step()
             self.noise_opt.zero_grad(set_to_none=True)

@@ -121,6 +121,7 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
+            method.after_student_step()
             sched.step()
             step += 1
             for name, value in losses.items():
