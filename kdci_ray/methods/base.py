@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from kdci_ray.methods.losses import kd_loss
+from kdci_ray.methods.pool import ImagePool, augment
 
 
 @dataclass
@@ -95,6 +96,13 @@ class Method:
     def sample(self, batch_size: int) -> Tensor:
         """A batch of substitution inputs for one KD step (no grad to the generator)."""
         raise NotImplementedError
+
+    def sample_pool(self, pool: ImagePool, batch_size: int) -> Tensor:
+        """A batch from an in-memory pool of synthetic images: drawn with ``self.rng``,
+        normalised to the teacher's input space, then augmented (``cfg.augment_pad`` /
+        ``cfg.augment_flip``; translation and flips commute with the per-channel normalisation)."""
+        x = self.ctx.normalize(pool.sample(batch_size, self.rng))
+        return augment(x, self.rng, pad=self.cfg.augment_pad, flip=self.cfg.augment_flip)
 
     def kdci_source(self) -> Tensor:
         """Images the KDCI dictionary is built from at a refresh: by default the batch the last

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from kdci_ray.methods.base import Method, MethodContext
 from kdci_ray.methods.generators import DatafreeGenerator, dcgan_reset_
 from kdci_ray.methods.hooks import bn_statistics, exclusive_hooks
-from kdci_ray.methods.pool import ImagePool, augment
+from kdci_ray.methods.pool import ImagePool
 
 
 @dataclass
@@ -323,9 +323,7 @@ class CMI(Method):
         return {**logs, "pool_size": float(len(self.pool)), "bank_size": float(len(self.bank))}
 
     def sample(self, batch_size: int) -> Tensor:
-        x = self.pool.sample(batch_size, self.rng).float().div(255.0)
-        x = augment(x, self.rng, pad=self.cfg.augment_pad, flip=self.cfg.augment_flip)
-        return self.ctx.normalize(x)
+        return self.sample_pool(self.pool, batch_size)
 
     def state_dict(self) -> dict:
         return {"head": self.head.state_dict(), "head_optimizer": self.head_optimizer.state_dict(),

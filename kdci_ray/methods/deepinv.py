@@ -30,7 +30,7 @@ from torch import Tensor
 from kdci_ray.methods.base import Method, MethodContext
 from kdci_ray.methods.hooks import bn_statistics
 from kdci_ray.methods.losses import js_divergence, total_variation
-from kdci_ray.methods.pool import ImagePool, augment
+from kdci_ray.methods.pool import ImagePool
 
 
 @dataclass
@@ -132,8 +132,7 @@ class DeepInversion(Method):
         return {**best.logs, "pool_size": float(len(self.pool))}
 
     def sample(self, batch_size: int) -> Tensor:
-        x = self.ctx.normalize(self.pool.sample(batch_size, self.rng))
-        return augment(x, self.rng, pad=self.cfg.augment_pad, flip=self.cfg.augment_flip)
+        return self.sample_pool(self.pool, batch_size)
 
     def state_dict(self) -> dict:
         return {"pool": self.pool.state_dict(), "rng": self.rng.get_state()}

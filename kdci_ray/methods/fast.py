@@ -49,7 +49,7 @@ from kdci_ray.methods.cmi import decision_adversarial, shift_flip, to_pool_image
 from kdci_ray.methods.deepinv import BestBatch
 from kdci_ray.methods.generators import DatafreeGenerator, normal_init_
 from kdci_ray.methods.hooks import BNMomentum, bn_statistics_momentum
-from kdci_ray.methods.pool import ImagePool, augment
+from kdci_ray.methods.pool import ImagePool
 
 
 @dataclass
@@ -187,9 +187,7 @@ class Fast(Method):
         self.meta_optimizer.step()
 
     def sample(self, batch_size: int) -> Tensor:
-        x = self.pool.sample(batch_size, self.rng).float().div(255.0)
-        x = augment(x, self.rng, pad=self.cfg.augment_pad, flip=self.cfg.augment_flip)
-        return self.ctx.normalize(x)
+        return self.sample_pool(self.pool, batch_size)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.state_dict(),
