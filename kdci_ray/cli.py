@@ -1,4 +1,4 @@
-"""``kdci-ray``: teacher | train | sweep | report | keys.
+"""``kdci-ray``: teacher | train | sweep | dictionary | report | keys.
 
 Examples::
 
@@ -7,6 +7,8 @@ Examples::
     kdci-ray sweep tune_configs/quickstart.yaml       # the grid, on local Ray or $RAY_ADDRESS
     kdci-ray train tune_configs/quickstart.yaml method=deepinv kdci.enabled=true
     kdci-ray sweep tune_configs/quickstart.yaml --smoke --output /tmp/smoke
+    kdci-ray sweep tune_configs/cifar10_table1.yaml --only method=dafl --only method=dfnd
+    kdci-ray dictionary tune_configs/dictionary_size.yaml   # KDCI dictionaries, built once
     kdci-ray report results/quickstart                # rebuild the table of a (partial) sweep
 """
 
@@ -26,10 +28,10 @@ def _log(msg: str) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
-    from kdci_ray.config import load_experiment
     from kdci_ray.train.teacher import teacher_path, train_teacher
+    from kdci_ray.tune.cases import load_sweep_file
 
-    settings = load_experiment(args.config).settings if args.config else {}
+    settings = load_sweep_file(args.config).settings if args.config else {}
     cfg = resolve(settings, parse_overrides(args.overrides))
     path = teacher_path(cfg)
     if path.is_file() and not args.force:
@@ -41,9 +43,14 @@ def cmd_teacher(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace, single: bool) -> int:
     from kdci_ray.tune.driver import check_inputs, plan_sweep, prepare_output, run_sweep
+    from kdci_ray.tune.only import describe, parse_only
 
     start = time.perf_counter()
-    plan = plan_sweep(args.config, args.overrides, args.output, args.smoke, single=single)
+    only = getattr(args, "only", None) or []
+    plan = plan_sweep(args.config, args.overrides, args.output, args.smoke, single=single,
+                      only=only)
+    if only:
+        _log(describe(parse_only(only), len(plan.configs), plan.grid_size))
     check_inputs(plan, _log)
     prepare_output(plan, args.overwrite)
     _log(f"{len(plan.configs)} trial(s) -> {plan.out_dir}")
@@ -55,6 +62,24 @@ def _sweep(args: argparse.Namespace, single: bool) -> int:
     for err in outcome.errors:
         _log(f"trial failed: {err}")
     return 1 if outcome.errors else 0
+
+
+def cmd_dictionary(args: argparse.Namespace) -> int:
+    """Build (or find) the build-once KDCI dictionaries of a config's grid, print their records."""
+    from kdci_ray.train.dictionary_job import build_all, sampling_methods
+    from kdci_ray.tune.driver import plan_sweep
+
+    plan = plan_sweep(args.config, args.overrides, smoke=args.smoke, only=args.only)
+    configs = [c for c in plan.configs if c.method in sampling_methods()]
+    if not configs:
+        raise ConfigError(
+            f"{args.config}: no grid point uses a sampling-based method "
+            f"({', '.join(sampling_methods())}); the generation-based methods rebuild their "
+            f"dictionary every round from fresh synthetic images, so there is nothing to build"
+        )
+    entries = build_all(configs, _log, only_shared=False)
+    _log(f"{len(entries)} dictionar{'y' if len(entries) == 1 else 'ies'} ready")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -88,7 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--smoke", action="store_true", help="tiny schedules, every code path")
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier sweep's results in the output directory")
+        if not single:
+            p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                           help="run only the grid points whose resolved config has this value "
+                                "(repeat: same key = OR, different keys = AND; cases.<group>="
+                                "NAME selects cases by name)")
         p.set_defaults(func=lambda a, s=single: _sweep(a, s))
+
+    p = sub.add_parser("dictionary", help="build the KDCI dictionaries of a config's "
+                                          "sampling-based runs once, as shared artifacts")
+    p.add_argument("config", help="experiment YAML (its grid's distinct dictionaries are built)")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("--smoke", action="store_true", help="tiny pool and selection")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="restrict the grid as for `sweep --only`")
+    p.set_defaults(func=cmd_dictionary)
 
     p = sub.add_parser("report", help="rebuild summary.csv/summary.md from a sweep directory")
     p.add_argument("dir")
@@ -99,8 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key=value`` overrides may also follow options
+    (``sweep CONFIG --smoke --only method=dafl data.root=/data``)."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra
+             if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         code = args.func(args)
     except (ConfigError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:

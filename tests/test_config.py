@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from kdci_ray.config import (
+    CHOICES,
     SECTIONS,
     SMOKE,
     ConfigError,
@@ -263,12 +264,16 @@ def test_exponent_notation_is_a_float() -> None:
         ("kdci.k=-1", "kdci.k"),
         ("kdci.backend=gpu", "kdci.backend"),
         ("train.lr_schedule=step", "train.lr_schedule"),
+        ("pool.source=imagenet", "pool.source"),
+        ("pool.transform=sobel", "pool.transform"),
     ],
 )
 def test_invalid_values_raise(item: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         resolve(parse_overrides([item]))
     assert f"'{key}'" in str(info.value)
+    if key in CHOICES:  # the message lists what is allowed
+        assert ", ".join(CHOICES[key]) in str(info.value)
 
 
 @pytest.mark.parametrize("backend", ["sklearn", "cuml", "auto"])

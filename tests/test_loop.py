@@ -11,7 +11,7 @@ from kdci_ray.methods import METHODS
 from kdci_ray.methods.deepinv import BestBatch
 from kdci_ray.methods.hooks import count_forward_hooks
 from kdci_ray.models import create_model
-from kdci_ray.train import task as task_module
+from kdci_ray.train import kdci_setup
 from kdci_ray.train.task import Collect, distill
 from kdci_ray.train.teacher import load_data, load_teacher
 
@@ -83,8 +83,9 @@ def test_kdci_dictionary_refreshes_every_round_for_generators(tiny_settings, mon
     calls = []
     original = KDCI.refresh
 
-    def spy(self, teacher, images):
-        out = original(self, teacher, images)
+    def spy(self, teacher, images, data_key=None):
+        assert data_key is None  # fresh synthetic batches: never a stored dictionary
+        out = original(self, teacher, images, data_key)
         calls.append((self.module.prototypes.clone(), float(self.module.proportions.sum())))
         return out
 
@@ -100,7 +101,8 @@ def test_kdci_dictionary_refreshes_every_round_for_generators(tiny_settings, mon
 
 def test_method_default_k_is_used_when_kdci_k_is_zero(tiny_settings, monkeypatch) -> None:
     sizes = []
-    monkeypatch.setattr(task_module, "KDCI", lambda s, *a: sizes.append(s.k) or KDCI(s, *a))
+    monkeypatch.setattr(kdci_setup, "KDCI",
+                        lambda s, *a, **kw: sizes.append(s.k) or KDCI(s, *a, **kw))
     settings = {**tiny_settings, "kdci.k": 0, "kdci.enabled": True, "train.rounds": 1,
                 "dafl.batch_size": 16}
     distill(resolve(settings, {"method": "dafl"}), Collect())

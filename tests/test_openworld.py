@@ -249,3 +249,32 @@ def test_npz_pool_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "odd.npz", pixels=np.zeros((2, 10), dtype=np.uint8))
     with pytest.raises(ValueError, match="no 'data' array"):
         NpzBatchPool(tmp_path, channels=3, image_size=32)
+
+
+def test_sobel_edges_marks_a_step_and_zeroes_flat_images() -> None:
+    from kdci_ray.data.edges import sobel_edges
+
+    step = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    step[..., 4:] = 200  # a vertical step between columns 3 and 4
+    flat = torch.full((1, 1, 8, 8), 90, dtype=torch.uint8)
+    out = sobel_edges(torch.cat([step, flat]))
+    assert out.dtype == torch.uint8 and out.shape == (2, 1, 8, 8)
+    # the step becomes a bright two-pixel line on black, stretched to the full range
+    assert (out[0, 0, :, 3:5] == 255).all()
+    assert (out[0, 0, :, :3] == 0).all() and (out[0, 0, :, 5:] == 0).all()
+    assert (out[1] == 0).all()
+    with pytest.raises(ValueError, match="uint8"):
+        sobel_edges(torch.zeros(1, 1, 8, 8))
+
+
+def test_edge_transform_wraps_any_source_and_changes_fingerprint() -> None:
+    from kdci_ray.data.edges import EdgePool, sobel_edges
+
+    plain = build_open_world("embedded", "", size=20, channels=1, image_size=16, seed=1)
+    edges = build_open_world("embedded", "", size=20, channels=1, image_size=16, seed=1,
+                             transform="edges")
+    assert isinstance(edges, EdgePool) and isinstance(edges, OpenWorldPool)
+    assert len(edges) == 20 and edges.fingerprint != plain.fingerprint
+    assert torch.equal(edges.get([3, 7]), sobel_edges(plain.get([3, 7])))
+    with pytest.raises(ValueError, match="transform 'sobel'.*none, edges"):
+        build_open_world("embedded", "", size=20, channels=1, image_size=8, transform="sobel")

@@ -1,13 +1,20 @@
-"""GPU backend: cuML PCA + K-Means++ on cupy arrays (optional ``gpu`` extra, imported lazily)."""
+"""GPU backend: cuML PCA + K-Means++ on cupy arrays (optional ``gpu`` extra, imported lazily).
+
+Always full k-means (``algorithm`` "auto" or "full"; cuML has no mini-batch variant). Prototypes
+and proportions are computed on the host from the original features, as on the CPU backend.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from kdci_ray.cluster.base import ClusterResult, check_input, pca_components
+from kdci_ray.cluster.base import ClusterResult, check_input, pca_components, summarize
+
+ALGORITHMS = ("auto", "full")  # what this backend accepts; it runs "full"
 
 
 def available() -> bool:
+    """True when cuML and cuPy import and at least one CUDA device is visible."""
     try:
         import cuml  # noqa: F401
         import cupy
@@ -17,7 +24,12 @@ def available() -> bool:
         return False
 
 
-def fit(x: np.ndarray, k: int, pca_dim: int = 0, seed: int = 0, n_init: int = 1) -> ClusterResult:
+def fit(x: np.ndarray, k: int, pca_dim: int = 0, seed: int = 0, n_init: int = 1,
+        algorithm: str = "auto") -> ClusterResult:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"the cuml k-means backend runs full k-means only, got "
+                         f"algorithm={algorithm!r}; use algorithm='auto' or 'full', or "
+                         f"backend='sklearn' for mini-batch k-means")
     try:
         import cupy as cp
         from cuml.cluster import KMeans
@@ -33,7 +45,9 @@ def fit(x: np.ndarray, k: int, pca_dim: int = 0, seed: int = 0, n_init: int = 1)
     xg = cp.asarray(x)
     z = xg if dims == d else PCA(n_components=dims, random_state=seed).fit_transform(xg)
     km = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed)
-    labels = km.fit_predict(z)
-    return ClusterResult(labels=cp.asnumpy(labels).astype(np.int64),
-                         centers=cp.asnumpy(km.cluster_centers_), inertia=float(km.inertia_),
-                         backend="cuml", pca_dim=dims)
+    labels = cp.asnumpy(km.fit_predict(z)).astype(np.int64)
+    del xg, z
+    prototypes, proportions = summarize(x, labels, k)
+    return ClusterResult(labels=labels, centers=cp.asnumpy(km.cluster_centers_),
+                         inertia=float(km.inertia_), backend="cuml", pca_dim=dims,
+                         prototypes=prototypes, proportions=proportions, algorithm="full")

@@ -58,16 +58,32 @@ class TensorPool:
 
 
 SOURCES = ("embedded", "folder", "npz")
+TRANSFORMS = ("none", "edges")
 
 
 def build_open_world(source: str, path: str, size: int, channels: int, image_size: int,
-                     seed: int = 0, min_scale: float = 0.1) -> OpenWorldPool:
+                     seed: int = 0, min_scale: float = 0.1,
+                     transform: str = "none") -> OpenWorldPool:
     """The open-world pool named by ``pool.source``, in the teacher's format.
 
     ``embedded``: ``size`` random crops of scikit-learn's sample photographs (``seed``,
     ``min_scale`` set the crops). ``folder``: the image files under ``path``; ``npz``: the
     downsampled-ImageNet batches in ``path``. For the real sources ``size`` is an upper bound.
+    ``transform``: ``none`` or ``edges`` (the pool's edge maps, see ``kdci_ray.data.edges``).
     """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown open-world transform {transform!r}: choose one of "
+                         f"{', '.join(TRANSFORMS)}")
+    pool = _build_source(source, path, size, channels, image_size, seed, min_scale)
+    if transform == "edges":
+        from kdci_ray.data.edges import EdgePool
+
+        return EdgePool(pool)
+    return pool
+
+
+def _build_source(source: str, path: str, size: int, channels: int, image_size: int,
+                  seed: int, min_scale: float) -> OpenWorldPool:
     if source == "embedded":
         from kdci_ray.data.photos import EmbeddedPhotoPool
 

@@ -1,8 +1,11 @@
 """KDCI: de-confounded data-free KD (Wang et al., CVPR 2024) as a plug-in for any method."""
 
+from kdci_ray.kdci.ablations import apply_ablations, random_dictionary
+from kdci_ray.kdci.artifact import DictionarySpec, DictionaryStore
 from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary
 from kdci_ray.kdci.intervention import BackdoorAdjustment
 from kdci_ray.kdci.plugin import KDCI, KDCISettings, attention_entropy, teacher_logits
 
-__all__ = ["KDCI", "BackdoorAdjustment", "ConfounderDictionary", "KDCISettings",
-           "attention_entropy", "build_dictionary", "teacher_logits"]
+__all__ = ["KDCI", "BackdoorAdjustment", "ConfounderDictionary", "DictionarySpec",
+           "DictionaryStore", "KDCISettings", "apply_ablations", "attention_entropy",
+           "build_dictionary", "random_dictionary", "teacher_logits"]

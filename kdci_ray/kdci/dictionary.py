@@ -1,49 +1,55 @@
 """The confounder dictionary of KDCI (Wang et al., CVPR 2024, Sec. 3.3).
 
-Features are the teacher's logits on the substitution data. They are clustered (PCA, then
-K-Means++) into K groups; prototype ``z_i`` is the mean logit vector of group i (in the original
-logit space, not the PCA space) and ``P(z_i)`` is the share of samples in group i.
+Features are a model's logits on the substitution data (the teacher's by default). They are
+clustered (PCA, then K-Means++; ``kdci_ray.cluster``) into K groups; prototype ``z_i`` is the mean
+logit vector of group i (in the original logit space, not the PCA space) and ``P(z_i)`` is the
+share of samples in group i.
 
-An empty cluster (possible only with degenerate features) keeps ``P = 0`` and a zero prototype, so
-it contributes nothing to the adjustment; K stays fixed so the attention weights keep their shape.
+An empty cluster (possible only with degenerate features) keeps ``P = 0``, so it contributes
+nothing to the adjustment; K stays fixed so the attention weights keep their shape.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from kdci_ray.cluster import fit_kmeans
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConfounderDictionary:
-    prototypes: Tensor  # (K, C) mean teacher logits per cluster
+    prototypes: Tensor  # (K, D) mean source logits per cluster
     proportions: Tensor  # (K,) share of samples per cluster, sums to 1
     inertia: float
-    backend: str
+    backend: str  # k-means backend that ran (sklearn | cuml); "random" for random dictionaries
     num_samples: int
+    algorithm: str = "full"  # sklearn algorithm that ran (full | minibatch)
+    pca_dim: int = 0  # dimensions clustered
 
     @property
     def k(self) -> int:
         return int(self.prototypes.shape[0])
 
+    def with_(self, **changes) -> ConfounderDictionary:
+        """A copy with some fields replaced (the ablations use it)."""
+        return replace(self, **changes)
+
 
 def build_dictionary(features: Tensor, k: int, pca_dim: int = 0, seed: int = 0, n_init: int = 1,
-                     backend: str = "sklearn") -> ConfounderDictionary:
+                     backend: str = "sklearn", algorithm: str = "auto") -> ConfounderDictionary:
+    """Cluster ``(N, D)`` features into a K-entry dictionary (see the module docstring)."""
     x = features.detach().float().cpu().numpy()
-    result = fit_kmeans(x, k, pca_dim=pca_dim, seed=seed, n_init=n_init, backend=backend)
-    counts = np.bincount(result.labels, minlength=k).astype(np.float64)
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    np.add.at(sums, result.labels, x)
-    prototypes = sums / np.maximum(counts, 1.0)[:, None]
+    result = fit_kmeans(x, k, pca_dim=pca_dim, seed=seed, n_init=n_init, backend=backend,
+                        algorithm=algorithm)
     return ConfounderDictionary(
-        prototypes=torch.from_numpy(prototypes.astype(np.float32)),
-        proportions=torch.from_numpy((counts / counts.sum()).astype(np.float32)),
-        inertia=result.inertia,
+        prototypes=torch.as_tensor(result.prototypes, dtype=torch.float32),
+        proportions=torch.as_tensor(result.proportions, dtype=torch.float32),
+        inertia=float(result.inertia),
         backend=result.backend,
         num_samples=int(x.shape[0]),
+        algorithm=result.algorithm,
+        pca_dim=int(result.pca_dim),
     )

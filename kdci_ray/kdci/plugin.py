@@ -8,6 +8,7 @@ adjusted logits for the KD loss.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,8 +16,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from kdci_ray.cluster import resolve_backend
+from kdci_ray.kdci.ablations import apply_ablations, random_dictionary
+from kdci_ray.kdci.artifact import DictionarySpec, DictionaryStore
 from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary
 from kdci_ray.kdci.intervention import BackdoorAdjustment
+from kdci_ray.models.fingerprint import state_fingerprint
 
 
 @dataclass
@@ -25,8 +30,16 @@ class KDCISettings:
     pca_dim: int = 0
     hidden: int = 256
     backend: str = "sklearn"
+    algorithm: str = "auto"
     n_init: int = 1
-    seed: int = 0
+    seed: int = 0  # the trial's seed: per-refresh clustering seeds and the random ablations
+    source: str = "teacher"  # teacher | model | random (which logits / dictionary)
+    random_lambda: bool = False
+    random_z: bool = False
+    uniform_p: bool = False
+    # per-round refreshes: "source" scores the method's kdci_source() with the model; "observed"
+    # clusters the teacher logits the loop's KD steps computed since the last refresh (free)
+    features: str = "source"
 
 
 @torch.no_grad()
@@ -50,20 +63,84 @@ def _gather(x: Tensor) -> Tensor:
 
 
 class KDCI:
-    def __init__(self, settings: KDCISettings, num_classes: int, device: torch.device) -> None:
+    """The plug-in: attention module, dictionary life cycle, optional artifact store.
+
+    ``source_model`` (source ``model``) is the other pre-trained model whose logits are clustered
+    (``source_dim`` of them); otherwise the teacher passed to ``refresh`` scores the images.
+    With a ``store``, a refresh given a ``data_key`` (build-once dictionaries) loads the saved
+    dictionary of the same spec or builds and saves it; those are clustered with seed 0 so that
+    every trial of a sweep shares one. The Table 4 ablations are applied after loading, with the
+    trial's seed.
+    """
+
+    def __init__(self, settings: KDCISettings, num_classes: int, device: torch.device,
+                 source_model: nn.Module | None = None, source_dim: int | None = None,
+                 store: DictionaryStore | None = None) -> None:
+        if settings.source == "model" and source_model is None:
+            raise ValueError("KDCI source 'model' needs the other model (source_model)")
         self.settings = settings
-        self.module = BackdoorAdjustment(num_classes, settings.k, settings.hidden).to(device)
+        self.source_model = source_model
+        self.store = store
+        self.module = BackdoorAdjustment(
+            num_classes, settings.k, settings.hidden,
+            source_dim=source_dim if settings.source == "model" else None,
+            random_lambda=settings.random_lambda, seed=settings.seed).to(device)
+        self.generator = torch.Generator().manual_seed(settings.seed)
         self.dictionary: ConfounderDictionary | None = None
         self.refreshes = 0
+        self._model_key: str | None = None
+        self._observed: list[Tensor] = []
 
-    def refresh(self, teacher: nn.Module, images: Tensor) -> dict[str, float]:
+    def observe(self, teacher_logits: Tensor) -> None:
+        """Keep a KD step's teacher logits for the next refresh (``features: observed`` with the
+        teacher as source; otherwise a no-op)."""
+        if self.settings.features == "observed" and self.settings.source != "model":
+            self._observed.append(teacher_logits.detach().float().cpu())
+
+    def spec(self, model: nn.Module, data_key: str) -> DictionarySpec:
+        """The artifact spec of a build-once dictionary of ``data_key`` scored by ``model``."""
+        if self._model_key is None:
+            self._model_key = state_fingerprint(model)
+        s = self.settings
+        return DictionarySpec(data_key=data_key, model_key=self._model_key, source=s.source,
+                              k=s.k, pca_dim=s.pca_dim, backend=resolve_backend(s.backend),
+                              algorithm=s.algorithm, n_init=s.n_init, seed=0)
+
+    def _dictionary(self, model: nn.Module, feats: Tensor,
+                    data_key: str | None) -> tuple[ConfounderDictionary, bool]:
+        s = self.settings
+        if s.source == "random":
+            return random_dictionary(feats, s.k, self.generator), False
+        spec = self.spec(model, data_key) if data_key is not None and self.store else None
+        if spec is not None and self.store is not None:
+            stored = self.store.load(spec)
+            if stored is not None:
+                return stored, True
+        seed = 0 if data_key is not None else s.seed + self.refreshes
+        built = build_dictionary(feats, s.k, s.pca_dim, seed, s.n_init, s.backend, s.algorithm)
+        if spec is not None and self.store is not None:
+            self.store.save(spec, built)
+        return built, False
+
+    def refresh(self, teacher: nn.Module, images: Tensor,
+                data_key: str | None = None) -> dict[str, float]:
+        """Score ``images`` (this rank's share), rebuild the dictionary, load it into the module.
+        ``data_key`` identifies the images of a build-once dictionary (enables the store)."""
         start = time.perf_counter()
-        feats = _gather(teacher_logits(teacher, images).float().cpu())
+        model = self.source_model if self.source_model is not None else teacher
+        if self._observed and data_key is None:  # reuse what the KD steps already computed
+            local = torch.cat(self._observed)
+        else:
+            local = teacher_logits(model, images).float().cpu()
+        self._observed = []
+        feats = _gather(local)
         distributed = dist.is_available() and dist.is_initialized()
+        cached = False
         if not distributed or dist.get_rank() == 0:
-            seed = self.settings.seed + self.refreshes
-            self.dictionary = build_dictionary(feats, self.settings.k, self.settings.pca_dim, seed,
-                                               self.settings.n_init, self.settings.backend)
+            built, cached = self._dictionary(model, feats, data_key)
+            self.dictionary = apply_ablations(built, feats, random_z=self.settings.random_z,
+                                              uniform_p=self.settings.uniform_p,
+                                              generator=self.generator)
             protos, props = self.dictionary.prototypes, self.dictionary.proportions
         else:
             protos = torch.empty_like(self.module.prototypes.cpu())
@@ -75,9 +152,14 @@ class KDCI:
         self.module.set_dictionary(protos.to(device), props.to(device))
         self.refreshes += 1
         metrics = {"kdci/refresh_s": time.perf_counter() - start,
-                   "kdci/prop_max": float(props.max()), "kdci/samples": float(len(feats))}
-        if self.dictionary is not None:
-            metrics["kdci/inertia"] = self.dictionary.inertia
+                   "kdci/prop_max": float(props.max()), "kdci/samples": float(len(feats)),
+                   "kdci/cached": float(cached)}
+        d = self.dictionary
+        if d is not None:  # what ran, recorded as numbers (rank 0 knows; others report 0)
+            metrics["kdci/backend_cuml"] = float(d.backend == "cuml")
+            metrics["kdci/minibatch"] = float(d.algorithm == "minibatch")
+            if math.isfinite(d.inertia):
+                metrics["kdci/inertia"] = d.inertia
         return metrics
 
     def compensate(self, logits: Tensor, module: nn.Module | None = None) -> tuple[Tensor, Tensor]:

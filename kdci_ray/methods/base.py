@@ -111,6 +111,18 @@ class Method:
             raise RuntimeError(f"{type(self).__name__}.kdci_source() before the first synthesize()")
         return self.last_batch
 
+    @classmethod
+    def open_world_selection(cls, cfg: Any) -> tuple[str, int] | None:
+        """``(criterion, n)`` of the open-world subset a sampling-based method distils on (see
+        ``kdci_ray.data.selection``); None for methods without an open-world pool."""
+        return None
+
+    def kdci_source_key(self) -> str | None:
+        """Content identity of ``kdci_source()`` for a build-once dictionary (``kdci_refresh =
+        "once"``), so the dictionary can be saved and shared across trials; None (the default,
+        fresh synthetic batches) means never cached."""
+        return None
+
     def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
         """Named loss terms for the student step; must contain ``loss`` (the sum that trains).
         Default: plain KD at the method's explicit ``kd_temperature``."""

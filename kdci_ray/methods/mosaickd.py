@@ -118,6 +118,10 @@ class MosaicKD(Method):
     SMOKE = {"latent_dim": 16, "batch_size": 16, "ndf": 8, "ood_subset": 64}
 
     @classmethod
+    def open_world_selection(cls, cfg: MosaicKDConfig) -> tuple[str, int]:
+        return "entropy", int(cfg.ood_subset)
+
+    @classmethod
     def kdci_source_size(cls, cfg: MosaicKDConfig, world_size: int = 1) -> int:
         if cfg.ood_subset <= 0:
             return 2**62  # the whole pool: its size is unknown until the loop builds it
@@ -170,7 +174,7 @@ class MosaicKD(Method):
         cfg, ctx = self.cfg, self.ctx
         logs: dict[str, float] = {}
         if self.ood is None:
-            self.ood = OpenWorldSubset(ctx, "entropy", cfg.ood_subset)
+            self.ood = OpenWorldSubset(ctx, *self.open_world_selection(cfg))
             logs.update({"select_s": self.ood.seconds, "pool": float(len(ctx.open_world))})
         student_was_training = ctx.student.training
         ctx.student.eval()
@@ -217,6 +221,9 @@ class MosaicKD(Method):
         """The (normalised) selected OOD subset, this rank's share: the dictionary is built once
         over the whole subset."""
         return self._require_ood().shard()
+
+    def kdci_source_key(self) -> str | None:
+        return self._require_ood().key
 
     def state_dict(self) -> dict:
         return {"generator": self.bare_generator.state_dict(),

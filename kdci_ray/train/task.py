@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from kdci_ray.config import ExperimentConfig
-from kdci_ray.kdci import KDCI, KDCISettings, attention_entropy
+from kdci_ray.kdci import KDCI, attention_entropy
 from kdci_ray.methods import METHODS, MethodContext
 from kdci_ray.models import create_model
 from kdci_ray.train.evaluate import accuracy, predict_logits
+from kdci_ray.train.kdci_setup import build_kdci
 from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
 from kdci_ray.train.teacher import cache_dir, load_data, load_teacher
 
@@ -34,7 +35,20 @@ def open_world(cfg: ExperimentConfig, data) -> Any:
 
     p = cfg.pool
     return build_open_world(p.source, p.path, size=p.size, channels=data.channels,
-                            image_size=data.image_size, seed=p.seed, min_scale=p.min_scale)
+                            image_size=data.image_size, seed=p.seed, min_scale=p.min_scale,
+                            transform=p.transform)
+
+
+def method_context(cfg: ExperimentConfig, data, teacher: nn.Module, student: nn.Module,
+                   rt: Runtime) -> MethodContext:
+    """What a method sees of the run (each rank synthesises its own data: per-rank seed)."""
+    method_cls = METHODS[cfg.method]
+    return MethodContext(teacher=teacher, student=student, num_classes=data.num_classes,
+                         channels=data.channels, image_size=data.image_size, device=rt.device,
+                         seed=cfg.seed * 1000 + rt.rank, rounds=cfg.train.rounds, rank=rt.rank,
+                         world_size=rt.world_size, wrap=rt.wrap, mean=data.mean, std=data.std,
+                         open_world=open_world(cfg, data) if method_cls.needs_open_world else None,
+                         cache_dir=cache_dir() / "selections")
 
 
 class Reporter(Protocol):
@@ -78,22 +92,13 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
     student_ddp = rt.wrap(student)
 
     method_cls = METHODS[cfg.method]
-    rank_seed = cfg.seed * 1000 + rt.rank  # each rank synthesises its own data
-    ctx = MethodContext(teacher=teacher, student=student, num_classes=data.num_classes,
-                        channels=data.channels, image_size=data.image_size, device=rt.device,
-                        seed=rank_seed, rounds=cfg.train.rounds, rank=rt.rank,
-                        world_size=rt.world_size, wrap=rt.wrap, mean=data.mean, std=data.std,
-                        open_world=open_world(cfg, data) if method_cls.needs_open_world else None,
-                        cache_dir=cache_dir() / "selections")
+    ctx = method_context(cfg, data, teacher, student, rt)
     method = method_cls(cfg.method_config, ctx)
 
     params = [{"params": student.parameters(), "lr": cfg.train.lr}]
     kdci = attention = None
     if cfg.kdci.enabled:
-        k = cfg.kdci.k or method_cls.kdci_k
-        kdci = KDCI(KDCISettings(k=k, pca_dim=cfg.kdci.pca_dim, hidden=cfg.kdci.hidden,
-                                 backend=cfg.kdci.backend, n_init=cfg.kdci.n_init, seed=cfg.seed),
-                    data.num_classes, rt.device)
+        kdci = build_kdci(cfg, method_cls.kdci_k, data, rt.device)
         attention = rt.wrap(kdci.module)
         params.append({"params": kdci.module.parameters(), "lr": cfg.train.lr * cfg.kdci.lr_scale})
     opt = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
@@ -107,7 +112,9 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
     for rnd in range(cfg.train.rounds):
         logs = {f"synth/{k}": v for k, v in method.synthesize(rnd).items()}
         if kdci is not None and (method_cls.kdci_refresh == "round" or rnd == 0):
-            logs.update(kdci.refresh(teacher, method.kdci_source()))
+            once = method_cls.kdci_refresh == "once"
+            logs.update(kdci.refresh(teacher, method.kdci_source(),
+                                     data_key=method.kdci_source_key() if once else None))
         student.train()
         for _ in range(cfg.train.kd_steps if method.kd_active(rnd) else 0):
             x = method.sample(cfg.train.batch_size).to(rt.device)
@@ -115,6 +122,7 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
                 t_logits = teacher(x).logits
             s_logits = student_ddp(x).logits
             if kdci is not None:
+                kdci.observe(t_logits)
                 s_logits, lam = kdci.compensate(s_logits, attention)
                 sums["kdci/attn_entropy"] += attention_entropy(lam.detach())
             losses = method.student_loss(s_logits, t_logits)

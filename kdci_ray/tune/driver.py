@@ -16,7 +16,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,15 @@ import yaml
 from kdci_ray.config import (
     ConfigError,
     ExperimentConfig,
-    load_experiment,
     parse_overrides,
     resolve,
     save_resolved,
     to_flat,
 )
+from kdci_ray.tune import only as only_filter
+from kdci_ray.tune.cases import case_lookup, config_layer, expand, load_sweep_file
 from kdci_ray.tune.naming import trial_dirname
+from kdci_ray.tune.plots import write_plots
 from kdci_ray.tune.space import build_param_space, grid_points
 from kdci_ray.tune.table import rows_from_sweep, write_tables
 
@@ -44,30 +46,42 @@ class SweepPlan:
     out_dir: Path
     settings: dict[str, Any]  # YAML settings (fixed keys)
     overrides: dict[str, Any]  # command-line overrides (win over sampled values)
-    search: dict[str, Any]
+    search: dict[str, Any]  # as run: cut to the --only filters
     configs: list[ExperimentConfig]  # one per grid point (validation and teacher set-up)
+    only: list[str] = field(default_factory=list)  # the --only filters, as given
+    grid_size: int = 0  # grid points before --only
 
 
 def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
                output: str | None = None, smoke: bool = False, single: bool = False,
-               launch_dir: Path | None = None) -> SweepPlan:
-    """Parse and validate a sweep without starting Ray; ``single`` ignores the search section."""
-    exp = load_experiment(config_path)
+               launch_dir: Path | None = None, only: list[str] | None = None) -> SweepPlan:
+    """Parse and validate a sweep without starting Ray; ``single`` ignores the search section.
+
+    ``only`` (``["method=dafl", ...]``) keeps the grid points whose resolved configs match, see
+    ``kdci_ray.tune.only``; data and checkpoints are not read here."""
+    exp = load_sweep_file(config_path)
+    where = str(exp.path)
     over = parse_overrides(overrides or [])
     if smoke:
         over["smoke"] = True
     search = {} if single else exp.search
-    points = grid_points(search)
-    build_param_space(search)  # validates non-grid specs too
+    points = grid_points(search, where)
+    build_param_space(search, where)  # validates non-grid specs too
     if not points:
         raise ConfigError(f"{exp.path}: the search section expands to zero trials")
-    configs = [resolve(exp.settings, point, over) for point in points]
+    configs = [resolve(exp.settings, config_layer(point), over) for point in points]
+    grid_size = len(points)
+    if only:
+        keep = only_filter.select(only_filter.parse_only(only), search, points, configs)
+        search = only_filter.restrict(search, [points[i] for i in keep], where)
+        configs = [configs[i] for i in keep]
     first = configs[0]
     out = output or first.run.output
     base = launch_dir or Path.cwd()
     out_dir = Path(out).expanduser() if out else base / "results" / exp.stem
     return SweepPlan(name=first.name, out_dir=out_dir.resolve(), settings=exp.settings,
-                     overrides=over, search=search, configs=configs)
+                     overrides=over, search=search, configs=configs, only=list(only or []),
+                     grid_size=grid_size)
 
 
 def prepare_output(plan: SweepPlan, overwrite: bool) -> None:
@@ -86,50 +100,101 @@ def prepare_output(plan: SweepPlan, overwrite: bool) -> None:
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump({"name": plan.name, "settings": plan.settings,
-                           "overrides": plan.overrides, "search": plan.search}, sort_keys=False)
+    record = {"name": plan.name, "settings": plan.settings, "overrides": plan.overrides,
+              "search": plan.search}
+    if plan.only:
+        record["only"] = plan.only
+    text = yaml.safe_dump(record, sort_keys=False)
     (out / SWEEP_FILE).write_text(text)
 
 
 def check_inputs(plan: SweepPlan, log=print) -> None:
     """Data readable, teacher present and fitting its architecture (the embedded teacher is trained
-    once here, not per trial)."""
+    once here, not per trial), and the file-backed open-world pools of MosaicKD / DFND present."""
     import torch
 
     from kdci_ray.train.teacher import ensure_teacher, load_data, load_teacher, teacher_path
 
+    datasets: dict[tuple, Any] = {}
     seen: set[tuple] = set()
     for cfg in plan.configs:
-        key = (teacher_path(cfg), cfg.teacher.arch, cfg.data.name, cfg.data.root)
+        d = cfg.data
+        data_key = (d.name, d.root, d.image_size, d.test_fraction, d.split_seed)
+        if data_key not in datasets:
+            datasets[data_key] = load_data(cfg)  # raises a clear error for a missing data path
+        data = datasets[data_key]
+        _check_pool(cfg, data, seen)
+        key = (teacher_path(cfg), cfg.teacher.arch, data_key)
         if key in seen:
             continue
         seen.add(key)
-        data = load_data(cfg)  # raises a clear error for a missing data path
         ensure_teacher(cfg, log)
         load_teacher(cfg, data, torch.device("cpu"))  # a checkpoint that does not fit fails here
+    _prepare_kdci(plan, datasets, log)
 
 
-def trial_fn(params: dict[str, Any], settings: dict[str, Any],
-             overrides: dict[str, Any]) -> None:
-    """One Tune trial: resolve its config, save it, train it with Ray Train."""
+def _prepare_kdci(plan: SweepPlan, datasets: dict[tuple, Any], log) -> None:
+    """KDCI's other models (``kdci.source: model``) trained or checked once, and the build-once
+    dictionaries of the sampling-based methods built once into the store, before any trial (so
+    the trials share them instead of racing to build the same one)."""
+    import torch
+
+    from kdci_ray.train.dictionary_job import build_all
+    from kdci_ray.train.kdci_setup import load_source_model
+
+    seen: set[tuple] = set()
+    for cfg in plan.configs:
+        kc, d = cfg.kdci, cfg.data
+        if not kc.enabled or kc.source != "model":
+            continue
+        key = (kc.source_arch, kc.source_checkpoint, cfg.teacher.seed, repr(d))
+        if key not in seen:
+            seen.add(key)
+            data = datasets[(d.name, d.root, d.image_size, d.test_fraction, d.split_seed)]
+            load_source_model(cfg, data, torch.device("cpu"), log)
+    build_all(plan.configs, log)
+
+
+def _check_pool(cfg: ExperimentConfig, data: Any, seen: set[tuple]) -> None:
+    """Open a file-backed pool once (headers only: a missing or malformed pool fails here)."""
+    from kdci_ray.methods import METHODS
+    from kdci_ray.train.task import open_world
+
+    p = cfg.pool
+    key = ("pool", p.source, p.path, p.size, p.transform, data.channels, data.image_size)
+    if not METHODS[cfg.method].needs_open_world or p.source == "embedded" or key in seen:
+        return
+    seen.add(key)
+    open_world(cfg, data)
+
+
+def trial_fn(params: dict[str, Any], settings: dict[str, Any], overrides: dict[str, Any],
+             cases: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+    """One Tune trial: resolve its config (case names looked up in ``cases``), save it, train it
+    with Ray Train."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from kdci_ray.train.ray_train import fit
 
     trial_dir = Path(tune.get_context().get_trial_dir())
-    cfg = resolve(settings, params, overrides)
+    cfg = resolve(settings, config_layer(expand(params, cases or {})), overrides)
     save_resolved(cfg, trial_dir / "config.yaml")
     fit(cfg, to_flat(cfg), trial_dir, callbacks=[TuneReportCallback()])
 
 
 def _max_concurrent(cfg: ExperimentConfig) -> int:
+    """``run.max_concurrent_trials``, else as many trials as the cluster's CPUs (and, for GPU
+    trials, GPUs) can hold at once."""
     import ray
 
     if cfg.run.max_concurrent_trials > 0:
         return cfg.run.max_concurrent_trials
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    return max(1, math.floor(cpus / (cfg.run.workers * cfg.run.cpus_per_worker)))
+    resources = ray.cluster_resources()
+    fits = resources.get("CPU", 1.0) / (cfg.run.workers * cfg.run.cpus_per_worker)
+    if cfg.run.use_gpu:
+        fits = min(fits, resources.get("GPU", 0.0) / cfg.run.workers)
+    return max(1, math.floor(fits))
 
 
 def init_ray() -> bool:
@@ -180,7 +245,8 @@ def run_sweep(plan: SweepPlan) -> SweepOutcome:
     started = init_ray()
     try:
         trainable = tune.with_resources(
-            tune.with_parameters(trial_fn, settings=plan.settings, overrides=plan.overrides),
+            tune.with_parameters(trial_fn, settings=plan.settings, overrides=plan.overrides,
+                                 cases=case_lookup(plan.search)),
             {"cpu": 0, "memory": 256 * 1024**2},
         )
         tuner = tune.Tuner(
@@ -216,4 +282,7 @@ def report(sweep_dir: Path, title: str | None = None) -> str:
         raise ConfigError(f"{sweep_dir} holds no trials (no trial directory with config.yaml)")
     if title is None and (sweep_dir / SWEEP_FILE).is_file():
         title = (yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()) or {}).get("name")
-    return write_tables(rows, sweep_dir, title or sweep_dir.name)
+    markdown = write_tables(rows, sweep_dir, title or sweep_dir.name)
+    for path in write_plots(rows, sweep_dir):
+        markdown += f"\n\nplot: {path}"
+    return markdown

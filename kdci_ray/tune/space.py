@@ -12,6 +12,37 @@ Each key (dotted, e.g. ``kdci.enabled``) maps to one spec::
 
 Grid keys multiply: Tune runs every grid combination ``num_samples`` times, sampling the other
 specs anew for each. Whether the keys themselves exist is checked by ``config.check_keys``.
+
+Bundles of keys that vary together (a teacher with its checkpoint and its student) are *cases*,
+under the reserved key ``cases``: a list of mappings, each one grid value whose keys are applied
+together, as one layer with the trial's other sampled values::
+
+    search:
+      cases:
+        - {name: r34-r18, teacher.arch: resnet34, teacher.checkpoint: /ckpt/r34.pth,
+           student.arch: resnet18}
+        - {teacher.arch: wrn_40_2, teacher.checkpoint: /ckpt/wrn.pth, student.arch: wrn_16_1}
+      kdci.enabled: [false, true]             # 2 cases x 2 = 4 trials
+
+Several groups of cases that multiply are a mapping of group name -> list::
+
+    search:
+      cases:
+        pair: [{name: r34-r18, ...}, ...]           # Tune parameter ``cases.pair``
+        schedule: [{name: dafl, method: dafl, train.rounds: 240000, ...}, ...]
+
+Rules: a case's keys are checked like any other key (an unknown one is an error naming it and the
+file); its values are fixed values (no specs); a key may be set by one case group only and not
+also be a search key of its own. ``name`` is optional: without it a case is named by its values
+joined with ``-`` (paths left out: ``wrn_40_2-wrn_16_1`` above); names must differ within a
+group. The name is what trial directories (``r34-r18_kdci_00001``), the results table (a column
+``case``, or one per group: ``pair``, ``schedule``) and ``--only cases.pair=r34-r18`` use.
+
+In the Tune ``param_space`` a case group is one ``tune.grid_search`` over its case *names*, so
+Tune's progress table, ``params.json`` and trial names stay short; the trial function gets the
+case mappings alongside (``cases.case_lookup``), puts each trial's case back (``cases.expand``)
+and flattens the point into dotted keys (``cases.config_layer``). ``grid_points`` returns the case
+mappings themselves. Ray is imported only where the ``param_space`` is built.
 """
 
 from __future__ import annotations
@@ -21,9 +52,8 @@ import itertools
 import math
 from typing import Any
 
-from ray import tune
-
 from kdci_ray.config import ConfigError
+from kdci_ray.tune.cases import CASES, NAME, is_case_key, parse_cases
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 _EXAMPLE = "e.g. `{grid: [a, b]}`, `{uniform: [0.1, 1.0]}` or a bare list `[a, b]`"
@@ -84,15 +114,43 @@ def _check_args(key: str, kind: str, args: list[Any]) -> None:
         )
 
 
-def _parsed(search: dict[str, Any]) -> dict[str, tuple[str, list[Any]]]:
+def _parsed(search: dict[str, Any], where: str = "") -> dict[str, tuple[str, list[Any]]]:
+    """``{param key: (kind, args)}``; each case group is a grid over its case mappings."""
     if not isinstance(search, dict):
         raise ConfigError(
             f"'search' must be a mapping of key: spec, got {type(search).__name__}; {_EXAMPLE}"
         )
-    return {key: _parse_spec(key, spec) for key, spec in search.items()}
+    out: dict[str, tuple[str, list[Any]]] = {}
+    for key, spec in search.items():
+        if key == CASES:
+            out.update({k: ("grid", cases) for k, cases in parse_cases(spec, where).items()})
+        elif isinstance(key, str) and is_case_key(key):
+            raise ConfigError(f"search key '{key}': write case groups as "
+                              f"`cases: {{{key[len(CASES) + 1:]}: [...]}}`")
+        else:
+            out[key] = _parse_spec(key, spec)
+    _check_overlaps(out, where)
+    return out
+
+
+def _check_overlaps(parsed: dict[str, tuple[str, list[Any]]], where: str) -> None:
+    """A key set by a case may not be set by another case group or searched on its own."""
+    owner: dict[str, str] = {key: key for key in parsed if not is_case_key(key)}
+    for key, (_, cases) in parsed.items():
+        if not is_case_key(key):
+            continue
+        for k in {k for case in cases for k in case if k != NAME}:
+            if k in owner:
+                src = f"{where}: " if where else ""
+                other = f"search key '{k}'" if owner[k] == k else f"search '{owner[k]}'"
+                raise ConfigError(f"{src}'{k}' is set both by search '{key}' and by {other}; "
+                                  "a key may vary in one place only")
+            owner[k] = key
 
 
 def _domain(kind: str, args: list[Any]) -> Any:
+    from ray import tune
+
     if kind == "grid":
         return tune.grid_search(args)
     if kind == "choice":
@@ -104,23 +162,26 @@ def _domain(kind: str, args: list[Any]) -> Any:
     return tune.randint(*args)
 
 
-def build_param_space(search: dict[str, Any]) -> dict[str, Any]:
-    """Tune ``param_space`` for a ``search`` section; keys stay dotted (``"kdci.enabled"``)."""
-    return {key: _domain(kind, args) for key, (kind, args) in _parsed(search).items()}
+def build_param_space(search: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Tune ``param_space`` for a ``search`` section; keys stay dotted (``"kdci.enabled"``), a case
+    group (``"cases.pair"``) is ``tune.grid_search`` over its case names."""
+    return {key: _domain(kind, [c[NAME] for c in args] if is_case_key(key) else args)
+            for key, (kind, args) in _parsed(search, where).items()}
 
 
-def grid_points(search: dict[str, Any]) -> list[dict[str, Any]]:
+def grid_points(search: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
     """Every combination of the grid (and bare-list) entries, in key order (last varies fastest).
 
-    Sampled specs (choice, uniform, ...) are left out. No grid entries gives ``[{}]``.
+    Sampled specs (choice, uniform, ...) are left out. No grid entries gives ``[{}]``. A case
+    group's value is its case mapping; ``cases.config_layer`` turns a point into dotted keys.
     """
-    grids = {key: args for key, (kind, args) in _parsed(search).items() if kind == "grid"}
+    grids = {key: args for key, (kind, args) in _parsed(search, where).items() if kind == "grid"}
     return [dict(zip(grids, combo, strict=True)) for combo in itertools.product(*grids.values())]
 
 
-def count_trials(search: dict[str, Any], num_samples: int = 1) -> int:
+def count_trials(search: dict[str, Any], num_samples: int = 1, where: str = "") -> int:
     """Number of trials Tune will run: product of the grid sizes times ``num_samples``."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    sizes = [len(args) for kind, args in _parsed(search).values() if kind == "grid"]
+    sizes = [len(args) for kind, args in _parsed(search, where).values() if kind == "grid"]
     return math.prod(sizes) * num_samples

@@ -1,4 +1,4 @@
-"""Result tables of a sweep: per-trial rows, per-(method, KDCI) summary, Markdown.
+"""Result tables of a sweep: per-trial rows, per-(searched values, method, KDCI) summary, Markdown.
 
 ``rows_from_sweep`` reads a Ray Tune experiment directory directly (no Ray needed), so tables can
 be rebuilt from a finished or an interrupted sweep. Ray Tune 2.60 writes, per trial directory,
@@ -7,6 +7,12 @@ be rebuilt from a finished or an interrupted sweep. Ray Tune 2.60 writes, per tr
 per ``tune.report``, plus Tune's own fields and a ``config`` copy), ``progress.csv`` and a
 TensorBoard ``events.out.tfevents.*`` file. We add ``config.yaml`` (the resolved flat config)
 and ``student.pt``.
+
+Besides ``ROW_COLUMNS`` a row has one column per searched entry of the sweep other than
+``method``, ``kdci.enabled`` and ``seed`` (already columns): a grid or sampled key under its
+dotted name (``kdci.k``), a case group under its column name (``case``, or the group's name such as
+``pair``) holding the case's name. Any other column counts as such a searched column: the summary
+groups by them too, and the Markdown shows them first (except one that only repeats ``method``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,15 @@ import pandas as pd
 import yaml
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config import ExperimentConfig, KDCIConfig, flatten
+from kdci_ray.config import ConfigError, ExperimentConfig, KDCIConfig, flatten
+from kdci_ray.tune.cases import (
+    case_lookup,
+    case_name,
+    column_name,
+    config_layer,
+    expand,
+    is_case_key,
+)
 
 ROW_COLUMNS = [
     "trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
@@ -32,6 +46,22 @@ SUMMARY_COLUMNS = [
     "teacher_acc", "delta_acc",
 ]  # fmt: skip
 DASH = "–"
+_STANDARD_PARAMS = ("method", "kdci.enabled", "seed")  # searched keys that have a column already
+
+
+def searched_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of a rows or summary frame beyond ``ROW_COLUMNS`` / ``SUMMARY_COLUMNS``: one
+    per searched key or case group."""
+    return [c for c in frame.columns if c not in ROW_COLUMNS and c not in SUMMARY_COLUMNS]
+
+
+def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Stable sort on ``keys``; columns that mix types (a grid of ``[1, "a"]``) sort as text."""
+    keys = [k for k in keys if k in frame.columns]
+    try:
+        return frame.sort_values(keys, kind="stable")
+    except TypeError:
+        return frame.sort_values(keys, kind="stable", key=lambda col: col.astype(str))
 
 # ----------------------------------------------------------------------------- summary
 
@@ -51,12 +81,11 @@ def _mean(values: pd.Series) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def _group_row(method: str, kdci: bool, group: pd.DataFrame) -> dict[str, Any]:
+def _group_row(keys: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
     acc = pd.to_numeric(group["acc"], errors="coerce")
     acc_kdci = pd.to_numeric(group["acc_kdci"], errors="coerce")
     return {
-        "method": method,
-        "kdci": kdci,
+        **keys,
         "n": int(acc.notna().sum()),
         "acc_mean": _mean(acc),
         "acc_std": _std(acc),
@@ -66,30 +95,40 @@ def _group_row(method: str, kdci: bool, group: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _key(value: Any) -> Any:
+    """A group-key value that compares equal to itself (NaN -> None)."""
+    return None if _missing(value) else value
+
+
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, kdci): ``n``, acc/acc_kdci mean and std, teacher acc, delta_acc.
+    """One row per (searched columns..., method, kdci): ``n``, acc/acc_kdci mean and std, teacher
+    acc, delta_acc.
 
     ``n`` counts trials with a measured ``acc`` (trials without any result are left out of
     every statistic). Stds are sample stds (ddof=1) over those trials; a group of one trial
     gets std 0.0, a group with none NaN. ``delta_acc`` (same on both rows of a method) is
-    mean acc with KDCI minus mean acc without, NaN when either side is missing.
+    mean acc with KDCI minus mean acc without, at the same searched values; NaN when either
+    side is missing.
     """
+    extra = searched_columns(rows)
+    columns = extra + SUMMARY_COLUMNS
     if rows.empty:
-        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+        return pd.DataFrame(columns=columns)
     frame = rows.assign(kdci=rows["kdci"].astype(bool))
+    by = extra + ["method", "kdci"]
     records = [
-        _group_row(method, bool(kdci), group)
-        for (method, kdci), group in frame.groupby(["method", "kdci"], sort=True)
+        _group_row(dict(zip(by, values, strict=True)), group)
+        for values, group in frame.groupby(by, sort=False, dropna=False)
     ]
-    out = pd.DataFrame.from_records(records)
-    means = out.set_index(["method", "kdci"])["acc_mean"]
+    out = _sort(pd.DataFrame.from_records(records), by)
+    side = {tuple(_key(r[c]) for c in by): r["acc_mean"] for _, r in out.iterrows()}
 
-    def delta(method: str) -> float:
-        on, off = means.get((method, True), math.nan), means.get((method, False), math.nan)
-        return float(on - off)
+    def delta(r: pd.Series) -> float:
+        base = tuple(_key(r[c]) for c in extra + ["method"])
+        return float(side.get((*base, True), math.nan) - side.get((*base, False), math.nan))
 
-    out["delta_acc"] = [delta(m) for m in out["method"]]
-    return out[SUMMARY_COLUMNS].reset_index(drop=True)
+    out["delta_acc"] = [delta(r) for _, r in out.iterrows()]
+    return out[columns].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -122,34 +161,47 @@ def _table(header: list[str], align: list[str], body: list[list[str]]) -> list[s
     return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
 
 
+def _shown_columns(summary: pd.DataFrame) -> list[str]:
+    """Searched columns worth a Markdown column: not a copy of ``method`` (a schedule case group
+    named after its method)."""
+    method = summary["method"].astype(str)
+    return [c for c in searched_columns(summary) if not summary[c].astype(str).equals(method)]
+
+
+def _text(value: Any) -> str:
+    return DASH if _missing(value) else str(value)
+
+
+def _accuracy_cells(r: pd.Series) -> list[str]:
+    return [
+        r["method"],
+        "on" if r["kdci"] else "off",
+        str(int(r["n"])),
+        _pct(r["acc_mean"], r["acc_std"]),
+        _pct(r["acc_kdci_mean"], r["acc_kdci_std"]) if r["kdci"] else DASH,
+        _pct(r["teacher_acc"]),
+    ]
+
+
 def to_markdown(summary: pd.DataFrame, title: str) -> str:
-    """Markdown: a per-(method, KDCI) accuracy table and a per-method "KDCI − vanilla" table.
+    """Markdown: a per-(searched values, method, KDCI) accuracy table and a "KDCI − vanilla" table.
 
     Accuracies are percentages (mean ± sample std over trials); deltas are percentage points.
     """
-    body = [
-        [
-            r.method,
-            "on" if r.kdci else "off",
-            str(int(r.n)),
-            _pct(r.acc_mean, r.acc_std),
-            _pct(r.acc_kdci_mean, r.acc_kdci_std) if r.kdci else DASH,
-            _pct(r.teacher_acc),
-        ]
-        for r in summary.itertuples(index=False)
-    ]
+    extra = _shown_columns(summary)
     lines = [f"## {title}", ""]
     lines += _table(
-        ["method", "KDCI", "n", "acc (%)", "acc_kdci (%)", "teacher acc (%)"],
-        ["---", "---", "---:", "---:", "---:", "---:"],
-        body,
+        extra + ["method", "KDCI", "n", "acc (%)", "acc_kdci (%)", "teacher acc (%)"],
+        ["---"] * len(extra) + ["---", "---", "---:", "---:", "---:", "---:"],
+        [[_text(r[c]) for c in extra] + _accuracy_cells(r) for _, r in summary.iterrows()],
     )
-    deltas = summary.drop_duplicates("method")[["method", "delta_acc"]]
+    deltas = summary.drop_duplicates(extra + ["method"])
     lines += ["", "### KDCI − vanilla", ""]
     lines += _table(
-        ["method", "Δ acc"],
-        ["---", "---:"],
-        [[m, _pp(d)] for m, d in deltas.itertuples(index=False)],
+        extra + ["method", "Δ acc"],
+        ["---"] * len(extra) + ["---", "---:"],
+        [[_text(r[c]) for c in extra] + [r["method"], _pp(r["delta_acc"])]
+         for _, r in deltas.iterrows()],
     )
     return "\n".join(lines) + "\n"
 
@@ -158,12 +210,13 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
 
 
 def sorted_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per-trial rows sorted by method, kdci, seed; ``acc_kdci`` blanked where KDCI is off."""
+    """Per-trial rows sorted by searched columns, method, kdci, seed; ``acc_kdci`` blanked where
+    KDCI is off."""
     rows = rows.copy()
     rows["kdci"] = rows["kdci"].astype(bool)
     rows["acc_kdci"] = pd.to_numeric(rows["acc_kdci"], errors="coerce").where(rows["kdci"])
-    keys = [k for k in ("method", "kdci", "seed", "trial") if k in rows.columns]
-    return rows.sort_values(keys, kind="stable").reset_index(drop=True)
+    keys = searched_columns(rows) + ["method", "kdci", "seed", "trial"]
+    return _sort(rows, keys).reset_index(drop=True)
 
 
 def write_tables(rows: pd.DataFrame, out_dir: Path, title: str) -> str:
@@ -180,23 +233,56 @@ def write_tables(rows: pd.DataFrame, out_dir: Path, title: str) -> str:
 # ----------------------------------------------------------------------------- reading a sweep
 
 
-def _read_trial_config(trial_dir: Path) -> dict[str, Any] | None:
-    """``params.json`` overlaid with ``config.yaml`` (flat keys); None if neither exists."""
-    sources = [(trial_dir / "params.json", json.loads), (trial_dir / "config.yaml", yaml.safe_load)]
-    if not any(path.is_file() for path, _ in sources):
+def _load(path: Path, load) -> dict[str, Any] | None:
+    """A JSON / YAML mapping, or None (missing, or unreadable with a warning)."""
+    if not path.is_file():
         return None
-    merged: dict[str, Any] = {}
-    for path, load in sources:
-        if not path.is_file():
-            continue
-        try:
-            data = load(path.read_text())
-        except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
-            warnings.warn(f"{path}: unreadable ({exc}); ignored", stacklevel=3)
-            continue
-        if isinstance(data, dict):
-            merged.update(flatten(data))
-    return merged
+    try:
+        data = load(path.read_text())
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
+        warnings.warn(f"{path}: unreadable ({exc}); ignored", stacklevel=4)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _case_lookup(sweep_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """The sweep's cases by name, from its ``sweep.yaml`` (``{}`` when there is none)."""
+    record = _load(sweep_dir / "sweep.yaml", yaml.safe_load) or {}
+    try:
+        return case_lookup(record.get("search") or {})
+    except ConfigError as exc:
+        warnings.warn(f"{sweep_dir / 'sweep.yaml'}: cases unreadable ({exc}); ignored",
+                      stacklevel=3)
+        return {}
+
+
+def _read_trial_config(trial_dir: Path, lookup: dict[str, dict[str, dict[str, Any]]]
+                       ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(config, params)``: ``params.json`` (Tune's sampled values; cases by name, looked up in
+    ``lookup``) overlaid with ``config.yaml`` (flat keys), and ``params.json`` itself; None if
+    the directory has neither file."""
+    paths = (trial_dir / "params.json", trial_dir / "config.yaml")
+    if not any(path.is_file() for path in paths):
+        return None
+    params = _load(paths[0], json.loads) or {}
+    try:
+        point = expand(params, lookup)
+    except ConfigError:  # a case renamed since: config.yaml still has the resolved values
+        point = params
+    merged = flatten(config_layer(point))
+    merged.update(flatten(_load(paths[1], yaml.safe_load) or {}))
+    return merged, params
+
+
+def _searched_values(params: dict[str, Any]) -> dict[str, Any]:
+    """``{column: value}`` for a trial's searched entries (case groups by their case's name)."""
+    values = {}
+    for key, value in params.items():
+        if is_case_key(key):
+            values[column_name(key)] = case_name(value)
+        elif key not in _STANDARD_PARAMS:
+            values[key] = value
+    return values
 
 
 def _read_results(trial_dir: Path) -> list[dict[str, Any]]:
@@ -243,13 +329,14 @@ def _checkpoint(trial_dir: Path) -> str:
     return str(nested[-1]) if nested else ""
 
 
-def _trial_row(trial_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+def _trial_row(trial_dir: Path, cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     reports = _read_results(trial_dir)
     last = reports[-1] if reports else {}
     kdci = _as_bool(cfg.get("kdci.enabled", KDCIConfig.enabled))
     rounds = last.get("round")
     return {
         "trial": trial_dir.name,
+        **_searched_values(params),
         "method": str(cfg.get("method", ExperimentConfig.method)),
         "kdci": kdci,
         "seed": int(cfg.get("seed", ExperimentConfig.seed)),
@@ -269,15 +356,19 @@ def rows_from_sweep(sweep_dir: Path) -> pd.DataFrame:
     over ``params.json``; keys missing from both take the config defaults). Metrics are the
     latest reported ``eval/acc``, ``eval/acc_kdci`` (KDCI on only), ``eval/teacher_acc``;
     ``finished`` means the last report has ``finished == 1``. Trials without reports get NaN.
+    The searched entries of ``params.json`` (other than method, KDCI, seed) become columns right
+    after ``trial``; case names are looked up in the sweep's ``sweep.yaml``.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
+    lookup = _case_lookup(sweep_dir)
     records = []
     for trial_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        cfg = _read_trial_config(trial_dir)
-        if cfg is not None:
-            records.append(_trial_row(trial_dir, cfg))
-    frame = pd.DataFrame.from_records(records, columns=ROW_COLUMNS)
+        found = _read_trial_config(trial_dir, lookup)
+        if found is not None:
+            records.append(_trial_row(trial_dir, *found))
+    extra = list(dict.fromkeys(k for r in records for k in r if k not in ROW_COLUMNS))
+    frame = pd.DataFrame.from_records(records, columns=ROW_COLUMNS[:1] + extra + ROW_COLUMNS[1:])
     frame = frame.astype({"acc": float, "acc_kdci": float, "teacher_acc": float})
     return sorted_rows(frame) if len(frame) else frame

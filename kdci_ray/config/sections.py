@@ -1,0 +1,164 @@
+"""The config sections: one dataclass per section, defaults in code.
+
+Each method's own section (its paper defaults) is the ``Config`` dataclass in its method file;
+``ExperimentConfig.methods`` holds one of each. ``CHOICES`` lists the keys whose value must be
+one of a few names; ``validate`` checks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdci_ray.methods import METHODS
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message says what and how."""
+
+
+@dataclass
+class DataConfig:
+    """Which labelled data the teacher was trained on and the students are scored on."""
+
+    name: str = "digits"  # digits (embedded) | cifar10 | cifar100
+    root: str = ""  # directory of the CIFAR python pickles; unused for digits
+    image_size: int = 16  # digits only: the 8x8 originals are upsampled to this size
+    test_fraction: float = 0.3  # digits only: held-out share (fixed, seeded, stratified)
+    split_seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    """The trained teacher; ``checkpoint`` empty means the cached embedded teacher."""
+
+    arch: str = "digits_cnn"
+    checkpoint: str = ""
+    epochs: int = 30  # used only when `kdci-ray teacher` trains one
+    lr: float = 0.05
+    batch_size: int = 64
+    min_acc: float = 0.97  # training fails loudly below this test accuracy
+    seed: int = 0
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "digits_cnn_small"
+
+
+@dataclass
+class TrainConfig:
+    """The one distillation loop: ``rounds`` x (synthesize, ``kd_steps`` student steps)."""
+
+    rounds: int = 200
+    kd_steps: int = 50
+    batch_size: int = 256  # per worker
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"  # cosine | constant
+    eval_every: int = 10  # rounds between evaluations on the test split
+    eval_batch_size: int = 512
+
+
+@dataclass
+class KDCIConfig:
+    """KDCI (Wang et al., CVPR 2024): confounder dictionary + backdoor-adjusted student logits."""
+
+    enabled: bool = False
+    k: int = 0  # dictionary size; 0 = the method's default (DAFL 8, DeepInversion 32)
+    pca_dim: int = 0  # PCA components used for clustering; 0 = keep min(C, 64)
+    hidden: int = 256  # additive attention width
+    backend: str = "sklearn"  # k-means backend: sklearn | auto
+    algorithm: str = "auto"  # sklearn k-means: auto | full | minibatch (cuML: always full)
+    n_init: int = 1  # k-means++ restarts per refresh
+    features: str = "source"  # per-round refresh: source (score kdci_source) | observed (reuse KD)
+    source: str = "teacher"  # dictionary features: teacher | model (another model) | random
+    source_arch: str = ""  # source=model: the other pre-trained model's architecture
+    source_checkpoint: str = ""  # source=model: its weights; empty = cached embedded one
+    random_lambda: bool = False  # ablation (Table 4): random attention weights, not learned
+    random_z: bool = False  # ablation (Table 4): random prototypes, P(z) kept
+    uniform_p: bool = False  # ablation (Table 4): P(z_i) = 1/K
+    cache: bool = True  # build-once dictionaries are saved and shared across trials
+    lr_scale: float = 1.0  # attention learning rate = lr_scale * train.lr
+
+
+@dataclass
+class PoolConfig:
+    """Unlabeled open-world images for the sampling-based methods (MosaicKD, DFND)."""
+
+    source: str = "embedded"  # embedded (crops of packaged photos) | folder | npz
+    path: str = ""  # folder / npz directory for the real sources
+    size: int = 600_000  # images in the pool (embedded: crops generated; others: at most this)
+    seed: int = 0
+    min_scale: float = 0.1  # embedded crops: smallest crop side as a share of the photo's side
+    transform: str = "none"  # none | edges (Sobel edge maps: strokes on black, see data/edges.py)
+
+
+@dataclass
+class RunConfig:
+    """How a run is executed: Ray Train workers and where results go."""
+
+    workers: int = 1  # Ray Train workers (DDP ranks) per trial
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_concurrent_trials: int = 0  # 0 = as many as the cluster's CPUs allow
+    output: str = ""  # sweep directory; empty = results/<config stem>/ under the launch directory
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "teacher": TeacherConfig,
+    "student": StudentConfig,
+    "train": TrainConfig,
+    "kdci": KDCIConfig,
+    "pool": PoolConfig,
+    "run": RunConfig,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.lr_schedule": ("cosine", "constant"),
+    "kdci.backend": ("sklearn", "cuml", "auto"),
+    "kdci.algorithm": ("auto", "full", "minibatch"),
+    "kdci.source": ("teacher", "model", "random"),
+    "kdci.features": ("source", "observed"),
+    "pool.source": ("embedded", "folder", "npz"),
+    "pool.transform": ("none", "edges"),
+}
+
+SMOKE: dict[str, Any] = {
+    "train.rounds": 2,
+    "train.kd_steps": 2,
+    "train.batch_size": 16,
+    "train.eval_every": 1,
+    "teacher.epochs": 1,
+    "teacher.min_acc": 0.0,
+    "kdci.k": 4,
+    "pool.size": 256,
+}
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    method: str = "dafl"
+    preset: str = "paper"  # paper | embedded (method-specific schedule for the embedded data)
+    seed: int = 0
+    smoke: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kdci: KDCIConfig = field(default_factory=KDCIConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    methods: dict[str, Any] = field(
+        default_factory=lambda: {name: cls.Config() for name, cls in METHODS.items()}
+    )
+
+    @property
+    def method_config(self) -> Any:
+        return self.methods[self.method]
+
+
+TOP_LEVEL = ("name", "method", "preset", "seed", "smoke")

@@ -1,0 +1,47 @@
+"""Value checks on a resolved config that need more than a type."""
+
+from __future__ import annotations
+
+from kdci_ray.config.sections import CHOICES, ConfigError, ExperimentConfig
+from kdci_ray.methods import METHODS
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Value checks that need more than a type."""
+    positive = {
+        "train.rounds": cfg.train.rounds,
+        "train.kd_steps": cfg.train.kd_steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.eval_every": cfg.train.eval_every,
+        "run.workers": cfg.run.workers,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    if cfg.kdci.k < 0:
+        raise ConfigError(
+            f"config key 'kdci.k' must be >= 0 (0 = method default), got {cfg.kdci.k}"
+        )
+    if cfg.kdci.enabled:
+        method = METHODS[cfg.method]
+        k = cfg.kdci.k or method.kdci_k
+        n = method.kdci_source_size(cfg.method_config, cfg.run.workers)
+        if k > n:
+            raise ConfigError(
+                f"KDCI dictionary size K={k} is larger than the {n} substitution images each "
+                f"refresh of '{cfg.method}' clusters; lower kdci.k or raise "
+                f"{cfg.method}.batch_size"
+            )
+    for key, allowed in CHOICES.items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(
+                f"config key '{key}' must be one of {', '.join(allowed)}, got {value!r}"
+            )
+    if cfg.kdci.source == "model" and not cfg.kdci.source_arch:
+        raise ConfigError(
+            "config key 'kdci.source' is 'model' but 'kdci.source_arch' is empty: name the other "
+            "pre-trained model's architecture (and its weights in kdci.source_checkpoint, or "
+            "leave that empty for the embedded data to train and cache one)"
+        )

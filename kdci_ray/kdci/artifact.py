@@ -1,0 +1,103 @@
+"""Confounder dictionaries as artifacts: saved once with their metadata, shared by key.
+
+A build-once dictionary (sampling-based methods: DFND, MosaicKD) depends only on the selected
+pool, the model that scored it and the clustering settings, not on the trial. Its key is the SHA-1
+of exactly those (``DictionarySpec``); every trial of a sweep that asks for the same spec loads
+the same file, and changing the pool, the selection, the teacher/source model or a clustering
+setting gives a new key (the old file is simply not used again).
+
+On disk: ``<dir>/<key>.pt`` (``{"prototypes", "proportions"}`` tensors) and ``<key>.json`` (the
+metadata: source, K, backend, algorithm, PCA dims, inertia, N, the data and model hashes, time),
+both written atomically; the ``.pt`` appearing last marks the entry complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdci_ray.atomic import atomic_write
+from kdci_ray.kdci.dictionary import ConfounderDictionary
+
+
+@dataclass(frozen=True)
+class DictionarySpec:
+    """Everything a build-once dictionary depends on."""
+
+    data_key: str  # identity of the substitution images (pool fingerprint + selected indices)
+    model_key: str  # identity of the model whose logits are clustered (weights + normalisation)
+    source: str  # teacher | model | random
+    k: int
+    pca_dim: int
+    backend: str  # the backend that will run (auto already resolved)
+    algorithm: str
+    n_init: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        payload = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+class DictionaryStore:
+    """A directory of dictionary artifacts (default ``$KDCI_RAY_CACHE/dictionaries``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def paths(self, spec: DictionarySpec) -> tuple[Path, Path]:
+        return self.root / f"{spec.key}.pt", self.root / f"{spec.key}.json"
+
+    def load(self, spec: DictionarySpec) -> ConfounderDictionary | None:
+        """The stored dictionary of ``spec``, or None if absent or unreadable (then rebuilt)."""
+        pt, meta_path = self.paths(spec)
+        if not (pt.is_file() and meta_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors = torch.load(pt, map_location="cpu", weights_only=True)
+            protos, props = tensors["prototypes"], tensors["proportions"]
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError):
+            return None  # unreadable or damaged: rebuilt and overwritten
+        if meta.get("spec") != asdict(spec) or protos.shape[0] != spec.k:
+            return None
+        return ConfounderDictionary(prototypes=protos.float(), proportions=props.float(),
+                                    inertia=float(meta["inertia"]), backend=meta["backend"],
+                                    num_samples=int(meta["num_samples"]),
+                                    algorithm=meta["algorithm"], pca_dim=int(meta["pca_dim"]))
+
+    def save(self, spec: DictionarySpec, dictionary: ConfounderDictionary,
+             extra: dict[str, Any] | None = None) -> Path:
+        pt, meta_path = self.paths(spec)
+        meta = {"key": spec.key, "spec": asdict(spec), "k": dictionary.k,
+                "backend": dictionary.backend, "algorithm": dictionary.algorithm,
+                "pca_dim": dictionary.pca_dim, "inertia": dictionary.inertia,
+                "num_samples": dictionary.num_samples,
+                "feature_dim": int(dictionary.prototypes.shape[1]),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+        buf = io.BytesIO()
+        torch.save({"prototypes": dictionary.prototypes.cpu(),
+                    "proportions": dictionary.proportions.cpu()}, buf)
+        atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+        atomic_write(pt, lambda fh: fh.write(buf.getvalue()))
+        return pt
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The metadata of every complete artifact in the store."""
+        out = []
+        for meta_path in sorted(self.root.glob("*.json")):
+            if meta_path.with_suffix(".pt").is_file():
+                try:
+                    out.append(json.loads(meta_path.read_text()))
+                except (OSError, ValueError):
+                    continue
+        return out

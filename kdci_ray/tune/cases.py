@@ -1,0 +1,209 @@
+"""Bundles of keys that vary together: the reserved ``cases`` search key (syntax: tune/space.py).
+
+A *case* is one mapping of dotted config keys with fixed values (plus an optional ``name``); a
+*case group* is a list of cases and acts as one grid key whose values are its cases. Here
+the YAML value of ``cases`` is parsed and checked, case names are looked up (Tune's
+``param_space`` holds only the names), a sampled point is turned back into one config layer, and
+an experiment file holding ``cases`` is loaded. No Ray import: the results table uses the same
+helpers on a finished sweep.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdci_ray.config import ConfigError, Experiment, check_keys, flatten, load_experiment
+
+CASES = "cases"
+NAME = "name"
+# the results table's own columns (tune/table.py): a case group may not be named like one
+RESERVED_COLUMNS = ("trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
+                    "rounds_done", "finished", "checkpoint", "n", "acc_mean", "acc_std",
+                    "acc_kdci_mean", "acc_kdci_std", "delta_acc")
+_GROUP = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_NAME_OK = re.compile(r"[A-Za-z0-9_.=-]+")
+_MAX_DERIVED = 40
+_EXAMPLE = ("e.g. `cases: [{name: r34-r18, teacher.arch: resnet34, student.arch: resnet18}, ...]` "
+            "or `cases: {pair: [...], schedule: [...]}`")
+
+
+def is_case_key(key: str) -> bool:
+    """True for the Tune parameter of a case group: ``cases`` or ``cases.<group>``."""
+    return key == CASES or key.startswith(CASES + ".")
+
+
+def column_name(key: str) -> str:
+    """Results-table column of a case group: ``case`` for ``cases``, ``<group>`` otherwise."""
+    return "case" if key == CASES else key[len(CASES) + 1:]
+
+
+def case_name(value: Any) -> str:
+    """The name of a sampled case (a mapping with ``name``), or ``str(value)`` for anything else."""
+    if isinstance(value, dict) and NAME in value:
+        return str(value[NAME])
+    return str(value)
+
+
+def case_lookup(search: dict[str, Any], where: str = "") -> dict[str, dict[str, dict[str, Any]]]:
+    """``{param key: {case name: case}}`` for the ``cases`` of a search section (``{}`` if none)."""
+    if not isinstance(search, dict) or CASES not in search:
+        return {}
+    groups = parse_cases(search[CASES], where)
+    return {key: {case[NAME]: case for case in cases} for key, cases in groups.items()}
+
+
+def expand(params: dict[str, Any], lookup: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Tune parameters with each case name replaced by its case mapping."""
+    out = dict(params)
+    for key, cases in lookup.items():
+        name = params.get(key)
+        if isinstance(name, str):
+            if name not in cases:
+                raise ConfigError(f"search '{key}' has no case named '{name}' (cases: "
+                                  f"{', '.join(cases)})")
+            out[key] = cases[name]
+    return out
+
+
+def config_layer(point: dict[str, Any]) -> dict[str, Any]:
+    """One sampled point (grid values, sampled values, case mappings) as one layer of dotted
+    keys; a case left as a bare name (not ``expand``-ed) contributes nothing."""
+    layer: dict[str, Any] = {}
+    for key, value in point.items():
+        if not is_case_key(key):
+            layer[key] = value
+        elif isinstance(value, dict):
+            layer.update({k: v for k, v in value.items() if k != NAME})
+    return layer
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse_cases(spec: Any, where: str = "") -> dict[str, list[dict[str, Any]]]:
+    """``{param key: [case, ...]}`` for the YAML value of ``cases``.
+
+    A list is one group (param key ``cases``); a mapping ``{group: list}`` is several groups
+    (param keys ``cases.<group>``) that multiply. Each case comes back as ``{"name": ..., key:
+    value, ...}`` with flat dotted keys, checked like any other key.
+    """
+    if isinstance(spec, list):
+        groups = {CASES: spec}
+    elif isinstance(spec, dict) and spec:
+        groups = {f"{CASES}.{_group_name(g, where)}": entries for g, entries in spec.items()}
+    else:
+        raise ConfigError(f"{_src(where)}search key 'cases' must be a list of mappings or a "
+                          f"mapping of group name -> list, got {spec!r}; {_EXAMPLE}")
+    return {key: _parse_group(key, entries, where) for key, entries in groups.items()}
+
+
+def _src(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def _group_name(group: Any, where: str) -> str:
+    if not isinstance(group, str) or not _GROUP.fullmatch(group):
+        raise ConfigError(f"{_src(where)}search key 'cases': group name {group!r} must be a word "
+                          "(letters, digits, _; starting with a letter), e.g. "
+                          "`cases: {pair: [...]}`")
+    if group in RESERVED_COLUMNS or group == "case":
+        raise ConfigError(f"{_src(where)}search key 'cases': group name '{group}' clashes with a "
+                          f"results-table column; rename it (e.g. '{group}_case')")
+    return group
+
+
+def _parse_group(key: str, entries: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(entries, list):
+        raise ConfigError(f"{_src(where)}search '{key}' must be a list of mappings (one per "
+                          f"case), got {entries!r}; {_EXAMPLE}")
+    if not entries:
+        raise ConfigError(f"{_src(where)}search '{key}' is an empty list: it expands to zero "
+                          "trials; give at least one case or remove it")
+    cases = [_parse_case(key, i, entry, where) for i, entry in enumerate(entries, 1)]
+    seen: dict[str, int] = {}
+    for i, case in enumerate(cases, 1):
+        if case[NAME] in seen:
+            raise ConfigError(f"{_src(where)}search '{key}': cases {seen[case[NAME]]} and {i} "
+                              f"are both named '{case[NAME]}'; give each case a distinct "
+                              "`name:`")
+        seen[case[NAME]] = i
+    return cases
+
+
+def _parse_case(key: str, index: int, entry: Any, where: str) -> dict[str, Any]:
+    label = f"search '{key}' case {index}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{_src(where)}{label} must be a mapping of dotted keys, got "
+                          f"{entry!r}; {_EXAMPLE}")
+    body = {k: v for k, v in entry.items() if k != NAME}
+    flat = flatten(body, f"{where} ({label})" if where else label)
+    if not flat:
+        raise ConfigError(f"{_src(where)}{label} sets no config key; {_EXAMPLE}")
+    check_keys(flat, f"{where} ({label})" if where else label)
+    for k, v in flat.items():
+        if isinstance(v, (dict, list, tuple)):
+            raise ConfigError(f"{_src(where)}{label}: '{k}' must be one fixed value, got "
+                              f"{v!r}; a case sets values, it does not search them")
+    name = _explicit_name(label, entry[NAME], where) if NAME in entry else \
+        _derived_name(flat, column_name(key), index)
+    return {NAME: name, **flat}
+
+
+def _explicit_name(label: str, name: Any, where: str) -> str:
+    text = str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
+    if not _NAME_OK.fullmatch(text):
+        raise ConfigError(f"{_src(where)}{label}: name {name!r} must be a non-empty string of "
+                          "letters, digits and _ . = - (it names trial directories)")
+    return text
+
+
+def _token(key: str, value: Any) -> str:
+    """A value as part of a derived name; paths are left out (too long to be readable)."""
+    if isinstance(value, str):
+        return "" if "/" in value or "\\" in value else value
+    short = key.rsplit(".", 1)[-1]
+    return f"{short}{value:.4g}" if isinstance(value, float) else f"{short}{value}"
+
+
+def _derived_name(flat: dict[str, Any], column: str, index: int) -> str:
+    """``resnet34-resnet18`` from the case's values (paths skipped); ``<column><index>`` if none."""
+    tokens = [t for t in (_token(k, v) for k, v in flat.items()) if t]
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(tokens))[:_MAX_DERIVED].strip("-_")
+    return name or f"{column}{index}"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def load_sweep_file(path: str | Path) -> Experiment:
+    """``config.load_experiment``, also accepting the ``cases`` search key.
+
+    ``load_experiment`` checks every search key against the config keys and ``cases`` is not
+    one, so a file whose search holds ``cases`` is read here by the same rules (flat or
+    one-level nested keys, unknown keys named with the file); every other file goes straight to
+    ``load_experiment``.
+    """
+    raw = _raw_mapping(path)
+    search = raw.get("search") if raw is not None else None
+    if not isinstance(search, dict) or CASES not in search:
+        return load_experiment(path)
+    path = Path(path).expanduser().resolve()
+    settings = flatten({k: v for k, v in raw.items() if k != "search"}, str(path))
+    settings.setdefault("name", path.stem)
+    check_keys(settings, str(path))
+    check_keys({k: v for k, v in search.items() if k != CASES}, f"{path} (search section)")
+    parse_cases(search[CASES], str(path))
+    return Experiment(path, settings, dict(search))
+
+
+def _raw_mapping(path: str | Path) -> dict[str, Any] | None:
+    """The file's top-level mapping; None where ``load_experiment`` should report the problem."""
+    try:
+        raw = yaml.safe_load(Path(path).expanduser().read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return raw if isinstance(raw, dict) else None
