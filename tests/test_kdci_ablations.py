@@ -148,6 +148,8 @@ def test_source_model_needs_an_architecture() -> None:
         resolve({"kdci.enabled": True, "kdci.source": "model"})
     with pytest.raises(ConfigError, match="kdci.source"):
         resolve({"kdci.source": "imagenet"})
+    with pytest.raises(ConfigError, match="cuml runs full k-means only"):
+        resolve({"kdci.backend": "cuml", "kdci.algorithm": "minibatch"})
 
 
 # ----------------------------------------------------------------------------- artifacts

@@ -70,7 +70,7 @@ class KDCIConfig:
     pca_dim: int = 0  # PCA components used for clustering; 0 = keep min(C, 64)
     hidden: int = 256  # additive attention width
     backend: str = "sklearn"  # k-means backend: sklearn | auto
-    algorithm: str = "auto"  # sklearn k-means: auto | full | minibatch (cuML: always full)
+    algorithm: str = "auto"  # k-means: auto | full | minibatch (sklearn); cuML runs full
     n_init: int = 1  # k-means++ restarts per refresh
     features: str = "source"  # per-round refresh: source (score kdci_source) | observed (reuse KD)
     source: str = "teacher"  # dictionary features: teacher | model (another model) | random

@@ -45,3 +45,8 @@ def validate(cfg: ExperimentConfig) -> None:
             "pre-trained model's architecture (and its weights in kdci.source_checkpoint, or "
             "leave that empty for the embedded data to train and cache one)"
         )
+    if cfg.kdci.backend == "cuml" and cfg.kdci.algorithm == "minibatch":
+        raise ConfigError(
+            "kdci.backend=cuml runs full k-means only; use kdci.algorithm=auto or full with "
+            "cuml, or kdci.backend=sklearn for the mini-batch path"
+        )

@@ -103,7 +103,8 @@ class KDCI:
             self._model_key = state_fingerprint(model)
         s = self.settings
         return DictionarySpec(data_key=data_key, model_key=self._model_key, source=s.source,
-                              k=s.k, pca_dim=s.pca_dim, backend=resolve_backend(s.backend),
+                              k=s.k, pca_dim=s.pca_dim,
+                              backend=resolve_backend(s.backend, s.algorithm),
                               algorithm=s.algorithm, n_init=s.n_init, seed=0)
 
     def _dictionary(self, model: nn.Module, feats: Tensor,
