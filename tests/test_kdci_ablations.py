@@ -321,3 +321,12 @@ def test_observed_features_reuse_the_kd_steps_teacher_logits(tiny_settings) -> N
     assert samples["source"] == [16.0, 16.0, 16.0]  # the synthetic batch, scored again
     # round 0 has no KD steps yet; later rounds cluster the 3 x 8 logits the KD steps computed
     assert samples["observed"] == [16.0, 24.0, 24.0]
+
+
+def test_build_once_methods_keep_no_observed_logits(tiny_settings, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(KDCI, "observe", lambda self, logits: calls.append(len(logits)))
+    settings = {**tiny_settings, "method": "dfnd", "kdci.enabled": True,
+                "kdci.features": "observed"}
+    distill(resolve(settings), Collect())
+    assert calls == []  # the dictionary is built once: nothing would ever consume them

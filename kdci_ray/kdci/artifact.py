@@ -91,6 +91,10 @@ class DictionaryStore:
         atomic_write(pt, lambda fh: fh.write(buf.getvalue()))
         return pt
 
+    def metadata(self, spec: DictionarySpec) -> dict[str, Any]:
+        """The saved ``<key>.json`` record of ``spec`` (raises FileNotFoundError if absent)."""
+        return json.loads(self.paths(spec)[1].read_text())
+
     def entries(self) -> list[dict[str, Any]]:
         """The metadata of every complete artifact in the store."""
         out = []

@@ -74,10 +74,8 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print) -> dict[str, Any]:
     metrics = kdci.refresh(teacher, images, data_key=subset.key)
     model = kdci.source_model if kdci.source_model is not None else teacher
     spec = kdci.spec(model, subset.key)
-    entry = next(e for e in kdci.store.entries() if e["key"] == spec.key)
-    pt, _ = kdci.store.paths(spec)
-    return {**entry, "path": str(pt), "cached": bool(metrics["kdci/cached"]),
-            "seconds": time.perf_counter() - start}
+    return {**kdci.store.metadata(spec), "path": str(kdci.store.paths(spec)[0]),
+            "cached": bool(metrics["kdci/cached"]), "seconds": time.perf_counter() - start}
 
 
 def sampling_methods() -> list[str]:

@@ -122,7 +122,8 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
                 t_logits = teacher(x).logits
             s_logits = student_ddp(x).logits
             if kdci is not None:
-                kdci.observe(t_logits)
+                if method_cls.kdci_refresh == "round":  # build-once dictionaries never reuse them
+                    kdci.observe(t_logits)
                 s_logits, lam = kdci.compensate(s_logits, attention)
                 sums["kdci/attn_entropy"] += attention_entropy(lam.detach())
             losses = method.student_loss(s_logits, t_logits)
