@@ -9,6 +9,7 @@ Examples::
     kdci-ray sweep tune_configs/quickstart.yaml --smoke --output /tmp/smoke
     kdci-ray sweep tune_configs/cifar10_table1.yaml --only method=dafl --only method=dfnd
     kdci-ray dictionary tune_configs/dictionary_size.yaml   # KDCI dictionaries, built once
+    kdci-ray dictionary tune_configs/cifar10_table1.yaml --workers 0   # scored on Ray's workers
     kdci-ray report results/quickstart                # rebuild the table of a (partial) sweep
 """
 
@@ -66,8 +67,8 @@ def _sweep(args: argparse.Namespace, single: bool) -> int:
 
 def cmd_dictionary(args: argparse.Namespace) -> int:
     """Build (or find) the build-once KDCI dictionaries of a config's grid, print their records."""
-    from kdci_ray.train.dictionary_job import build_all, sampling_methods
-    from kdci_ray.tune.driver import plan_sweep
+    from kdci_ray.train.dictionary_job import build_all, default_scoring_workers, sampling_methods
+    from kdci_ray.tune.driver import init_ray, plan_sweep
 
     plan = plan_sweep(args.config, args.overrides, smoke=args.smoke, only=args.only)
     configs = [c for c in plan.configs if c.method in sampling_methods()]
@@ -77,7 +78,17 @@ def cmd_dictionary(args: argparse.Namespace) -> int:
             f"({', '.join(sampling_methods())}); the generation-based methods rebuild their "
             f"dictionary every round from fresh synthetic images, so there is nothing to build"
         )
-    entries = build_all(configs, _log, only_shared=False)
+    workers = default_scoring_workers() if args.workers is None else args.workers
+    if workers < 0:
+        raise ConfigError(f"--workers must be 0 (all free) or a positive count, got {workers}")
+    started = init_ray() if workers != 1 else False
+    try:
+        entries = build_all(configs, _log, only_shared=False, workers=workers)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     _log(f"{len(entries)} dictionar{'y' if len(entries) == 1 else 'ies'} ready")
     return 0
 
@@ -127,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny pool and selection")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="restrict the grid as for `sweep --only`")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="score the pool on N Ray workers (0: every free GPU with run.use_gpu, "
+                        "else CPU, of $RAY_ADDRESS or a local Ray; 1: in this process; "
+                        "default: 0 when RAY_ADDRESS is set, else 1)")
     p.set_defaults(func=cmd_dictionary)
 
     p = sub.add_parser("report", help="rebuild summary.csv/summary.md from a sweep directory")

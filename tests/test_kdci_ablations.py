@@ -330,3 +330,15 @@ def test_build_once_methods_keep_no_observed_logits(tiny_settings, monkeypatch) 
                 "kdci.features": "observed"}
     distill(resolve(settings), Collect())
     assert calls == []  # the dictionary is built once: nothing would ever consume them
+
+
+def test_observed_features_are_the_default_and_need_k_outputs_per_round(tiny_settings) -> None:
+    settings = {**tiny_settings, "method": "dafl", "kdci.enabled": True}
+    assert resolve(settings).kdci.features == "observed"
+    small = {"train.kd_steps": 1, "train.batch_size": 4, "kdci.k": 8, "dafl.batch_size": 16}
+    with pytest.raises(ConfigError, match=r"K=8 is larger than the 4 teacher outputs of one "
+                                          r"round's KD steps.*kdci.features=source"):
+        resolve(settings, small)
+    # scoring the 16-image synthetic batch instead is fine, and so is a build-once method
+    assert resolve(settings, small, {"kdci.features": "source"}).kdci.k == 8
+    assert resolve({**settings, "method": "dfnd"}, small).kdci.k == 8

@@ -72,7 +72,7 @@ class KDCIConfig:
     backend: str = "sklearn"  # k-means backend: sklearn | auto
     algorithm: str = "auto"  # k-means: auto | full | minibatch (sklearn); cuML runs full
     n_init: int = 1  # k-means++ restarts per refresh
-    features: str = "source"  # per-round refresh: source (score kdci_source) | observed (reuse KD)
+    features: str = "observed"  # per-round refresh: observed (reuse KD) | source (score again)
     source: str = "teacher"  # dictionary features: teacher | model (another model) | random
     source_arch: str = ""  # source=model: the other pre-trained model's architecture
     source_checkpoint: str = ""  # source=model: its weights; empty = cached embedded one
@@ -121,7 +121,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kdci.backend": ("sklearn", "cuml", "auto"),
     "kdci.algorithm": ("auto", "full", "minibatch"),
     "kdci.source": ("teacher", "model", "random"),
-    "kdci.features": ("source", "observed"),
+    "kdci.features": ("observed", "source"),
     "pool.source": ("embedded", "folder", "npz"),
     "pool.transform": ("none", "edges"),
 }

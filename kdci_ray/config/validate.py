@@ -32,6 +32,15 @@ def validate(cfg: ExperimentConfig) -> None:
                 f"refresh of '{cfg.method}' clusters; lower kdci.k or raise "
                 f"{cfg.method}.batch_size"
             )
+        observed = cfg.train.kd_steps * cfg.train.batch_size * cfg.run.workers
+        if (method.kdci_refresh == "round" and cfg.kdci.features == "observed"
+                and cfg.kdci.source != "model" and k > observed):
+            raise ConfigError(
+                f"KDCI dictionary size K={k} is larger than the {observed} teacher outputs of one "
+                f"round's KD steps (train.kd_steps x train.batch_size x run.workers) that "
+                f"kdci.features=observed clusters; lower kdci.k, raise train.kd_steps or "
+                f"train.batch_size, or set kdci.features=source"
+            )
     for key, allowed in CHOICES.items():
         section, _, name = key.partition(".")
         value = getattr(getattr(cfg, section), name)

@@ -106,7 +106,8 @@ def score_pool(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], criter
 
 def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, criterion: str,
            cache_dir: Path | None, key_extra: str = "", batch_size: int = 1024,
-           progress: bool = False) -> np.ndarray:
+           progress: bool = False,
+           pool_scores: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
     """The ``n`` pool indices the teacher prefers under ``criterion``, sorted (int64).
 
     ``score_fn`` maps a uint8 ``(B, C, H, W)`` batch to the teacher's ``(B, K)`` logits (the
@@ -138,7 +139,13 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
             if cached is not None:
                 return cached
 
-    indices = top_n(score_pool(pool, score_fn, criterion, int(batch_size), progress), n)
+    if pool_scores is not None:
+        scores = np.asarray(pool_scores(criterion), dtype=np.float64)
+        if scores.shape != (total,):
+            raise ValueError(f"pool_scores returned {scores.shape} scores for a pool of {total}")
+    else:
+        scores = score_pool(pool, score_fn, criterion, int(batch_size), progress)
+    indices = top_n(scores, n)
 
     if npy is not None and json_path is not None:
         npy.parent.mkdir(parents=True, exist_ok=True)

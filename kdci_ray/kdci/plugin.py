@@ -37,9 +37,10 @@ class KDCISettings:
     random_lambda: bool = False
     random_z: bool = False
     uniform_p: bool = False
-    # per-round refreshes: "source" scores the method's kdci_source() with the model; "observed"
-    # clusters the teacher logits the loop's KD steps computed since the last refresh (free)
-    features: str = "source"
+    # per-round refreshes: "observed" clusters the teacher logits the loop's KD steps computed
+    # since the last refresh (free; the first refresh, before any KD step, scores); "source"
+    # scores the method's kdci_source() with the model at every refresh
+    features: str = "observed"
 
 
 @torch.no_grad()
@@ -123,16 +124,22 @@ class KDCI:
             self.store.save(spec, built)
         return built, False
 
-    def refresh(self, teacher: nn.Module, images: Tensor,
-                data_key: str | None = None) -> dict[str, float]:
+    def refresh(self, teacher: nn.Module, images: Tensor | None, data_key: str | None = None,
+                logits: Tensor | None = None) -> dict[str, float]:
         """Score ``images`` (this rank's share), rebuild the dictionary, load it into the module.
-        ``data_key`` identifies the images of a build-once dictionary (enables the store)."""
+        ``data_key`` identifies the images of a build-once dictionary (enables the store);
+        ``logits``: the source model's logits on those images, already computed elsewhere (the
+        dictionary job's Ray workers), used instead of scoring ``images``."""
         start = time.perf_counter()
         model = self.source_model if self.source_model is not None else teacher
-        if self._observed and data_key is None:  # reuse what the KD steps already computed
+        if logits is not None:
+            local = logits.float().cpu()
+        elif self._observed and data_key is None:  # reuse what the KD steps already computed
             local = torch.cat(self._observed)
-        else:
+        elif images is not None:
             local = teacher_logits(model, images).float().cpu()
+        else:
+            raise ValueError("KDCI.refresh needs images to score or precomputed logits")
         self._observed = []
         feats = _gather(local)
         distributed = dist.is_available() and dist.is_initialized()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,17 +63,18 @@ class OpenWorldSubset:
     ``criterion`` is that of :func:`kdci_ray.data.selection.select` ("confidence": DFND,
     "entropy": MosaicKD); ``n <= 0`` or ``n >= len(pool)`` keeps the whole pool. Under
     torch.distributed rank 0 selects first and the other ranks read its cached selection.
+    ``pool_scores`` replaces the in-process scoring pass (see ``data.selection.select``).
     """
 
-    def __init__(self, ctx: MethodContext, criterion: str, n: int,
-                 progress: bool = False) -> None:
+    def __init__(self, ctx: MethodContext, criterion: str, n: int, progress: bool = False,
+                 pool_scores: Callable[[str], np.ndarray] | None = None) -> None:
         pool = ctx.open_world
         if pool is None:
             raise RuntimeError("this method needs an open-world pool (MethodContext.open_world)")
         self.ctx = ctx
         start = time.perf_counter()
         if 0 < n < len(pool):
-            self.indices = self._select(pool, criterion, n, progress)
+            self.indices = self._select(pool, criterion, n, progress, pool_scores)
         else:
             self.indices = np.arange(len(pool), dtype=np.int64)
         self.images = self._materialise(pool, self.indices)
@@ -82,7 +84,8 @@ class OpenWorldSubset:
         h.update(self.indices.tobytes())
         self.key = h.hexdigest()[:20]  # what the subset's KDCI dictionary is keyed by
 
-    def _select(self, pool, criterion: str, n: int, progress: bool) -> np.ndarray:
+    def _select(self, pool, criterion: str, n: int, progress: bool,
+                pool_scores: Callable[[str], np.ndarray] | None) -> np.ndarray:
         ctx = self.ctx
 
         @torch.no_grad()
@@ -93,7 +96,7 @@ class OpenWorldSubset:
         if distributed and dist.get_rank() != 0:
             dist.barrier()  # wait for rank 0 to score the pool and cache the selection
         indices = select(pool, score, n, criterion, ctx.cache_dir, key_extra=teacher_key(ctx),
-                         progress=progress)
+                         progress=progress, pool_scores=pool_scores)
         if distributed and dist.get_rank() == 0:
             dist.barrier()
         return np.asarray(indices, dtype=np.int64)

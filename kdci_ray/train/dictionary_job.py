@@ -10,6 +10,7 @@ dictionary store; every trial with the same spec then loads it (``kdci/cached = 
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -40,10 +41,14 @@ def dictionary_identity(cfg: ExperimentConfig) -> tuple:
             kc.source, kc.source_arch, kc.source_checkpoint)
 
 
-def build_shared_dictionary(cfg: ExperimentConfig, log=print) -> dict[str, Any]:
+def build_shared_dictionary(cfg: ExperimentConfig, log=print,
+                            workers: int = 1) -> dict[str, Any]:
     """Select the subset, score it, build (or load) and store the dictionary of ``cfg``.
 
-    Returns the artifact's metadata plus ``path``, ``cached`` and ``seconds``."""
+    ``workers``: 1 scores in this process; otherwise the two forward passes (the teacher over the
+    pool, the source model over the kept subset) run on that many Ray actors (0: one per free
+    GPU with ``run.use_gpu``, else per free CPU; Ray must be initialised). Returns the artifact's
+    metadata plus ``path``, ``cached``, ``seconds`` and ``scoring_workers``."""
     method_cls = METHODS[cfg.method]
     if method_cls.kdci_refresh != "once":
         raise ConfigError(
@@ -62,30 +67,62 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print) -> dict[str, Any]:
     student = create_model(cfg.student.arch, data.num_classes, data.channels).to(rt.device)
     ctx = method_context(cfg, data, teacher, student, rt)
     selection = method_cls.open_world_selection(cfg.method_config)
-    log(f"{cfg.method}: selecting {selection[1]} of {len(ctx.open_world)} pool images "
-        f"by {selection[0]}")
-    subset = OpenWorldSubset(ctx, *selection, progress=True)
     kdci = build_kdci(cfg, method_cls.kdci_k, data, rt.device)
     if kdci.store is None:  # kdci.cache=false still gets its artifact when asked for one
         kdci.store = dictionary_store()
-    # as a trial of `run.workers` ranks would see it: each rank's equal share, gathered
-    per = len(subset) // cfg.run.workers
-    images = ctx.normalize(subset.images[:per * cfg.run.workers])
-    metrics = kdci.refresh(teacher, images, data_key=subset.key)
     model = kdci.source_model if kdci.source_model is not None else teacher
-    spec = kdci.spec(model, subset.key)
+    scorers: list[Any] = []  # the Ray actors, started on first use (cached work needs none)
+
+    def scorer() -> Any:
+        if not scorers:
+            from kdci_ray.train.parallel_scoring import RayScorer
+
+            models = {"teacher": teacher, "source": model} if model is not teacher else \
+                {"teacher": teacher}
+            scorers.append(RayScorer(ctx.open_world, models, data.mean, data.std,
+                                     use_gpu=cfg.run.use_gpu, workers=workers))
+        return scorers[0]
+
+    try:
+        log(f"{cfg.method}: selecting {selection[1]} of {len(ctx.open_world)} pool images "
+            f"by {selection[0]}")
+        pool_scores = None if workers == 1 else \
+            (lambda criterion: scorer().pool_scores("teacher", criterion, len(ctx.open_world)))
+        subset = OpenWorldSubset(ctx, *selection, progress=True, pool_scores=pool_scores)
+        spec = kdci.spec(model, subset.key)
+        cached = kdci.store.load(spec) is not None
+        if not cached:
+            # as a trial of `run.workers` ranks would see it: each rank's equal share, gathered
+            keep = len(subset) // cfg.run.workers * cfg.run.workers
+            if workers == 1:
+                kdci.refresh(teacher, ctx.normalize(subset.images[:keep]), data_key=subset.key)
+            else:
+                name = "teacher" if model is teacher else "source"
+                logits = scorer().logits(name, subset.indices[:keep])
+                kdci.refresh(teacher, None, data_key=subset.key, logits=logits)
+    finally:
+        for s in scorers:
+            s.close()
     return {**kdci.store.metadata(spec), "path": str(kdci.store.paths(spec)[0]),
-            "cached": bool(metrics["kdci/cached"]), "seconds": time.perf_counter() - start}
+            "cached": cached, "seconds": time.perf_counter() - start,
+            "scoring_workers": scorers[0].workers if scorers else 1}
+
+
+def default_scoring_workers() -> int:
+    """0 (every free worker of the cluster) when ``RAY_ADDRESS`` names a Ray cluster, else 1
+    (score in this process: starting a local Ray costs more than it saves on one machine)."""
+    return 0 if os.environ.get("RAY_ADDRESS") else 1
 
 
 def sampling_methods() -> list[str]:
     return [name for name, cls in METHODS.items() if cls.kdci_refresh == "once"]
 
 
-def build_all(configs: list[ExperimentConfig], log=print,
-              only_shared: bool = True) -> list[dict[str, Any]]:
+def build_all(configs: list[ExperimentConfig], log=print, only_shared: bool = True,
+              workers: int = 1) -> list[dict[str, Any]]:
     """Each distinct build-once dictionary of ``configs`` once (``only_shared``: skip the
-    configs that would not use one: KDCI off, caching off, random source)."""
+    configs that would not use one: KDCI off, caching off, random source; ``workers``: as for
+    :func:`build_shared_dictionary`)."""
     seen: set[tuple] = set()
     out = []
     for cfg in configs:
@@ -97,7 +134,7 @@ def build_all(configs: list[ExperimentConfig], log=print,
         if ident in seen:
             continue
         seen.add(ident)
-        out.append(build_shared_dictionary(cfg, log))
+        out.append(build_shared_dictionary(cfg, log, workers))
         e = out[-1]
         log(f"dictionary {e['key']}: {cfg.method}, K={e['k']}, source={e['spec']['source']}, "
             f"N={e['num_samples']}, backend={e['backend']}/{e['algorithm']}, "

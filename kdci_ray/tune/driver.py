@@ -139,7 +139,7 @@ def _prepare_kdci(plan: SweepPlan, datasets: dict[tuple, Any], log) -> None:
     the trials share them instead of racing to build the same one)."""
     import torch
 
-    from kdci_ray.train.dictionary_job import build_all
+    from kdci_ray.train.dictionary_job import build_all, default_scoring_workers
     from kdci_ray.train.kdci_setup import load_source_model
 
     seen: set[tuple] = set()
@@ -152,7 +152,10 @@ def _prepare_kdci(plan: SweepPlan, datasets: dict[tuple, Any], log) -> None:
             seen.add(key)
             data = datasets[(d.name, d.root, d.image_size, d.test_fraction, d.split_seed)]
             load_source_model(cfg, data, torch.device("cpu"), log)
-    build_all(plan.configs, log)
+    workers = default_scoring_workers()
+    if workers != 1:  # on a cluster: score the pools on its workers (run_sweep reuses the link)
+        init_ray()
+    build_all(plan.configs, log, workers=workers)
 
 
 def _check_pool(cfg: ExperimentConfig, data: Any, seen: set[tuple]) -> None:

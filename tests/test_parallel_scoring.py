@@ -1,0 +1,103 @@
+"""The dictionary job's forward passes spread over Ray actors equal the in-process pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdci_ray.config import ConfigError, resolve
+from kdci_ray.data.openworld import TensorPool
+from kdci_ray.data.selection import score_pool, top_n
+from kdci_ray.models import create_model
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model("tiny_cnn", 10, 1).eval()
+
+
+def test_ray_scorer_matches_the_in_process_pass(ray_session) -> None:
+    from kdci_ray.train.parallel_scoring import RayScorer
+
+    gen = torch.Generator().manual_seed(0)
+    pool = TensorPool(torch.randint(0, 256, (300, 1, 16, 16), dtype=torch.uint8, generator=gen))
+    teacher, other = _model(0), _model(1)
+    mean, std = (0.5,), (0.25,)
+
+    def local(model, images):
+        with torch.no_grad():
+            return model((images.float() / 255 - 0.5) / 0.25).logits
+
+    with RayScorer(pool, {"teacher": teacher, "other": other}, mean, std, workers=2,
+                   batch_size=32, chunk=64) as scorer:
+        assert scorer.workers == 2
+        for criterion in ("confidence", "entropy"):
+            spread = scorer.pool_scores("teacher", criterion, len(pool))
+            ref = score_pool(pool, lambda x: local(teacher, x), criterion)
+            np.testing.assert_allclose(spread, ref, rtol=1e-5, atol=1e-7)
+            assert np.array_equal(top_n(spread, 50), top_n(ref, 50))
+        # any order of indices comes back in that order, from the model asked for
+        idx = np.random.default_rng(0).permutation(len(pool))[:77]
+        got = scorer.logits("other", idx)
+        assert got.shape == (77, 10)
+        torch.testing.assert_close(got, local(other, pool.get(idx)), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, local(teacher, pool.get(idx)))
+
+
+def test_ray_scorer_refuses_missing_gpus(ray_session) -> None:
+    from kdci_ray.train.parallel_scoring import RayScorer
+
+    pool = TensorPool(torch.zeros((4, 1, 8, 8), dtype=torch.uint8))
+    with pytest.raises(ConfigError, match="no GPU is free.*run.use_gpu=false"):
+        RayScorer(pool, {"teacher": _model(0)}, (0.5,), (0.25,), use_gpu=True)
+
+
+def _remove_new_files(folder: Path, before: set[Path]) -> int:
+    new = [p for p in folder.rglob("*") if p.is_file() and p not in before]
+    for p in new:
+        p.unlink()
+    return len(new)
+
+
+def test_dictionary_job_on_ray_workers_builds_the_in_process_dictionary(
+        tiny_settings, ray_session, capsys) -> None:
+    from kdci_ray.train.dictionary_job import build_shared_dictionary
+    from kdci_ray.train.teacher import cache_dir
+
+    # a pool seed no other test uses: selection and dictionary are not cached yet
+    cfg = resolve({**tiny_settings, "method": "dfnd", "kdci.enabled": True, "pool.seed": 4321})
+    root = cache_dir()
+    before = {p for p in root.rglob("*") if p.is_file()}
+    spread = build_shared_dictionary(cfg, log=lambda msg: None, workers=2)
+    assert spread["scoring_workers"] == 2 and not spread["cached"]
+    err = capsys.readouterr().err
+    assert "selection (teacher): 512/512 images on 2 CPU worker(s)" in err
+    assert "dictionary features (teacher): 64/64 images on 2 CPU worker(s)" in err
+    protos = torch.load(spread["path"], weights_only=True)["prototypes"]
+    # the same again in this process, from scratch: same selection, same dictionary
+    assert _remove_new_files(root / "selections", before) == 2  # the .npy and its record
+    assert _remove_new_files(root / "dictionaries", before) == 2  # the .pt and its record
+    local = build_shared_dictionary(cfg, log=lambda msg: None, workers=1)
+    assert local["scoring_workers"] == 1 and not local["cached"]
+    assert local["spec"] == spread["spec"]  # same selection key, model key, K, backend
+    torch.testing.assert_close(torch.load(local["path"], weights_only=True)["prototypes"],
+                               protos, rtol=1e-4, atol=1e-4)
+    assert local["inertia"] == pytest.approx(spread["inertia"], rel=1e-4)
+    # a third build finds it and starts no workers
+    again = build_shared_dictionary(cfg, log=lambda msg: None, workers=2)
+    assert again["cached"] and again["scoring_workers"] == 1
+
+
+def test_dictionary_command_rejects_a_negative_worker_count(tiny_settings, tmp_path,
+                                                            capsys) -> None:
+    import yaml
+
+    from kdci_ray.cli import main
+
+    config = tmp_path / "dict.yaml"
+    config.write_text(yaml.safe_dump({**tiny_settings, "method": "dfnd", "kdci.enabled": True}))
+    assert main(["dictionary", str(config), "--workers", "-1"]) == 2
+    assert "--workers must be 0 (all free) or a positive count, got -1" in capsys.readouterr().err
