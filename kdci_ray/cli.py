@@ -1,4 +1,4 @@
-"""``kdci-ray``: teacher | train | sweep | dictionary | report | keys.
+"""``kdci-ray``: teacher | train | sweep | dictionary | cgn | report | keys.
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     kdci-ray sweep tune_configs/cifar10_table1.yaml --only method=dafl --only method=dfnd
     kdci-ray dictionary tune_configs/dictionary_size.yaml   # KDCI dictionaries, built once
     kdci-ray dictionary tune_configs/cifar10_table1.yaml --workers 0   # scored on Ray's workers
+    kdci-ray cgn tune_configs/skdcgn_double_colored.yaml   # SKDCGN, 3 seeds
     kdci-ray report results/quickstart                # rebuild the table of a (partial) sweep
 """
 
@@ -93,6 +94,13 @@ def cmd_dictionary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cgn(args: argparse.Namespace) -> int:
+    """SKDCGN: teacher CGN, black-box students, counterfactual classifiers, one row per trial."""
+    from kdci_ray.cgn.sweep import main as cgn_main
+
+    return cgn_main(args.config, args.overrides, args.output, args.smoke, _log)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from kdci_ray.tune.driver import report
 
@@ -143,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "else CPU, of $RAY_ADDRESS or a local Ray; 1: in this process; "
                         "default: 0 when RAY_ADDRESS is set, else 1)")
     p.set_defaults(func=cmd_dictionary)
+
+    p = sub.add_parser("cgn", help="SKDCGN: distil a counterfactual generative network into "
+                                   "small student generators and score their counterfactuals")
+    p.add_argument("config", help="SKDCGN YAML, e.g. tune_configs/skdcgn_double_colored.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value (win over the grid)")
+    p.add_argument("--output", help="sweep directory (default results/<config name>)")
+    p.add_argument("--smoke", action="store_true", help="tiny schedules, every code path")
+    p.set_defaults(func=cmd_cgn)
 
     p = sub.add_parser("report", help="rebuild summary.csv/summary.md from a sweep directory")
     p.add_argument("dir")

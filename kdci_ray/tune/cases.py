@@ -11,6 +11,7 @@ helpers on a finished sweep.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ RESERVED_COLUMNS = ("trial", "method", "kdci", "seed", "acc", "acc_kdci", "teach
 _GROUP = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _NAME_OK = re.compile(r"[A-Za-z0-9_.=-]+")
 _MAX_DERIVED = 40
+KeyCheck = Callable[[dict[str, Any], str], None]  # raises ConfigError on an unknown key
+
 _EXAMPLE = ("e.g. `cases: [{name: r34-r18, teacher.arch: resnet34, student.arch: resnet18}, ...]` "
             "or `cases: {pair: [...], schedule: [...]}`")
 
@@ -48,11 +51,12 @@ def case_name(value: Any) -> str:
     return str(value)
 
 
-def case_lookup(search: dict[str, Any], where: str = "") -> dict[str, dict[str, dict[str, Any]]]:
+def case_lookup(search: dict[str, Any], where: str = "",
+                check: KeyCheck = check_keys) -> dict[str, dict[str, dict[str, Any]]]:
     """``{param key: {case name: case}}`` for the ``cases`` of a search section (``{}`` if none)."""
     if not isinstance(search, dict) or CASES not in search:
         return {}
-    groups = parse_cases(search[CASES], where)
+    groups = parse_cases(search[CASES], where, check)
     return {key: {case[NAME]: case for case in cases} for key, cases in groups.items()}
 
 
@@ -84,12 +88,14 @@ def config_layer(point: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- parsing
 
 
-def parse_cases(spec: Any, where: str = "") -> dict[str, list[dict[str, Any]]]:
+def parse_cases(spec: Any, where: str = "",
+                check: KeyCheck = check_keys) -> dict[str, list[dict[str, Any]]]:
     """``{param key: [case, ...]}`` for the YAML value of ``cases``.
 
     A list is one group (param key ``cases``); a mapping ``{group: list}`` is several groups
     (param keys ``cases.<group>``) that multiply. Each case comes back as ``{"name": ..., key:
-    value, ...}`` with flat dotted keys, checked like any other key.
+    value, ...}`` with flat dotted keys, checked like any other key (by ``check``: the
+    distillation config's keys unless another schema, e.g. SKDCGN's, passes its own).
     """
     if isinstance(spec, list):
         groups = {CASES: spec}
@@ -98,7 +104,7 @@ def parse_cases(spec: Any, where: str = "") -> dict[str, list[dict[str, Any]]]:
     else:
         raise ConfigError(f"{_src(where)}search key 'cases' must be a list of mappings or a "
                           f"mapping of group name -> list, got {spec!r}; {_EXAMPLE}")
-    return {key: _parse_group(key, entries, where) for key, entries in groups.items()}
+    return {key: _parse_group(key, entries, where, check) for key, entries in groups.items()}
 
 
 def _src(where: str) -> str:
@@ -116,14 +122,14 @@ def _group_name(group: Any, where: str) -> str:
     return group
 
 
-def _parse_group(key: str, entries: Any, where: str) -> list[dict[str, Any]]:
+def _parse_group(key: str, entries: Any, where: str, check: KeyCheck) -> list[dict[str, Any]]:
     if not isinstance(entries, list):
         raise ConfigError(f"{_src(where)}search '{key}' must be a list of mappings (one per "
                           f"case), got {entries!r}; {_EXAMPLE}")
     if not entries:
         raise ConfigError(f"{_src(where)}search '{key}' is an empty list: it expands to zero "
                           "trials; give at least one case or remove it")
-    cases = [_parse_case(key, i, entry, where) for i, entry in enumerate(entries, 1)]
+    cases = [_parse_case(key, i, entry, where, check) for i, entry in enumerate(entries, 1)]
     seen: dict[str, int] = {}
     for i, case in enumerate(cases, 1):
         if case[NAME] in seen:
@@ -134,7 +140,8 @@ def _parse_group(key: str, entries: Any, where: str) -> list[dict[str, Any]]:
     return cases
 
 
-def _parse_case(key: str, index: int, entry: Any, where: str) -> dict[str, Any]:
+def _parse_case(key: str, index: int, entry: Any, where: str,
+                check: KeyCheck) -> dict[str, Any]:
     label = f"search '{key}' case {index}"
     if not isinstance(entry, dict):
         raise ConfigError(f"{_src(where)}{label} must be a mapping of dotted keys, got "
@@ -143,7 +150,7 @@ def _parse_case(key: str, index: int, entry: Any, where: str) -> dict[str, Any]:
     flat = flatten(body, f"{where} ({label})" if where else label)
     if not flat:
         raise ConfigError(f"{_src(where)}{label} sets no config key; {_EXAMPLE}")
-    check_keys(flat, f"{where} ({label})" if where else label)
+    check(flat, f"{where} ({label})" if where else label)
     for k, v in flat.items():
         if isinstance(v, (dict, list, tuple)):
             raise ConfigError(f"{_src(where)}{label}: '{k}' must be one fixed value, got "

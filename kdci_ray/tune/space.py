@@ -52,8 +52,8 @@ import itertools
 import math
 from typing import Any
 
-from kdci_ray.config import ConfigError
-from kdci_ray.tune.cases import CASES, NAME, is_case_key, parse_cases
+from kdci_ray.config import ConfigError, check_keys
+from kdci_ray.tune.cases import CASES, NAME, KeyCheck, is_case_key, parse_cases
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 _EXAMPLE = "e.g. `{grid: [a, b]}`, `{uniform: [0.1, 1.0]}` or a bare list `[a, b]`"
@@ -114,7 +114,8 @@ def _check_args(key: str, kind: str, args: list[Any]) -> None:
         )
 
 
-def _parsed(search: dict[str, Any], where: str = "") -> dict[str, tuple[str, list[Any]]]:
+def _parsed(search: dict[str, Any], where: str = "",
+            check: KeyCheck = check_keys) -> dict[str, tuple[str, list[Any]]]:
     """``{param key: (kind, args)}``; each case group is a grid over its case mappings."""
     if not isinstance(search, dict):
         raise ConfigError(
@@ -123,7 +124,8 @@ def _parsed(search: dict[str, Any], where: str = "") -> dict[str, tuple[str, lis
     out: dict[str, tuple[str, list[Any]]] = {}
     for key, spec in search.items():
         if key == CASES:
-            out.update({k: ("grid", cases) for k, cases in parse_cases(spec, where).items()})
+            out.update({k: ("grid", cases) for k, cases in parse_cases(spec, where, check)
+                        .items()})
         elif isinstance(key, str) and is_case_key(key):
             raise ConfigError(f"search key '{key}': write case groups as "
                               f"`cases: {{{key[len(CASES) + 1:]}: [...]}}`")
@@ -162,20 +164,23 @@ def _domain(kind: str, args: list[Any]) -> Any:
     return tune.randint(*args)
 
 
-def build_param_space(search: dict[str, Any], where: str = "") -> dict[str, Any]:
+def build_param_space(search: dict[str, Any], where: str = "",
+                      check: KeyCheck = check_keys) -> dict[str, Any]:
     """Tune ``param_space`` for a ``search`` section; keys stay dotted (``"kdci.enabled"``), a case
     group (``"cases.pair"``) is ``tune.grid_search`` over its case names."""
     return {key: _domain(kind, [c[NAME] for c in args] if is_case_key(key) else args)
-            for key, (kind, args) in _parsed(search, where).items()}
+            for key, (kind, args) in _parsed(search, where, check).items()}
 
 
-def grid_points(search: dict[str, Any], where: str = "") -> list[dict[str, Any]]:
+def grid_points(search: dict[str, Any], where: str = "",
+                check: KeyCheck = check_keys) -> list[dict[str, Any]]:
     """Every combination of the grid (and bare-list) entries, in key order (last varies fastest).
 
     Sampled specs (choice, uniform, ...) are left out. No grid entries gives ``[{}]``. A case
     group's value is its case mapping; ``cases.config_layer`` turns a point into dotted keys.
     """
-    grids = {key: args for key, (kind, args) in _parsed(search, where).items() if kind == "grid"}
+    grids = {key: args for key, (kind, args) in _parsed(search, where, check).items()
+             if kind == "grid"}
     return [dict(zip(grids, combo, strict=True)) for combo in itertools.product(*grids.values())]
 
 

@@ -1,0 +1,104 @@
+"""Teacher CGNs and student sets cached on disk, shared by the trials of a sweep.
+
+The composition study varies only how counterfactuals are composed, so its trials share one
+teacher per (data, teacher settings, seed) and one student set per (teacher, student settings,
+queries). Entries live under ``$KDCI_RAY_CACHE/cgn`` keyed by a hash of those settings; a file
+lock per key makes a second trial that needs the same entry wait for the first and load it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdci_ray.atomic import atomic_write
+from kdci_ray.cgn.blackbox import BlackBoxCGN, collect_queries
+from kdci_ray.cgn.config import CGNConfig
+from kdci_ray.cgn.data import MechanismData
+from kdci_ray.cgn.mechanisms import CGN, CHANNELS, MECHANISMS, MechanismGenerator
+from kdci_ray.cgn.student import train_student
+from kdci_ray.cgn.teacher_fit import fit_teacher
+from kdci_ray.train.teacher import cache_dir
+
+
+def _key(*parts: Any) -> str:
+    payload = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def teacher_key(cfg: CGNConfig) -> str:
+    return _key("teacher-v1", dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.teacher),
+                cfg.seed)
+
+
+def students_key(cfg: CGNConfig) -> str:
+    return _key("students-v1", teacher_key(cfg), dataclasses.asdict(cfg.student),
+                cfg.queries.per_class, cfg.seed)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    with _locked(path):
+        if path.is_file():
+            return torch.load(path, weights_only=True), True
+        state = build()
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+        return state, False
+
+
+def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData, log=print) -> tuple[CGN, bool]:
+    """The teacher CGN of ``cfg`` (fitted on ``train``), loaded when already cached."""
+    t = cfg.teacher
+
+    def build() -> dict[str, Any]:
+        cgn, _ = fit_teacher(train, t, seed=cfg.seed, log=log)
+        return cgn.state_dict()
+
+    state, cached = _load_or_build(cache_dir() / "cgn" / f"teacher-{teacher_key(cfg)}.pt", build)
+    num_classes = int(train.labels.max()) + 1
+    cgn = CGN(num_classes, t.latent_dim, t.width, train.images.shape[-1])
+    cgn.load_state_dict(state)
+    return cgn.eval(), cached
+
+
+def cached_students_of(cfg: CGNConfig, box: BlackBoxCGN,
+                       num_classes: int, log=print) -> tuple[dict[str, nn.Module], bool]:
+    """One student per mechanism, trained from ``box``'s stored queries (or loaded)."""
+    s = cfg.student
+
+    def build() -> dict[str, Any]:
+        queries = collect_queries(box, cfg.queries.per_class, seed=cfg.seed)
+        return {name: train_student(queries[name], s, num_classes, seed=cfg.seed,
+                                    log=log)[0].state_dict() for name in MECHANISMS}
+
+    states, cached = _load_or_build(cache_dir() / "cgn" / f"students-{students_key(cfg)}.pt",
+                                    build)
+    students = {}
+    for name in MECHANISMS:
+        g = MechanismGenerator(CHANNELS[name], num_classes, box.latent_dim, s.width,
+                               box.image_size)
+        g.load_state_dict(states[name])
+        students[name] = g.eval()
+    return students, cached

@@ -1,0 +1,141 @@
+"""SKDCGN student generators, trained with TinyGAN's losses on stored black-box queries.
+
+One student per mechanism (Ambekar et al., 2022), each a :class:`MechanismGenerator` narrower than
+the teacher's, trained from its :class:`QuerySet` alone with the losses of TinyGAN (Chang & Lu,
+ACCV 2020), teacher answers standing in for "real" images:
+
+- feature loss: L1 between a class-conditional discriminator's activations on the student's and
+  on the teacher's outputs, per-layer weights growing with depth (``2**l``, normalised);
+- pixel loss: L1 to the teacher's answer, its weight decaying linearly to 0 over training;
+- adversarial loss: hinge, teacher answers real, student outputs fake; the discriminator learns
+  every step, the generator's term (weight 0.01) enters every 5th step.
+
+The shape student may add the CGN's mask loss (binary entropy, pushing the mask to 0/1) with
+``mask_loss_weight`` (the composition study's knob). Every term computed is in the loss.
+Deviation from TinyGAN: no spectral norm and no real-image term (there are no real images).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdci_ray.cgn.blackbox import QuerySet
+from kdci_ray.cgn.mechanisms import CHANNELS, MechanismGenerator
+
+
+@dataclass
+class StudentConfig:
+    width: int = 8
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 2e-3
+    d_lr: float = 2e-3
+    d_width: int = 16
+    pixel_weight: float = 1.0
+    adv_weight: float = 0.01
+    adv_every: int = 5
+    mask_loss_weight: float = 0.0
+
+
+class Discriminator(nn.Module):
+    """Class-conditional (projection) discriminator returning its score and layer activations."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        chans = [in_channels, width, 2 * width, 4 * width]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1),
+                          nn.LeakyReLU(0.2)) for i in range(3))
+        self.head = nn.Linear(chans[-1], 1)
+        self.embed = nn.Embedding(num_classes, chans[-1])
+
+    def forward(self, x: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        feats = []
+        for block in self.blocks:
+            x = block(x)
+            feats.append(x)
+        pooled = x.sum(dim=(2, 3))
+        score = self.head(pooled).squeeze(1) + (self.embed(labels) * pooled).sum(1)
+        return score, feats
+
+
+def layer_weights(n: int) -> list[float]:
+    """``2**l`` for layers ``l = 0..n-1``, normalised to sum 1 (deeper layers weigh more)."""
+    raw = [2.0 ** i for i in range(n)]
+    return [w / sum(raw) for w in raw]
+
+
+def mask_entropy(mask: Tensor) -> Tensor:
+    """Mean binary entropy of a mask in [0, 1] (0 for a binary mask)."""
+    m = mask.clamp(1e-6, 1 - 1e-6)
+    return -(m * m.log() + (1 - m) * (1 - m).log()).mean()
+
+
+def student_losses(step: int, cfg: StudentConfig, fake: Tensor, real: Tensor, labels: Tensor,
+                   disc: Discriminator, mechanism: str) -> dict[str, Tensor]:
+    """The generator's loss terms at ``step`` (``loss`` is their weighted sum)."""
+    fake_score, fake_feats = disc(fake, labels)
+    with torch.no_grad():
+        _, real_feats = disc(real, labels)
+    weights = layer_weights(len(fake_feats))
+    terms = {"feature": sum(w * F.l1_loss(f, r) for w, f, r in
+                            zip(weights, fake_feats, real_feats, strict=True))}
+    total = terms["feature"]
+    pix_w = cfg.pixel_weight * max(0.0, 1.0 - step / max(1, cfg.steps))
+    if pix_w > 0:
+        terms["pixel"] = F.l1_loss(fake, real)
+        total = total + pix_w * terms["pixel"]
+    if cfg.adv_weight > 0 and step % cfg.adv_every == 0:
+        terms["adversarial"] = -fake_score.mean()
+        total = total + cfg.adv_weight * terms["adversarial"]
+    if mechanism == "shape" and cfg.mask_loss_weight > 0:
+        terms["mask"] = mask_entropy(fake)
+        total = total + cfg.mask_loss_weight * terms["mask"]
+    terms["loss"] = total
+    return terms
+
+
+def discriminator_loss(disc: Discriminator, fake: Tensor, real: Tensor,
+                       labels: Tensor) -> Tensor:
+    """Hinge loss: teacher answers real, student outputs fake."""
+    real_score, _ = disc(real, labels)
+    fake_score, _ = disc(fake.detach(), labels)
+    return F.relu(1.0 - real_score).mean() + F.relu(1.0 + fake_score).mean()
+
+
+def train_student(queries: QuerySet, cfg: StudentConfig, num_classes: int, seed: int = 0,
+                  log=None) -> tuple[MechanismGenerator, dict[str, float]]:
+    """A student generator for ``queries.mechanism``, trained from the stored queries only."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    mech = queries.mechanism
+    size = queries.answers.shape[-1]
+    student = MechanismGenerator(CHANNELS[mech], num_classes, queries.noise.shape[1],
+                                 cfg.width, size)
+    disc = Discriminator(CHANNELS[mech], num_classes, cfg.d_width)
+    opt_g = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+    start, last = time.perf_counter(), {}
+    for step in range(cfg.steps):
+        idx = torch.randint(len(queries), (cfg.batch_size,), generator=g)
+        z, y, real = queries.noise[idx], queries.labels[idx], queries.answers[idx]
+        fake = student(z, y)
+        d_loss = discriminator_loss(disc, fake, real, y)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        terms = student_losses(step, cfg, fake, real, y, disc, mech)
+        opt_g.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt_g.step()
+        last = {k: float(v.detach()) for k, v in terms.items()} | {"disc": float(d_loss.detach())}
+        if log is not None and (step + 1) % max(1, cfg.steps // 5) == 0:
+            log(f"student {mech} step {step + 1}/{cfg.steps}: " +
+                ", ".join(f"{k} {v:.4f}" for k, v in last.items()) +
+                f" ({time.perf_counter() - start:.0f} s)")
+    return student.eval(), last
