@@ -101,6 +101,8 @@ def peak_memory_mb(variant: str) -> float:
 def memory_child(args: argparse.Namespace, device: torch.device) -> None:
     bench = Bench(args, args._memory != "vanilla", device,
                   features="source" if args._memory == "source" else "observed")
+    with torch.no_grad():  # every variant's allocator has seen the refresh images once (KDCI's
+        bench.teacher(bench.refresh_x)  # set-up refresh did): only the steps' own peaks differ
     bench.step()  # allocations of the first step (grads, optimiser state) count
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kdci_ray.cgn.composition import compose
@@ -62,3 +63,34 @@ def test_supervised_fit_learns_the_mechanisms() -> None:
     truth = torch.stack([data.backgrounds[data.bg_labels == c].mean(dim=(0, 2, 3))
                          for c in labels])
     assert (fitted - truth).abs().mean() < 0.5 * (before - truth).abs().mean()
+
+
+def test_mask_size_hinge_is_zero_inside_the_bounds() -> None:
+    from kdci_ray.cgn.teacher_adversarial import mask_size_hinge
+
+    half = torch.full((2, 1, 4, 4), 0.3)
+    assert float(mask_size_hinge(half, 0.1, 0.6)) == 0.0
+    assert float(mask_size_hinge(torch.zeros(2, 1, 4, 4), 0.1, 0.6)) == pytest.approx(0.1)
+    assert float(mask_size_hinge(torch.ones(2, 1, 4, 4), 0.1, 0.6)) == pytest.approx(0.4)
+
+
+def test_adversarial_mode_trains_with_the_papers_losses() -> None:
+    from kdci_ray.cgn.student import Discriminator
+    from kdci_ray.cgn.teacher_adversarial import generator_terms
+
+    data = make_split("colored", "train", seed=0)
+    cfg = TeacherFitConfig(mode="adversarial", steps=4, batch_size=8, width=4, latent_dim=4)
+    torch.manual_seed(0)
+    cgn = CGN(width=4, latent_dim=4)
+    terms = generator_terms(cgn, Discriminator(3, 10, 4), torch.arange(8), cfg,
+                            torch.Generator().manual_seed(0))
+    torch.testing.assert_close(terms["loss"], terms["adversarial"] + 0.5 * terms["mask_entropy"]
+                               + terms["mask_size"])
+    fitted, last = fit_teacher(data, cfg, seed=0)
+    assert {"adversarial", "mask_entropy", "mask_size", "loss", "disc"} <= set(last)
+    torch.manual_seed(0)
+    start = CGN(width=4, latent_dim=4).state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in fitted.state_dict().items()
+               if v.is_floating_point())
+    with pytest.raises(ValueError, match="supervised or adversarial"):
+        fit_teacher(data, TeacherFitConfig(mode="gan"))

@@ -104,6 +104,8 @@ def test_cgn_smoke_sweep_through_the_cli(ray_session, tmp_path: Path, capsys) ->
     metrics = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
     assert sorted(m["teacher_cached"] for m in metrics) == [0.0, 1.0]
     assert sorted(m["students_cached"] for m in metrics) == [0.0, 1.0]
+    assert sorted(m["references_cached"] for m in metrics) == [0.0, 1.0]  # biased, oracle
+    assert len({(m["acc_biased"], m["acc_oracle"]) for m in metrics}) == 1
     trial_dirs = sorted(p.parent for p in out.glob("*/metrics.json"))
     for d in trial_dirs:
         cfg = yaml.safe_load((d / "config.yaml").read_text())

@@ -68,6 +68,17 @@ def _load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> tuple[dic
         return state, False
 
 
+def cached_accuracy(cfg: CGNConfig, which: str, compute: Callable[[], float]) -> tuple[float,
+                                                                                       bool]:
+    """A reference classifier's shifted-test accuracy (``which``: biased | oracle), computed
+    once per data, classifier settings and seed: the composition variants do not change it."""
+    key = _key("accuracy-v1", which, dataclasses.asdict(cfg.data),
+               dataclasses.asdict(cfg.classifier), cfg.seed)
+    state, cached = _load_or_build(cache_dir() / "cgn" / f"acc-{which}-{key}.pt",
+                                   lambda: {"acc": torch.tensor(compute(), dtype=torch.float64)})
+    return float(state["acc"]), cached
+
+
 def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData, log=print) -> tuple[CGN, bool]:
     """The teacher CGN of ``cfg`` (fitted on ``train``), loaded when already cached."""
     t = cfg.teacher

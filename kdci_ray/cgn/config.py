@@ -125,6 +125,9 @@ def validate(cfg: CGNConfig) -> None:
     if cfg.data.variant not in VARIANTS:
         raise ConfigError(f"config key 'data.variant' must be one of {', '.join(VARIANTS)}, "
                           f"got {cfg.data.variant!r}")
+    if cfg.teacher.mode not in ("supervised", "adversarial"):
+        raise ConfigError(f"config key 'teacher.mode' must be one of supervised, adversarial, "
+                          f"got {cfg.teacher.mode!r}")
     positive = {"data.copies": cfg.data.copies, "teacher.steps": cfg.teacher.steps,
                 "teacher.batch_size": cfg.teacher.batch_size, "teacher.width": cfg.teacher.width,
                 "student.steps": cfg.student.steps, "student.width": cfg.student.width,

@@ -25,12 +25,17 @@ from kdci_ray.cgn.mechanisms import CGN, MECHANISMS
 
 @dataclass
 class TeacherFitConfig:
+    mode: str = "supervised"  # supervised (fast, GLO on known mechanisms) | adversarial (slow)
     steps: int = 600
     batch_size: int = 64
     lr: float = 2e-3
     code_lr: float = 1e-2
     width: int = 32
     latent_dim: int = 16
+    # adversarial mode only (the CGN paper's losses): mask binary entropy and mask-size hinge
+    mask_entropy_weight: float = 0.5
+    mask_min: float = 0.1
+    mask_max: float = 0.6
 
 
 def _targets(data: MechanismData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -42,7 +47,14 @@ def _targets(data: MechanismData) -> dict[str, tuple[torch.Tensor, torch.Tensor]
 def fit_teacher(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0,
                 log=None) -> tuple[CGN, dict[str, float]]:
     """A CGN whose mechanisms reproduce ``data``'s masks and textures; returns it (eval mode)
-    and the final per-mechanism L1."""
+    and the final per-mechanism L1 (``mode: adversarial``: the paper's GAN training instead,
+    see ``teacher_adversarial``)."""
+    if cfg.mode == "adversarial":
+        from kdci_ray.cgn.teacher_adversarial import train_adversarial
+
+        return train_adversarial(data, cfg, seed, log)
+    if cfg.mode != "supervised":
+        raise ValueError(f"teacher mode must be supervised or adversarial, got {cfg.mode!r}")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     num_classes = int(data.labels.max()) + 1
