@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ def test_ray_scorer_matches_the_in_process_pass(ray_session) -> None:
         with torch.no_grad():
             return model((images.float() / 255 - 0.5) / 0.25).logits
 
+    _wait_for_free_cpus(ray_session, 2)
     with RayScorer(pool, {"teacher": teacher, "other": other}, mean, std, workers=2,
                    batch_size=32, chunk=64) as scorer:
         assert scorer.workers == 2
@@ -55,6 +57,14 @@ def test_ray_scorer_refuses_missing_gpus(ray_session) -> None:
         RayScorer(pool, {"teacher": _model(0)}, (0.5,), (0.25,), use_gpu=True)
 
 
+def _wait_for_free_cpus(ray, n: int, timeout_s: float = 60.0) -> None:
+    """Actors of earlier tests give their CPUs back asynchronously after ``ray.kill``."""
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0) < n and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) >= n, ray.available_resources()
+
+
 def _remove_new_files(folder: Path, before: set[Path]) -> int:
     new = [p for p in folder.rglob("*") if p.is_file() and p not in before]
     for p in new:
@@ -71,6 +81,7 @@ def test_dictionary_job_on_ray_workers_builds_the_in_process_dictionary(
     cfg = resolve({**tiny_settings, "method": "dfnd", "kdci.enabled": True, "pool.seed": 4321})
     root = cache_dir()
     before = {p for p in root.rglob("*") if p.is_file()}
+    _wait_for_free_cpus(ray_session, 2)
     spread = build_shared_dictionary(cfg, log=lambda msg: None, workers=2)
     assert spread["scoring_workers"] == 2 and not spread["cached"]
     err = capsys.readouterr().err
