@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 (or [0, 1] float) ``(B, C, H, W)`` -> ``(x - mean) / std`` per channel, on the
+    images' device: the one pixel-to-model-input mapping of teachers, methods and scorers."""
+    x = images.float().div(255.0) if images.dtype == torch.uint8 else images
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
 
 
 @dataclass
@@ -35,10 +45,7 @@ class LabeledData:
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 ``(B, C, H, W)`` -> float model input."""
-        x = images.float().div_(255.0)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalize(images, self.mean, self.std)
 
     def test_inputs(self) -> tuple[Tensor, Tensor]:
         return self.normalize(self.x_test), self.y_test

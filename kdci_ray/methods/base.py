@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from kdci_ray.data.labeled import normalize
 from kdci_ray.methods.losses import kd_loss
 from kdci_ray.methods.pool import ImagePool, augment
 
@@ -49,11 +50,8 @@ class MethodContext:
     cache_dir: Path | None = None  # where selections of the open-world pool are cached
 
     def normalize(self, images: Tensor) -> Tensor:
-        """uint8 or [0, 1] float ``(B, C, H, W)`` -> the teacher's input space."""
-        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.to(self.device) - mean.to(self.device)) / std.to(self.device)
+        """uint8 or [0, 1] float ``(B, C, H, W)`` -> the teacher's input space, on ``device``."""
+        return normalize(images.to(self.device), self.mean, self.std)
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """Inverse of ``normalize`` (clamped to [0, 255]) for compact pools."""

@@ -71,14 +71,14 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
     if kdci.store is None:  # kdci.cache=false still gets its artifact when asked for one
         kdci.store = dictionary_store()
     model = kdci.source_model if kdci.source_model is not None else teacher
+    source_name = "teacher" if model is teacher else "source"
     scorers: list[Any] = []  # the Ray actors, started on first use (cached work needs none)
 
     def scorer() -> Any:
         if not scorers:
             from kdci_ray.train.parallel_scoring import RayScorer
 
-            models = {"teacher": teacher, "source": model} if model is not teacher else \
-                {"teacher": teacher}
+            models = {"teacher": teacher, source_name: model}  # one entry when they are one
             scorers.append(RayScorer(ctx.open_world, models, data.mean, data.std,
                                      use_gpu=cfg.run.use_gpu, workers=workers))
         return scorers[0]
@@ -97,8 +97,7 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
             if workers == 1:
                 kdci.refresh(teacher, ctx.normalize(subset.images[:keep]), data_key=subset.key)
             else:
-                name = "teacher" if model is teacher else "source"
-                logits = scorer().logits(name, subset.indices[:keep])
+                logits = scorer().logits(source_name, subset.indices[:keep])
                 kdci.refresh(teacher, None, data_key=subset.key, logits=logits)
     finally:
         for s in scorers:

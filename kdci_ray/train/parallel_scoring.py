@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from kdci_ray.config import ConfigError
+from kdci_ray.data.labeled import normalize
 from kdci_ray.data.selection import scores_from_logits
 
 
@@ -38,8 +39,7 @@ class _ScoringWorker:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.pool = pool
         self.models = {name: m.to(self.device).eval() for name, m in models.items()}
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -47,7 +47,7 @@ class _ScoringWorker:
         out = []
         for i in range(0, len(indices), self.batch_size):
             images = self.pool.get(indices[i:i + self.batch_size]).to(self.device)
-            x = (images.float().div(255.0) - self.mean) / self.std
+            x = normalize(images, self.mean, self.std)
             out.append(self.models[model](x).logits.float().cpu())
         return torch.cat(out).numpy()
 
