@@ -104,7 +104,9 @@ def test_cgn_smoke_sweep_through_the_cli(ray_session, tmp_path: Path, capsys) ->
     metrics = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
     assert sorted(m["teacher_cached"] for m in metrics) == [0.0, 1.0]
     assert sorted(m["students_cached"] for m in metrics) == [0.0, 1.0]
-    assert sorted(m["references_cached"] for m in metrics) == [0.0, 1.0]  # biased, oracle
+    # biased and oracle classifiers: each trained once in the sweep, loaded by the other trial
+    # (which trial trains which depends on timing: the trials run side by side)
+    assert sum(m["references_cached"] for m in metrics) == 2.0
     assert len({(m["acc_biased"], m["acc_oracle"]) for m in metrics}) == 1
     trial_dirs = sorted(p.parent for p in out.glob("*/metrics.json"))
     for d in trial_dirs:
