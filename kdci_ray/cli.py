@@ -7,6 +7,7 @@ Examples::
     kdci-ray sweep tune_configs/quickstart.yaml       # the grid, on local Ray or $RAY_ADDRESS
     kdci-ray train tune_configs/quickstart.yaml method=deepinv kdci.enabled=true
     kdci-ray sweep tune_configs/quickstart.yaml --smoke --output /tmp/smoke
+    kdci-ray sweep results/quickstart --resume        # continue an interrupted sweep
     kdci-ray sweep tune_configs/cifar10_table1.yaml --only method=dafl --only method=dfnd
     kdci-ray dictionary tune_configs/dictionary_size.yaml   # KDCI dictionaries, built once
     kdci-ray dictionary tune_configs/cifar10_table1.yaml --workers 0   # scored on Ray's workers
@@ -44,7 +45,15 @@ def cmd_teacher(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace, single: bool) -> int:
-    from kdci_ray.tune.driver import check_inputs, plan_sweep, prepare_output, run_sweep
+    from kdci_ray.tune.driver import (
+        check_inputs,
+        check_output,
+        check_resources,
+        init_ray,
+        plan_sweep,
+        prepare_output,
+        run_sweep,
+    )
     from kdci_ray.tune.only import describe, parse_only
 
     start = time.perf_counter()
@@ -53,16 +62,31 @@ def _sweep(args: argparse.Namespace, single: bool) -> int:
                       only=only)
     if only:
         _log(describe(parse_only(only), len(plan.configs), plan.grid_size))
+    resume = getattr(args, "resume", False)
+    check_output(plan, args.overwrite, resume=resume)
     check_inputs(plan, _log)
-    prepare_output(plan, args.overwrite)
-    _log(f"{len(plan.configs)} trial(s) -> {plan.out_dir}")
-    outcome = run_sweep(plan)
+    started = init_ray()
+    try:
+        check_resources(plan)  # a trial the cluster can never place: refused, nothing written
+        prepare_output(plan, args.overwrite, resume=resume)
+        _log(f"{len(plan.configs)} trial(s) -> {plan.out_dir}" + (" (resumed)" if resume else ""))
+        outcome = run_sweep(plan, resume=resume)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     print(outcome.table, flush=True)
-    _log(f"wrote {plan.out_dir / 'summary.csv'} and summary.md; "
+    _log(f"wrote {plan.out_dir / 'report.md'}, summary.csv and summary.md; "
          f"wall time {time.perf_counter() - start:.0f} s")
     _log(f"compare the runs: tensorboard --logdir {plan.out_dir}")
     for err in outcome.errors:
         _log(f"trial failed: {err}")
+    if outcome.interrupted:
+        _log(f"interrupted: {len(outcome.unfinished)} trial(s) unfinished; continue with "
+             f"`kdci-ray sweep {plan.out_dir} --resume` (finished trials are kept, unfinished "
+             f"ones continue from their last checkpoint)")
+        return 130
     return 1 if outcome.errors else 0
 
 
@@ -126,13 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, single, text in (("sweep", False, "run the config's search grid with Ray Tune"),
                                ("train", True, "run one configuration (search ignored)")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", help="experiment YAML under tune_configs/")
+        p.add_argument("config", help="experiment YAML under tune_configs/" +
+                       ("" if single else ", or a sweep directory to --resume"))
         p.add_argument("overrides", nargs="*", help="section.key=value (win over the grid)")
         p.add_argument("--output", help="sweep directory (default results/<config stem>)")
         p.add_argument("--smoke", action="store_true", help="tiny schedules, every code path")
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier sweep's results in the output directory")
         if not single:
+            p.add_argument("--resume", action="store_true",
+                           help="continue the interrupted sweep in the output directory (or "
+                                "pass that directory as CONFIG): finished trials are kept, the "
+                                "others continue from their last checkpoint")
             p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                            help="run only the grid points whose resolved config has this value "
                                 "(repeat: same key = OR, different keys = AND; cases.<group>="

@@ -102,8 +102,12 @@ class RunConfig:
     workers: int = 1  # Ray Train workers (DDP ranks) per trial
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    max_concurrent_trials: int = 0  # 0 = as many as the cluster's CPUs allow
+    gpus_per_worker: float = 1.0  # with use_gpu; a fraction packs several workers on one GPU
+    max_concurrent_trials: int = 0  # 0 = as many as the cluster's CPUs (and GPUs) allow
     output: str = ""  # sweep directory; empty = results/<config stem>/ under the launch directory
+    checkpoint_every: int = 0  # rounds between resumable checkpoints; 0 = at every evaluation
+    max_failures: int = 3  # worker-group restarts per trial (from its last checkpoint); -1 = no cap
+    inject_failure_round: int = 0  # testing: fail once after this round's checkpoint; 0 = never
 
 
 SECTIONS: dict[str, type] = {

@@ -18,6 +18,7 @@ def validate(cfg: ExperimentConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    _check_run(cfg)
     if cfg.kdci.k < 0:
         raise ConfigError(
             f"config key 'kdci.k' must be >= 0 (0 = method default), got {cfg.kdci.k}"
@@ -58,4 +59,40 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "kdci.backend=cuml runs full k-means only; use kdci.algorithm=auto or full with "
             "cuml, or kdci.backend=sklearn for the mini-batch path"
+        )
+
+
+def _check_run(cfg: ExperimentConfig) -> None:
+    """Resources per worker, the checkpoint interval and the failure budget."""
+    run, train = cfg.run, cfg.train
+    if run.cpus_per_worker < 0 or (run.cpus_per_worker == 0 and not run.use_gpu):
+        raise ConfigError(
+            f"config key 'run.cpus_per_worker' must be > 0 (>= 0 with run.use_gpu), "
+            f"got {run.cpus_per_worker}"
+        )
+    if run.use_gpu and run.gpus_per_worker <= 0:
+        raise ConfigError(
+            f"config key 'run.gpus_per_worker' must be > 0 with run.use_gpu, "
+            f"got {run.gpus_per_worker}"
+        )
+    if run.use_gpu and run.gpus_per_worker > 1 and run.gpus_per_worker != int(run.gpus_per_worker):
+        raise ConfigError(
+            f"config key 'run.gpus_per_worker' above 1 must be a whole number, "
+            f"got {run.gpus_per_worker}"
+        )
+    if run.max_failures < -1:
+        raise ConfigError(
+            f"config key 'run.max_failures' must be >= 0, or -1 for no cap, got {run.max_failures}"
+        )
+    every = run.checkpoint_every
+    if every < 0 or (every and every % train.eval_every):
+        raise ConfigError(
+            f"config key 'run.checkpoint_every' ({every}) must be 0 (checkpoint at every "
+            f"evaluation) or a multiple of train.eval_every ({train.eval_every}): a checkpoint is "
+            f"taken with an evaluation report"
+        )
+    if run.inject_failure_round < 0 or run.inject_failure_round > train.rounds:
+        raise ConfigError(
+            f"config key 'run.inject_failure_round' must be between 0 (never) and train.rounds "
+            f"({train.rounds}), got {run.inject_failure_round}"
         )

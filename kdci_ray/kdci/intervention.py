@@ -65,6 +65,17 @@ class BackdoorAdjustment(nn.Module):
                             device=device)
         return torch.softmax(noise, dim=1)
 
+    def random_state(self) -> Tensor | None:
+        """The random-lambda ablation's generator state (None until first used)."""
+        return None if self._generator is None else self._generator.get_state()
+
+    def set_random_state(self, state: Tensor | None) -> None:
+        if state is None:
+            self._generator = None
+            return
+        self._generator = torch.Generator(device=self.prototypes.device)
+        self._generator.set_state(state)
+
     def attention(self, logits: Tensor, prototypes: Tensor | None = None) -> Tensor:
         """``(B, C)`` student logits -> ``(B, K)`` attention weights over the prototypes."""
         if self.random_lambda:

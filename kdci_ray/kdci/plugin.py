@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -175,6 +176,24 @@ class KDCI:
         if self.refreshes == 0:
             raise RuntimeError("KDCI.compensate() before the first dictionary refresh")
         return (module or self.module)(logits)
+
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly: attention weights and the loaded
+        dictionary (module buffers), the ablation generators, the refresh count (it seeds the
+        next k-means) and the teacher logits observed since the last refresh."""
+        return {"module": self.module.state_dict(), "generator": self.generator.get_state(),
+                "random_lambda": self.module.random_state(),
+                "refreshes": self.refreshes,
+                "observed": torch.cat(self._observed) if self._observed else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.generator.set_state(state["generator"])
+        self.module.set_random_state(state["random_lambda"])
+        self.refreshes = int(state["refreshes"])
+        observed = state["observed"]
+        self._observed = [] if observed is None else [observed]
 
 
 def attention_entropy(lam: Tensor) -> float:

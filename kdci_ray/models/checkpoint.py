@@ -133,16 +133,15 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, weights_only: bool = 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:  # torch raises many exception types here
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:160]
         hint = (
-            "\nIf the file is trusted and holds pickled Python objects besides tensors, "
-            "retry with load_checkpoint(..., weights_only=False), or re-save it with "
-            "save_checkpoint()."
-            if weights_only
-            else ""
+            "; if the file is trusted and holds pickled Python objects besides tensors, re-save "
+            "its state dict with save_checkpoint() (or load it with weights_only=False)"
+            if weights_only else ""
         )
         raise ValueError(
-            f"could not read checkpoint {path} with torch.load(weights_only={weights_only}) "
-            f"(expected {_EXPECTED_FORMAT}): {type(exc).__name__}: {exc}{hint}"
+            f"could not read checkpoint {path}: not a readable torch.save file "
+            f"({type(exc).__name__}: {first}); expected {_EXPECTED_FORMAT}{hint}"
         ) from exc
 
     sd, meta = _split(obj, path)

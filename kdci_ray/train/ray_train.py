@@ -2,24 +2,63 @@
 
 Ray Train sets up the process group (gloo on CPU, NCCL on GPU); the loop sees torch.distributed
 and DDP-wraps what it trains. Rank 0 writes TensorBoard events (exact tags: ``eval/acc``,
-``train/loss``, ``kdci/*``...) into the run directory and the final checkpoint goes through
-``ray.train.report`` like in Ray's own examples.
+``train/loss``, ``kdci/*``...) into the run directory. Every ``run.checkpoint_every`` rounds each
+rank puts its resume state into one checkpoint through ``ray.train.report`` (Ray's own pattern);
+a worker group that Ray Train restarts after a failure (up to ``run.max_failures`` times), and a
+trial that Tune resumes after the driver was interrupted, continue from the latest checkpoint
+(``ray.train.get_checkpoint()``: Ray Train V2 restores it from the run's storage when a trainer
+of the same name and storage path runs again). Each failure and each resume is appended to
+``failures.jsonl`` / ``resumes.jsonl`` in the run directory, every report to ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import ray.train
-import torch
 from ray.train.torch import TorchTrainer
 
 from kdci_ray.config import ExperimentConfig, resolve, save_resolved
+from kdci_ray.train.resume import (
+    FAILURES_FILE,
+    METRICS_FILE,
+    RESUMES_FILE,
+    STUDENT_FILE,
+    Snapshot,
+    load_resume_state,
+    save_snapshot,
+)
 
-CHECKPOINT_FILE = "student.pt"
+CHECKPOINT_FILE = STUDENT_FILE
+INJECTED_MARK = ".injected_failure"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised once by ``run.inject_failure_round`` (tests of the restart path)."""
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line, appended (a record per failure or resume, never rewritten)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _resume_state(run_dir: Path, rank: int) -> dict[str, Any] | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as ckpt_dir:
+        state = load_resume_state(Path(ckpt_dir), rank)
+    if rank == 0:
+        append_record(run_dir / RESUMES_FILE, {"round": state["round"], "step": state["step"],
+                                               "time": time.time()})
+    return state
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -29,24 +68,38 @@ def train_func(config: dict[str, Any]) -> None:
     from kdci_ray.train.task import distill
 
     cfg = resolve(config["settings"])
+    run_dir = Path(config["run_dir"])
     rank = ray.train.get_context().get_world_rank()
-    writer = SummaryWriter(config["run_dir"], flush_secs=10) if rank == 0 else None
+    writer = SummaryWriter(str(run_dir), flush_secs=10) if rank == 0 else None
+    inject = cfg.run.inject_failure_round
 
-    def report(metrics: dict[str, float], step: int, state: dict[str, Any] | None) -> None:
+    def report(metrics: dict[str, float], step: int, snapshot: Snapshot | None) -> None:
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(key, value, step)
             writer.flush()
-        if state is None or rank != 0:  # one checkpoint per run, from rank 0
+            append_record(run_dir / METRICS_FILE, {**metrics, "time": time.time()})
+        if snapshot is None:
             ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
-            save_resolved(cfg, Path(tmp) / "config.yaml")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_snapshot(Path(tmp), snapshot, rank)
+                if rank == 0:
+                    save_resolved(cfg, Path(tmp) / "config.yaml")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        mark = run_dir / INJECTED_MARK
+        if rank == 0 and inject and metrics["round"] >= inject and not mark.exists():
+            mark.touch()
+            raise InjectedFailure(f"run.inject_failure_round={inject}: failing once after "
+                                  f"round {int(metrics['round'])}")
 
     try:
-        distill(cfg, report)
+        distill(cfg, report, resume=_resume_state(run_dir, rank))
+    except Exception as exc:
+        append_record(run_dir / FAILURES_FILE, {
+            "rank": rank, "error": f"{type(exc).__name__}: {exc}", "time": time.time(),
+            "traceback": traceback.format_exc(limit=8)})
+        raise
     finally:
         if writer is not None:
             writer.close()
@@ -54,19 +107,25 @@ def train_func(config: dict[str, Any]) -> None:
 
 def fit(cfg: ExperimentConfig, settings: dict[str, Any], run_dir: Path,
         callbacks: list | None = None) -> ray.train.Result:
-    """Train one configuration with Ray Train; the final student lands in ``run_dir/student.pt``."""
+    """Train one configuration with Ray Train; the final student lands in ``run_dir/student.pt``.
+
+    Run again with the same ``run_dir`` after an interruption, it continues from the latest
+    checkpoint there."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    run = cfg.run
+    resources = {"CPU": run.cpus_per_worker}
+    if run.use_gpu:
+        resources["GPU"] = run.gpus_per_worker
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"settings": settings, "run_dir": str(run_dir)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
-            resources_per_worker={"CPU": cfg.run.cpus_per_worker,
-                                  **({"GPU": 1} if cfg.run.use_gpu else {})},
-        ),
+        scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu,
+                                               resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name="train", storage_path=str(run_dir),
-            failure_config=ray.train.FailureConfig(controller_failure_limit=3),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures,
+                                                   controller_failure_limit=3),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
     )

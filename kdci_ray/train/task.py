@@ -10,6 +10,7 @@ the method's generator.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import defaultdict
@@ -25,6 +26,7 @@ from kdci_ray.methods import METHODS, MethodContext
 from kdci_ray.models import create_model
 from kdci_ray.train.evaluate import accuracy, predict_logits
 from kdci_ray.train.kdci_setup import build_kdci
+from kdci_ray.train.resume import Progress, Snapshot, capture, restore
 from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
 from kdci_ray.train.teacher import cache_dir, load_data, load_teacher
 
@@ -52,24 +54,29 @@ def method_context(cfg: ExperimentConfig, data, teacher: nn.Module, student: nn.
 
 
 class Reporter(Protocol):
-    """Receives every evaluation; ``state`` (the final student, on every rank) on the last."""
+    """Receives every evaluation, on every rank; ``snapshot`` (this rank's checkpoint) on the
+    checkpoint rounds (every ``run.checkpoint_every`` rounds, and always the last)."""
 
     def __call__(self, metrics: dict[str, float], step: int,
-                 state: dict[str, Any] | None) -> None: ...
+                 snapshot: Snapshot | None) -> None: ...
 
 
 class Collect:
-    """The in-process reporter: keeps every report (tests and the plain Python API use it)."""
+    """The in-process reporter: keeps every report and checkpoint (tests and the plain Python API
+    use it); ``state`` is the final student."""
 
     def __init__(self) -> None:
         self.history: list[tuple[int, dict[str, float]]] = []
+        self.snapshots: list[Snapshot] = []
         self.state: dict[str, Any] | None = None
 
     def __call__(self, metrics: dict[str, float], step: int,
-                 state: dict[str, Any] | None) -> None:
+                 snapshot: Snapshot | None) -> None:
         self.history.append((step, dict(metrics)))
-        if state is not None:
-            self.state = state
+        if snapshot is not None:
+            self.snapshots.append(snapshot)
+            if snapshot.final:
+                self.state = snapshot.student
 
 
 def _lr_lambda(cfg: ExperimentConfig) -> Callable[[int], float]:
@@ -79,9 +86,18 @@ def _lr_lambda(cfg: ExperimentConfig) -> Callable[[int], float]:
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+def _checkpoint_round(cfg: ExperimentConfig, rounds_done: int) -> bool:
+    every = cfg.run.checkpoint_every or cfg.train.eval_every
+    return rounds_done % every == 0 or rounds_done == cfg.train.rounds
+
+
 def distill(cfg: ExperimentConfig, report: Reporter | None = None,
-            runtime: Runtime | None = None) -> dict[str, float]:
-    """Train a student from the teacher without data; returns the final metrics."""
+            runtime: Runtime | None = None,
+            resume: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train a student from the teacher without data; returns the final metrics.
+
+    ``resume``: this rank's state from a checkpoint (``Snapshot.resume``); the run continues with
+    the round after it and ends as the uninterrupted run would have."""
     limit_threads()
     rt = runtime or current_runtime(cfg.run.use_gpu)
     report = report or Collect()
@@ -105,11 +121,18 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
                           weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
 
-    teacher_acc = accuracy(*predict_logits(teacher, data, rt.device))
-    start, step, last_eval_step = time.perf_counter(), 0, 0
+    parts = {"rank": rt.rank, "world_size": rt.world_size, "student": student,
+             "optimizer": opt, "scheduler": sched, "method": method, "kdci": kdci}
+    if resume is not None:
+        progress = restore(resume, **parts)
+    else:
+        progress = Progress(round=0, step=0, elapsed_s=0.0,
+                            teacher_acc=accuracy(*predict_logits(teacher, data, rt.device)))
+    teacher_acc, step = progress.teacher_acc, progress.step
+    start, last_eval_step = time.perf_counter() - progress.elapsed_s, step
     final: dict[str, float] = {}
     sums: dict[str, float] = defaultdict(float)
-    for rnd in range(cfg.train.rounds):
+    for rnd in range(progress.round, cfg.train.rounds):
         logs = {f"synth/{k}": v for k, v in method.synthesize(rnd).items()}
         if kdci is not None and (method_cls.kdci_refresh == "round" or rnd == 0):
             once = method_cls.kdci_refresh == "once"
@@ -147,8 +170,14 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
                             "time/elapsed_s": time.perf_counter() - start,
                             "finished": float(last)})
             sums.clear()
-            state = _state(student, kdci, method, cfg) if last else None
-            report(metrics, step, state)
+            snapshot = None
+            if _checkpoint_round(cfg, rnd + 1):
+                done = Progress(round=rnd + 1, step=step, elapsed_s=metrics["time/elapsed_s"],
+                                teacher_acc=teacher_acc)
+                student_state = copy.deepcopy(_state(student, kdci, cfg))
+                snapshot = Snapshot(round=rnd + 1, student=student_state,
+                                    resume=capture(done, **parts), final=last)
+            report(metrics, step, snapshot)
             final = metrics
     return final
 
@@ -163,7 +192,7 @@ def _evaluate(student: nn.Module, kdci: KDCI | None, data, rt: Runtime) -> dict[
     return metrics
 
 
-def _state(student: nn.Module, kdci: KDCI | None, method, cfg: ExperimentConfig) -> dict[str, Any]:
+def _state(student: nn.Module, kdci: KDCI | None, cfg: ExperimentConfig) -> dict[str, Any]:
     state: dict[str, Any] = {"state_dict": student.state_dict(), "arch": cfg.student.arch,
                              "method": cfg.method}
     if kdci is not None:

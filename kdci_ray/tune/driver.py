@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import (
     ConfigError,
     ExperimentConfig,
@@ -33,7 +34,7 @@ from kdci_ray.config import (
 from kdci_ray.tune import only as only_filter
 from kdci_ray.tune.cases import case_lookup, config_layer, expand, load_sweep_file
 from kdci_ray.tune.naming import trial_dirname
-from kdci_ray.tune.plots import write_plots
+from kdci_ray.tune.report import write_report
 from kdci_ray.tune.space import build_param_space, grid_points
 from kdci_ray.tune.table import rows_from_sweep, write_tables
 
@@ -58,7 +59,10 @@ def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
     """Parse and validate a sweep without starting Ray; ``single`` ignores the search section.
 
     ``only`` (``["method=dafl", ...]``) keeps the grid points whose resolved configs match, see
-    ``kdci_ray.tune.only``; data and checkpoints are not read here."""
+    ``kdci_ray.tune.only``; data and checkpoints are not read here. ``config_path`` may also be
+    an existing sweep directory: the sweep recorded in its ``sweep.yaml`` (to resume it)."""
+    if Path(config_path).expanduser().is_dir():
+        return _plan_recorded(Path(config_path), overrides, output, smoke, only)
     exp = load_sweep_file(config_path)
     where = str(exp.path)
     over = parse_overrides(overrides or [])
@@ -84,28 +88,115 @@ def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
                      grid_size=grid_size)
 
 
-def prepare_output(plan: SweepPlan, overwrite: bool) -> None:
-    """A sweep writes into a new directory; ``overwrite`` replaces an earlier sweep's results."""
-    out = plan.out_dir
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"output directory {out} already holds results; pass --overwrite to replace "
-                f"them, or choose another directory with --output"
-            )
-        if not (out / SWEEP_FILE).is_file():
-            raise ConfigError(
-                f"refusing to overwrite {out}: it exists but is not a kdci-ray sweep directory "
-                f"(no {SWEEP_FILE}); choose another --output"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _plan_recorded(sweep_dir: Path, overrides: list[str] | None, output: str | None,
+                   smoke: bool, only: list[str] | None) -> SweepPlan:
+    """The plan of the sweep recorded in ``sweep_dir/sweep.yaml``, with the same trials."""
+    sweep_dir = sweep_dir.expanduser().resolve()
+    record_path = sweep_dir / SWEEP_FILE
+    if not record_path.is_file():
+        raise ConfigError(
+            f"{sweep_dir} is a directory but not a kdci-ray sweep directory (no {SWEEP_FILE}); "
+            f"pass an experiment YAML, or the directory of a sweep to resume"
+        )
+    if overrides or smoke or only or (output and Path(output).expanduser().resolve()
+                                      != sweep_dir):
+        raise ConfigError(
+            f"{sweep_dir} is a recorded sweep: it is resumed exactly as launched (its "
+            f"{SWEEP_FILE}); drop the key=value overrides, --smoke, --only and --output, or run "
+            f"the experiment YAML into a new --output"
+        )
+    record = yaml.safe_load(record_path.read_text()) or {}
+    search = record.get("search") or {}
+    where = str(record_path)
+    points = grid_points(search, where)
+    over = dict(record.get("overrides") or {})
+    configs = [resolve(record.get("settings") or {}, config_layer(point), over)
+               for point in points]
+    if not configs:
+        raise ConfigError(f"{record_path}: the recorded search expands to zero trials")
+    return SweepPlan(name=str(record.get("name") or configs[0].name), out_dir=sweep_dir,
+                     settings=record.get("settings") or {}, overrides=over, search=search,
+                     configs=configs, only=list(record.get("only") or []),
+                     grid_size=len(points))
+
+
+def sweep_record(plan: SweepPlan) -> dict[str, Any]:
+    """What ``sweep.yaml`` holds: the experiment as launched (it identifies the sweep)."""
     record = {"name": plan.name, "settings": plan.settings, "overrides": plan.overrides,
               "search": plan.search}
     if plan.only:
         record["only"] = plan.only
-    text = yaml.safe_dump(record, sort_keys=False)
-    (out / SWEEP_FILE).write_text(text)
+    return record
+
+
+def _recorded(out: Path) -> dict[str, Any] | None:
+    try:
+        return yaml.safe_load((out / SWEEP_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _has_tune_state(out: Path) -> bool:
+    return any(out.glob("experiment_state-*.json"))
+
+
+def check_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
+    """What ``prepare_output`` will do is allowed (raises otherwise; writes nothing)."""
+    out = plan.out_dir
+    ours = yaml.safe_load(yaml.safe_dump(sweep_record(plan), sort_keys=False))
+    if resume and overwrite:
+        raise ConfigError("--resume continues a sweep and --overwrite replaces it: pass one")
+    occupied = out.exists() and any(out.iterdir())
+    if resume:
+        recorded = _recorded(out) if occupied else None
+        if recorded is None:
+            raise ConfigError(
+                f"nothing to resume in {out}: it holds no kdci-ray sweep ({SWEEP_FILE}); "
+                f"run without --resume to start the sweep there"
+            )
+        if recorded != ours:
+            raise ConfigError(
+                f"{out} holds a different sweep ('{recorded.get('name')}', launched with other "
+                f"settings, grid or overrides) than the one given; resume it with "
+                f"`kdci-ray sweep {out} --resume`, or choose another --output"
+            )
+        if not _has_tune_state(out):
+            raise ConfigError(
+                f"{out} holds the sweep but no Tune experiment state (it was stopped before its "
+                f"first trial started); run it again with --overwrite"
+            )
+        return
+    if occupied:
+        recorded = _recorded(out) if (out / SWEEP_FILE).is_file() else None
+        if recorded is None and (out / SWEEP_FILE).is_file():
+            raise ConfigError(f"{out / SWEEP_FILE} is unreadable; choose another --output")
+        if recorded is None:
+            raise ConfigError(
+                f"refusing to write into {out}: it exists, is not empty and is not a kdci-ray "
+                f"sweep directory (no {SWEEP_FILE}); choose another --output"
+            )
+        if not overwrite:
+            same = "the same sweep" if recorded == ours else \
+                f"a different sweep ('{recorded.get('name')}')"
+            hint = "pass --resume to continue it, --overwrite to replace it" if \
+                recorded == ours else "pass --overwrite to replace it"
+            raise ConfigError(
+                f"output directory {out} already holds {same}; {hint}, or choose another "
+                f"directory with --output"
+            )
+
+
+def prepare_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
+    """A sweep writes into a new directory; ``overwrite`` replaces an earlier sweep's results;
+    ``resume`` continues the same sweep there (anything else there is refused, untouched)."""
+    check_output(plan, overwrite, resume)
+    out = plan.out_dir
+    if resume:
+        return
+    if out.exists() and any(out.iterdir()):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep_record(plan), sort_keys=False))
 
 
 def check_inputs(plan: SweepPlan, log=print) -> None:
@@ -172,15 +263,24 @@ def _check_pool(cfg: ExperimentConfig, data: Any, seen: set[tuple]) -> None:
 
 
 def trial_fn(params: dict[str, Any], settings: dict[str, Any], overrides: dict[str, Any],
-             cases: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+             cases: dict[str, dict[str, dict[str, Any]]] | None = None,
+             sweep_dir: str | None = None) -> None:
     """One Tune trial: resolve its config (case names looked up in ``cases``), save it, train it
-    with Ray Train."""
+    with Ray Train.
+
+    The run's files (TensorBoard events, Train checkpoints, ``student.pt``) go straight to the
+    trial's directory in the sweep directory, not to Tune's per-session staging copy of it:
+    a trial resumed by a later driver (another Ray session) must find its checkpoints there. On
+    a multi-node cluster the sweep directory is on shared storage (``cluster.yaml``)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from kdci_ray.train.ray_train import fit
 
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    context = tune.get_context()
+    trial_dir = Path(sweep_dir) / context.get_trial_name() if sweep_dir else \
+        Path(context.get_trial_dir())
+    trial_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve(settings, config_layer(expand(params, cases or {})), overrides)
     save_resolved(cfg, trial_dir / "config.yaml")
     fit(cfg, to_flat(cfg), trial_dir, callbacks=[TuneReportCallback()])
@@ -191,13 +291,15 @@ def _max_concurrent(cfg: ExperimentConfig) -> int:
     trials, GPUs) can hold at once."""
     import ray
 
-    if cfg.run.max_concurrent_trials > 0:
-        return cfg.run.max_concurrent_trials
+    run = cfg.run
+    if run.max_concurrent_trials > 0:
+        return run.max_concurrent_trials
     resources = ray.cluster_resources()
-    fits = resources.get("CPU", 1.0) / (cfg.run.workers * cfg.run.cpus_per_worker)
-    if cfg.run.use_gpu:
-        fits = min(fits, resources.get("GPU", 0.0) / cfg.run.workers)
-    return max(1, math.floor(fits))
+    fits = resources.get("CPU", 1.0) / (run.workers * run.cpus_per_worker) \
+        if run.cpus_per_worker > 0 else math.inf
+    if run.use_gpu:
+        fits = min(fits, resources.get("GPU", 0.0) / (run.workers * run.gpus_per_worker))
+    return max(1, math.floor(fits)) if math.isfinite(fits) else 1
 
 
 def init_ray() -> bool:
@@ -206,11 +308,11 @@ def init_ray() -> bool:
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS"):  # a cluster: its auth mode (token) comes from the env
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  log_to_driver=False)
     return True
@@ -237,39 +339,71 @@ def _tune_tensorboard_off() -> Iterator[None]:
 class SweepOutcome:
     table: str  # the Markdown comparison table (also in summary.md)
     errors: list[str]  # one line per failed trial
+    unfinished: list[str] = field(default_factory=list)  # trials an interruption left unfinished
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.unfinished)
 
 
-def run_sweep(plan: SweepPlan) -> SweepOutcome:
-    """Run every trial, then write the comparison table (failed trials are listed, not fatal)."""
+def _trainable(plan: SweepPlan) -> Any:
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(trial_fn, settings=plan.settings, overrides=plan.overrides,
+                             cases=case_lookup(plan.search), sweep_dir=str(plan.out_dir)),
+        {"cpu": 0, "memory": 256 * 1024**2},
+    )
+
+
+def check_resources(plan: SweepPlan) -> None:
+    """Every distinct resource request of the grid must fit the cluster (Ray initialised)."""
+    from kdci_ray.tune.placement import check_cluster
+
+    seen = set()
+    for cfg in plan.configs:
+        r = cfg.run
+        key = (r.workers, r.cpus_per_worker, r.use_gpu, r.gpus_per_worker)
+        if key not in seen:
+            seen.add(key)
+            check_cluster(r)
+
+
+def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
+    """Run every trial (``resume``: continue the interrupted sweep in ``plan.out_dir``: finished
+    trials are kept, unfinished and failed ones continue from their last checkpoint), then write
+    the comparison table and report (failed trials are listed, not fatal)."""
     import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     started = init_ray()
     try:
-        trainable = tune.with_resources(
-            tune.with_parameters(trial_fn, settings=plan.settings, overrides=plan.overrides,
-                                 cases=case_lookup(plan.search)),
-            {"cpu": 0, "memory": 256 * 1024**2},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=build_param_space(plan.search),
-            tune_config=tune.TuneConfig(max_concurrent_trials=_max_concurrent(plan.configs[0]),
-                                        trial_dirname_creator=trial_dirname,
-                                        trial_name_creator=trial_dirname),
-            run_config=tune.RunConfig(name=plan.out_dir.name,
-                                      storage_path=str(plan.out_dir.parent),
-                                      callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
-                                      verbose=1),
-        )
+        check_resources(plan)
+        if resume:
+            tuner = tune.Tuner.restore(str(plan.out_dir), _trainable(plan),
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                _trainable(plan),
+                param_space=build_param_space(plan.search),
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=_max_concurrent(plan.configs[0]),
+                    trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+                run_config=tune.RunConfig(name=plan.out_dir.name,
+                                          storage_path=str(plan.out_dir.parent),
+                                          callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+                                          verbose=1),
+            )
         with _tune_tensorboard_off():
             results = tuner.fit()
         errors = [_last_line(r.error) for r in results if r.error is not None]
+        unfinished = [Path(r.path).name for r in results
+                      if r.error is None and not (r.metrics or {}).get("finished")]
     finally:
         if started:
             ray.shutdown()
-    return SweepOutcome(report(plan.out_dir, title=plan.name), errors)
+    return SweepOutcome(report(plan.out_dir, title=plan.name), errors, unfinished)
 
 
 def _last_line(error: BaseException) -> str:
@@ -285,7 +419,8 @@ def report(sweep_dir: Path, title: str | None = None) -> str:
         raise ConfigError(f"{sweep_dir} holds no trials (no trial directory with config.yaml)")
     if title is None and (sweep_dir / SWEEP_FILE).is_file():
         title = (yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()) or {}).get("name")
-    markdown = write_tables(rows, sweep_dir, title or sweep_dir.name)
-    for path in write_plots(rows, sweep_dir):
-        markdown += f"\n\nplot: {path}"
+    title = title or sweep_dir.name
+    markdown = write_tables(rows, sweep_dir, title)
+    for path in write_report(sweep_dir, rows, markdown, title):
+        markdown += f"\n\nwrote: {path}"
     return markdown

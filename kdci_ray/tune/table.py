@@ -28,6 +28,7 @@ import yaml
 
 from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import ConfigError, ExperimentConfig, KDCIConfig, flatten
+from kdci_ray.train.resume import FAILURES_FILE, METRICS_FILE, RESUMES_FILE
 from kdci_ray.tune.cases import (
     case_lookup,
     case_name,
@@ -39,7 +40,7 @@ from kdci_ray.tune.cases import (
 
 ROW_COLUMNS = [
     "trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
-    "rounds_done", "finished", "checkpoint",
+    "rounds_done", "finished", "checkpoint", "resumes", "failures",
 ]  # fmt: skip
 SUMMARY_COLUMNS = [
     "method", "kdci", "n", "acc_mean", "acc_std", "acc_kdci_mean", "acc_kdci_std",
@@ -285,13 +286,15 @@ def _searched_values(params: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _read_results(trial_dir: Path) -> list[dict[str, Any]]:
-    """The reports in ``result.json``; a torn last line (interrupted write) is skipped."""
-    path = trial_dir / "result.json"
-    if not path.is_file():
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; a torn or corrupt line (interrupted write) is
+    skipped, a missing or unreadable file gives ``[]``."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
         return []
     reports = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             report = json.loads(line) if line.strip() else None
         except ValueError:
@@ -299,6 +302,15 @@ def _read_results(trial_dir: Path) -> list[dict[str, Any]]:
         if isinstance(report, dict):
             reports.append(report)
     return reports
+
+
+def trial_reports(trial_dir: Path) -> list[dict[str, Any]]:
+    """Every report of a trial, oldest first: ``metrics.jsonl`` (the run's own log, complete
+    across interruptions; a resumed run re-reports nothing, but a worker restarted between a
+    report and its checkpoint may repeat a round) when present, else Tune's ``result.json``
+    (which a resumed trial restarts: only its reports since the resume)."""
+    own = _json_lines(trial_dir / METRICS_FILE)
+    return own if own else _json_lines(trial_dir / "result.json")
 
 
 def _latest(reports: list[dict[str, Any]], key: str) -> float:
@@ -330,7 +342,7 @@ def _checkpoint(trial_dir: Path) -> str:
 
 
 def _trial_row(trial_dir: Path, cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    reports = _read_results(trial_dir)
+    reports = trial_reports(trial_dir)
     last = reports[-1] if reports else {}
     kdci = _as_bool(cfg.get("kdci.enabled", KDCIConfig.enabled))
     rounds = last.get("round")
@@ -346,7 +358,16 @@ def _trial_row(trial_dir: Path, cfg: dict[str, Any], params: dict[str, Any]) -> 
         "rounds_done": int(rounds) if _is_number(rounds) else 0,
         "finished": _as_bool(last.get("finished", False)),
         "checkpoint": _checkpoint(trial_dir),
+        "resumes": _count_lines(trial_dir / RESUMES_FILE),
+        "failures": _count_lines(trial_dir / FAILURES_FILE),
     }
+
+
+def _count_lines(path: Path) -> int:
+    """Records in a JSON-lines log of the run (``kdci_ray.train.ray_train``); 0 when absent."""
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
 def rows_from_sweep(sweep_dir: Path) -> pd.DataFrame:
@@ -356,6 +377,8 @@ def rows_from_sweep(sweep_dir: Path) -> pd.DataFrame:
     over ``params.json``; keys missing from both take the config defaults). Metrics are the
     latest reported ``eval/acc``, ``eval/acc_kdci`` (KDCI on only), ``eval/teacher_acc``;
     ``finished`` means the last report has ``finished == 1``. Trials without reports get NaN.
+    ``resumes`` / ``failures`` count the trial's continuations from a checkpoint and its worker
+    failures (``resumes.jsonl`` / ``failures.jsonl``, written by the Ray Train adapter).
     The searched entries of ``params.json`` (other than method, KDCI, seed) become columns right
     after ``trial``; case names are looked up in the sweep's ``sweep.yaml``.
     """

@@ -1,0 +1,122 @@
+"""Resumable training state of the one loop: what a checkpoint holds and how a run continues.
+
+A checkpoint is taken at the end of a round that reports an evaluation (every
+``run.checkpoint_every`` rounds). Each rank keeps its own: the student, its optimiser and LR
+schedule and the KDCI attention and dictionary are the same on every rank (DDP), but the method's
+generator / image pool / random streams are per rank (each rank synthesises its own data). A run
+resumed from a checkpoint continues with the next round and, on the same hardware, reproduces the
+uninterrupted run exactly (``tests/test_resume.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+STUDENT_FILE = "student.pt"  # the deployable student (+ KDCI attention), rank 0
+RANK_FILE = "train_state_rank{rank}.pt"  # everything one rank needs to continue
+FORMAT = 1
+# JSON-lines logs of a run, appended in its directory (read back by kdci_ray.tune.table)
+METRICS_FILE = "metrics.jsonl"  # every report (Tune's result.json restarts when a trial resumes)
+RESUMES_FILE = "resumes.jsonl"  # one record per continuation from a checkpoint
+FAILURES_FILE = "failures.jsonl"  # one record per worker failure
+
+
+@dataclass
+class Snapshot:
+    """One checkpoint of one rank: ``student`` is the deployable model, ``resume`` the rest."""
+
+    round: int  # rounds completed
+    student: dict[str, Any]
+    resume: dict[str, Any]
+    final: bool
+
+
+@dataclass
+class Progress:
+    """Where a resumed loop continues."""
+
+    round: int  # rounds already completed
+    step: int
+    elapsed_s: float
+    teacher_acc: float
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def capture(progress: Progress, *, rank: int, world_size: int, student: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any, method: Any,
+            kdci: Any) -> dict[str, Any]:
+    """This rank's whole training state after ``progress.round`` rounds: a copy, so training
+    on does not change it (state dicts hold the live tensors)."""
+    return copy.deepcopy({"format": FORMAT, "round": progress.round, "step": progress.step,
+            "elapsed_s": progress.elapsed_s, "teacher_acc": progress.teacher_acc,
+            "rank": rank, "world_size": world_size, "student": student.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(), "kdci": None if kdci is None else kdci.state_dict(),
+            "rng": rng_state()})
+
+
+def restore(state: dict[str, Any], *, rank: int, world_size: int, student: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any, method: Any,
+            kdci: Any) -> Progress:
+    """Load ``capture``'s output into freshly built objects; returns where to continue."""
+    if state.get("format") != FORMAT:
+        raise ValueError(f"resume state has format {state.get('format')!r}; this kdci_ray "
+                         f"writes format {FORMAT}: start the trial afresh")
+    if state["world_size"] != world_size or state["rank"] != rank:
+        raise ValueError(
+            f"resume state of rank {state['rank']} of {state['world_size']} cannot continue "
+            f"rank {rank} of {world_size}: resume with the run.workers the run started with"
+        )
+    if (state["kdci"] is None) != (kdci is None):
+        raise ValueError("resume state and config disagree on kdci.enabled")
+    student.load_state_dict(state["student"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    method.load_state_dict(state["method"])
+    if kdci is not None:
+        kdci.load_state_dict(state["kdci"])
+    set_rng_state(state["rng"])
+    return Progress(round=int(state["round"]), step=int(state["step"]),
+                    elapsed_s=float(state["elapsed_s"]),
+                    teacher_acc=float(state["teacher_acc"]))
+
+
+def save_snapshot(directory: Path, snapshot: Snapshot, rank: int) -> None:
+    """Write one rank's files of a checkpoint directory (rank 0 adds the student)."""
+    if rank == 0:
+        torch.save(snapshot.student, directory / STUDENT_FILE)
+    torch.save(snapshot.resume, directory / RANK_FILE.format(rank=rank))
+
+
+def load_resume_state(directory: Path, rank: int) -> dict[str, Any]:
+    """This rank's resume state from a checkpoint directory; a clear error when it is missing."""
+    path = directory / RANK_FILE.format(rank=rank)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {directory} holds no resume state for rank {rank} ({path.name}); it was "
+            f"written by a run with fewer workers or by an older kdci_ray: start the trial afresh"
+        )
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,201 @@
+"""A real sweep survives interruption: the driver is stopped mid-way (SIGINT, and separately
+SIGKILL), `kdci-ray sweep DIR --resume` continues it, finished trials are not rerun, the
+unfinished one continues from its last checkpoint, and the table covers every trial once. And a
+trial whose worker fails once is restarted from its checkpoint and the failure recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from kdci_ray.tune.driver import check_inputs, plan_sweep, prepare_output, run_sweep
+
+ROUNDS = 40
+GRID = {"method": "dafl", "train.rounds": ROUNDS, "train.eval_every": 1,
+        "run.max_concurrent_trials": 1, "search": {"seed": [0, 1]}}
+
+
+def _write_config(tmp_path: Path, settings: dict) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({**settings, **GRID}, sort_keys=False))
+    return path
+
+
+def _sweep(args: list[str], log: Path) -> subprocess.Popen:
+    """``kdci-ray sweep`` as its own process group (so every process it starts can be ended)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kdci_ray.cli", "sweep", *args],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def _reports(trial: Path) -> list[dict]:
+    """The run's own report log (rank 0 appends it before each checkpoint)."""
+    path = trial / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def _trials(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.yaml").is_file()) \
+        if out.is_dir() else []
+
+
+def _wait_until_midway(proc: subprocess.Popen, out: Path, log: Path,
+                       timeout: float = 240) -> tuple[Path, Path]:
+    """Until one trial has finished and the other has checkpointed a few rounds, not all."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"sweep ended early:\n{log.read_text()[-3000:]}"
+        trials = _trials(out)
+        done = [t for t in trials if (t / "student.pt").is_file()]
+        going = [t for t in trials if t not in done and len(_reports(t)) >= 3]
+        if done and going:
+            return done[0], going[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no mid-way point within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (from /proc): what the sweep started, Ray included."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _end_group(proc: subprocess.Popen, started: set[int] | None = None) -> None:
+    """End whatever the sweep left running: its process group and the processes it started
+    (Ray's own daemons and workers outlive a SIGKILLed driver for up to a minute, and a worker
+    left running would go on writing into the trial being resumed)."""
+    _kill_all(started or set())
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in (started or set())) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
+        tiny_settings, tmp_path, sig) -> None:
+    config = _write_config(tmp_path, tiny_settings)
+    out = tmp_path / "sweep"
+    log = tmp_path / "first.log"
+    start, started = time.monotonic(), set()
+    proc = _sweep([str(config), "--output", str(out)], log)
+    try:
+        finished, midway = _wait_until_midway(proc, out, log)
+        started = _descendants(proc.pid)
+        os.kill(proc.pid, sig)
+        code = proc.wait(timeout=120)
+    finally:
+        _end_group(proc, started)
+    rounds_before = max(r["round"] for r in _reports(midway))
+    interrupted_at = time.monotonic() - start
+    if sig == signal.SIGINT:
+        assert code == 130, log.read_text()[-3000:]
+        assert "--resume" in log.read_text()
+    else:
+        assert code == -signal.SIGKILL
+    finished_reports = (finished / "result.json").read_text()
+    finished_student = (finished / "student.pt").stat().st_mtime_ns
+
+    log2 = tmp_path / "resume.log"
+    resumed = _sweep([str(out), "--resume"], log2)
+    try:
+        code = resumed.wait(timeout=300)
+    finally:
+        _end_group(resumed)
+    total = time.monotonic() - start
+    assert code == 0, log2.read_text()[-3000:]
+
+    # the finished trial was not run again
+    assert (finished / "result.json").read_text() == finished_reports
+    assert (finished / "student.pt").stat().st_mtime_ns == finished_student
+    assert not (finished / "resumes.jsonl").exists()
+    # the unfinished one continued from its last checkpoint before the interruption, not from 0
+    resumes = [json.loads(x) for x in (midway / "resumes.jsonl").read_text().splitlines()]
+    assert len(resumes) == 1
+    resumed_at = resumes[0]["round"]
+    assert 1 <= resumed_at <= rounds_before < ROUNDS
+    rounds = [r["round"] for r in _reports(midway)]
+    expected = list(range(1, rounds_before + 1)) + list(range(resumed_at + 1, ROUNDS + 1))
+    assert rounds == expected, (rounds_before, resumed_at)
+
+    # the table covers every trial exactly once
+    table = pd.read_csv(out / "summary.csv")
+    assert sorted(table["trial"]) == sorted(t.name for t in _trials(out))
+    assert len(table) == 2 and table["trial"].is_unique
+    assert table["finished"].all() and (table["rounds_done"] == ROUNDS).all()
+    assert dict(zip(table["trial"], table["resumes"], strict=True)) == {
+        finished.name: 0, midway.name: 1}
+    assert (out / "report.md").is_file()
+    print(f"[{signal.Signals(sig).name}] interrupted after {interrupted_at:.0f} s at round "
+          f"{rounds_before}/{ROUNDS}, resumed from round {resumed_at}; first run + resume "
+          f"{total:.0f} s")
+
+
+@pytest.mark.slow
+def test_a_trial_that_fails_once_is_restarted_from_its_checkpoint_and_recorded(
+        tiny_settings, ray_session, tmp_path) -> None:
+    config = tmp_path / "fail.yaml"
+    config.write_text(yaml.safe_dump({**tiny_settings, "method": "dafl", "train.rounds": 4,
+                                      "train.eval_every": 1, "run.inject_failure_round": 2},
+                                     sort_keys=False))
+    out = tmp_path / "sweep"
+    plan = plan_sweep(config, output=str(out), single=True)
+    check_inputs(plan, log=lambda m: None)
+    prepare_output(plan, overwrite=False)
+    outcome = run_sweep(plan)
+    assert outcome.errors == [] and not outcome.interrupted
+
+    (trial,) = _trials(out)
+    failures = [json.loads(x) for x in (trial / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 1 and "InjectedFailure" in failures[0]["error"]
+    resumes = [json.loads(x) for x in (trial / "resumes.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in resumes] == [2]  # restarted from round 2's checkpoint
+    rounds = [r["round"] for r in _reports(trial)]
+    assert rounds == [1, 2, 3, 4]  # nothing repeated: the restart continued at round 3
+    row = pd.read_csv(out / "summary.csv").iloc[0]
+    assert row["finished"] and row["rounds_done"] == 4
+    assert row["failures"] == 1 and row["resumes"] == 1
