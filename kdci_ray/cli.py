@@ -122,7 +122,8 @@ def cmd_cgn(args: argparse.Namespace) -> int:
     """SKDCGN: teacher CGN, black-box students, counterfactual classifiers, one row per trial."""
     from kdci_ray.cgn.sweep import main as cgn_main
 
-    return cgn_main(args.config, args.overrides, args.output, args.smoke, _log)
+    return cgn_main(args.config, args.overrides, args.output, args.smoke, _log,
+                    resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -187,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value (win over the grid)")
     p.add_argument("--output", help="sweep directory (default results/<config name>)")
     p.add_argument("--smoke", action="store_true", help="tiny schedules, every code path")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted sweep in the output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier sweep's results in the output directory")
     p.set_defaults(func=cmd_cgn)
 
     p = sub.add_parser("report", help="rebuild summary.csv/summary.md from a sweep directory")

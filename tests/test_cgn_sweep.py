@@ -117,3 +117,16 @@ def test_cgn_smoke_sweep_through_the_cli(ray_session, tmp_path: Path, capsys) ->
             for d in trial_dirs} == {1.0, 0.75}
     table = (out / "summary.md").read_text()
     assert "### Effect of each variant against `baseline`" in table and "| transparent |" in table
+
+    # the same sweep again is refused; --resume keeps the finished trials (nothing reruns)
+    def outputs() -> dict:  # what a rerun would rewrite: metrics, Tune's reports, TensorBoard
+        return {d: ((d / "metrics.json").read_text(), (d / "result.json").read_text(),
+                    sorted(p.name for p in d.glob("events.out.tfevents.*"))) for d in trial_dirs}
+
+    written = outputs()
+    code = main(["cgn", str(config), "--smoke", "--output", str(out)])
+    assert code == 2 and "--resume" in capsys.readouterr().err
+    code = main(["cgn", str(config), "--smoke", "--output", str(out), "--resume"])
+    assert code == 0
+    assert outputs() == written
+    assert (out / "summary.md").read_text() == table

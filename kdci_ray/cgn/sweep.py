@@ -14,6 +14,7 @@ variant's effect against the first one).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,10 @@ def variant_name(params: dict[str, Any]) -> str:
     return ",".join(parts) or "baseline"
 
 
-def run_sweep(p: CGNPlan) -> str:
-    """Run the grid on Ray Tune (local Ray or ``$RAY_ADDRESS``); returns the table."""
+def run_sweep(p: CGNPlan, resume: bool = False) -> str:
+    """Run the grid on Ray Tune (local Ray or ``$RAY_ADDRESS``); returns the table. ``resume``
+    continues the interrupted sweep in ``p.out_dir``: finished trials are kept, the others run
+    again (their finished stages come back from the SKDCGN cache, ``kdci_ray.cgn.cache``)."""
     import ray
     from ray import tune
 
@@ -124,7 +127,8 @@ def run_sweep(p: CGNPlan) -> str:
             tune.with_parameters(trial, settings=p.settings, overrides=p.overrides,
                                  cases=case_lookup(p.search, p.name, check)),
             {"cpu": 1})
-        tuner = tune.Tuner(
+        tuner = tune.Tuner.restore(str(p.out_dir), trainable, resume_unfinished=True,
+                                   resume_errored=True) if resume else tune.Tuner(
             trainable, param_space=build_param_space(p.search, p.name, check),
             tune_config=tune.TuneConfig(trial_dirname_creator=_dirname,
                                         trial_name_creator=_dirname),
@@ -202,12 +206,36 @@ def report(sweep_dir: Path, title: str | None = None) -> str:
     return text
 
 
-def main(config: str, overrides: list[str], output: str | None, smoke: bool, log) -> int:
+def prepare_output(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A new directory, the interrupted sweep to ``resume``, or an earlier one to ``overwrite``;
+    anything else is refused untouched."""
+    from kdci_ray.config import ConfigError
+
+    started = any(out_dir.glob("experiment_state-*.json"))
+    occupied = out_dir.is_dir() and any(out_dir.iterdir())
+    if resume and overwrite:
+        raise ConfigError("--resume continues a sweep and --overwrite replaces it: pass one")
+    if resume and not started:
+        raise ConfigError(f"nothing to resume in {out_dir}: no Ray Tune experiment state there; "
+                          f"run without --resume to start the sweep")
+    if not resume and occupied:
+        if not started:
+            raise ConfigError(f"refusing to write into {out_dir}: it is not empty and holds no "
+                              f"sweep; choose another --output")
+        if not overwrite:
+            raise ConfigError(f"{out_dir} already holds a sweep; pass --resume to continue it, "
+                              f"--overwrite to replace it, or choose another --output")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def main(config: str, overrides: list[str], output: str | None, smoke: bool, log,
+         resume: bool = False, overwrite: bool = False) -> int:
     start = time.perf_counter()
     p = plan(config, overrides, output, smoke)
-    p.out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"{len(p.configs)} SKDCGN trial(s) -> {p.out_dir}")
-    table = run_sweep(p)
+    prepare_output(p.out_dir, resume, overwrite)
+    log(f"{len(p.configs)} SKDCGN trial(s) -> {p.out_dir}" + (" (resumed)" if resume else ""))
+    table = run_sweep(p, resume)
     print(table, flush=True)
     frame = rows(p.out_dir)
     log(f"wrote {p.out_dir / 'summary.csv'} and summary.md; {len(frame)} of {len(p.configs)} "

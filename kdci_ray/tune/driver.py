@@ -11,7 +11,6 @@ resolved into a full config, data and teacher are checked, and the output direct
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from kdci_ray.tune.space import build_param_space, grid_points
 from kdci_ray.tune.table import rows_from_sweep, write_tables
 
 SWEEP_FILE = "sweep.yaml"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 
 
 @dataclass
@@ -287,19 +287,22 @@ def trial_fn(params: dict[str, Any], settings: dict[str, Any], overrides: dict[s
 
 
 def _max_concurrent(cfg: ExperimentConfig) -> int:
-    """``run.max_concurrent_trials``, else as many trials as the cluster's CPUs (and, for GPU
-    trials, GPUs) can hold at once."""
+    """``run.max_concurrent_trials``, else as many trials as the cluster's nodes can hold at
+    once, counting the nodes an autoscaling cluster may still add (``tune.placement``)."""
     import ray
+
+    from kdci_ray.tune.placement import (
+        alive_shapes,
+        autoscaler_shapes,
+        placeable_workers,
+        worker_bundle,
+    )
 
     run = cfg.run
     if run.max_concurrent_trials > 0:
         return run.max_concurrent_trials
-    resources = ray.cluster_resources()
-    fits = resources.get("CPU", 1.0) / (run.workers * run.cpus_per_worker) \
-        if run.cpus_per_worker > 0 else math.inf
-    if run.use_gpu:
-        fits = min(fits, resources.get("GPU", 0.0) / (run.workers * run.gpus_per_worker))
-    return max(1, math.floor(fits)) if math.isfinite(fits) else 1
+    shapes = alive_shapes(ray.nodes()) + autoscaler_shapes()
+    return max(1, placeable_workers(worker_bundle(run), shapes) // run.workers)
 
 
 def init_ray() -> bool:
@@ -352,7 +355,9 @@ def _trainable(plan: SweepPlan) -> Any:
     return tune.with_resources(
         tune.with_parameters(trial_fn, settings=plan.settings, overrides=plan.overrides,
                              cases=case_lookup(plan.search), sweep_dir=str(plan.out_dir)),
-        {"cpu": 0, "memory": 256 * 1024**2},
+        # no CPU (only its Train workers hold some), and on the head node: a trial's driver and
+        # its Train controller must not die with a preempted spot worker node
+        {"cpu": 0, "memory": 256 * 1024**2, HEAD_NODE_RESOURCE: 0.001},
     )
 
 
