@@ -202,7 +202,7 @@ def plot_gain(gains: pd.DataFrame, path: str | Path, title: str = "") -> Path | 
                   ha="right" if rotate else "center")
     ax.set_ylabel("KDCI gain (pp)")
     ax.margins(y=0.15)
-    ax.set_title(title or "KDCI − vanilla, final test acc (error bar: std over seeds)",
+    ax.set_title(title or "KDCI − vanilla, final test acc\n(error bar: std over seeds)",
                  fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

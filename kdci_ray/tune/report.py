@@ -27,14 +27,14 @@ from kdci_ray.atomic import atomic_write_text
 from kdci_ray.tune.plots import plot_curves, plot_gain, write_plots
 from kdci_ray.tune.table import (
     DASH,
-    _missing,
-    _pct,
-    _pp,
-    _table,
-    _text,
+    is_missing,
+    markdown_table,
+    pct,
+    pp_delta,
     searched_columns,
     sorted_rows,
     summarize,
+    text_cell,
     trial_reports,
 )
 
@@ -61,7 +61,7 @@ def line_columns(rows: pd.DataFrame) -> list[str]:
 
 def _label(values: pd.Series | dict[str, Any], columns: list[str]) -> str:
     """``"kdci.k=8 · case=x"`` for the non-missing ``columns`` of one row; ``""`` for none."""
-    return " · ".join(f"{c}={values[c]}" for c in columns if not _missing(values[c]))
+    return " · ".join(f"{c}={values[c]}" for c in columns if not is_missing(values[c]))
 
 
 def arm_columns(rows: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -207,7 +207,7 @@ def _setting(row: pd.Series, columns: list[str]) -> str:
 
 def _acc_text(row: pd.Series) -> str:
     n = int(row["n"])
-    return f"{_pct(row['acc_mean'], row['acc_std'])} % (n = {n} seed{'s' if n != 1 else ''})"
+    return f"{pct(row['acc_mean'], row['acc_std'])} % (n = {n} seed{'s' if n != 1 else ''})"
 
 
 def _winner_text(groups: pd.DataFrame, columns: list[str]) -> str:
@@ -232,7 +232,7 @@ def _winner_text(groups: pd.DataFrame, columns: list[str]) -> str:
 
 def _gain_item(row: pd.Series) -> str:
     series = row["label"].replace("\n", " (", 1) + ")" if "\n" in row["label"] else row["label"]
-    err = "" if _missing(row["err"]) else f" ± {100 * row['err']:.2f}"
+    err = "" if is_missing(row["err"]) else f" ± {100 * row['err']:.2f}"
     return f"{series}, {100 * row['gain']:+.2f}{err} pp"
 
 
@@ -283,13 +283,13 @@ def trial_table(rows: pd.DataFrame) -> list[str]:
     logs = [c for c in _RUN_LOGS
             if c in rows.columns and pd.to_numeric(rows[c], errors="coerce").fillna(0).any()]
     body = [
-        [str(r["trial"]), *[_text(r[c]) for c in extra], str(r["method"]),
-         "on" if r["kdci"] else "off", str(r["seed"]), _pct(r["acc"]),
-         _pct(r["acc_kdci"]) if r["kdci"] else DASH, str(r["rounds_done"]),
-         *[_text(r[c]) for c in logs], "yes" if r["finished"] else "no"]
+        [str(r["trial"]), *[text_cell(r[c]) for c in extra], str(r["method"]),
+         "on" if r["kdci"] else "off", str(r["seed"]), pct(r["acc"]),
+         pct(r["acc_kdci"]) if r["kdci"] else DASH, str(r["rounds_done"]),
+         *[text_cell(r[c]) for c in logs], "yes" if r["finished"] else "no"]
         for _, r in rows.iterrows()
     ]
-    return _table(
+    return markdown_table(
         ["trial", *extra, "method", "KDCI", "seed", "acc (%)", "acc_kdci (%)", "rounds", *logs,
          "finished"],
         ["---"] * (len(extra) + 3) + ["---:"] * (4 + len(logs)) + ["---"],
@@ -306,7 +306,7 @@ def unfinished(rows: pd.DataFrame) -> pd.DataFrame:
 def _unfinished_lines(rows: pd.DataFrame) -> list[str]:
     lines = []
     for _, r in unfinished(rows).iterrows():
-        result = "no result yet" if _missing(r["acc"]) else f"last acc {_pct(r['acc'])} %"
+        result = "no result yet" if is_missing(r["acc"]) else f"last acc {pct(r['acc'])} %"
         lines.append(f"- `{r['trial']}` ({r['method']}, KDCI {'on' if r['kdci'] else 'off'}, "
                      f"seed {r['seed']}): {int(r['rounds_done'])} rounds reported, {result}")
     return lines
@@ -314,12 +314,12 @@ def _unfinished_lines(rows: pd.DataFrame) -> list[str]:
 
 def _gain_table(gains: pd.DataFrame) -> list[str]:
     body = [
-        [row["label"].replace("\n", " · "), _pp(row["gain"]),
-         DASH if _missing(row["err"]) else f"{100 * row['err']:.2f} pp",
+        [row["label"].replace("\n", " · "), pp_delta(row["gain"]),
+         DASH if is_missing(row["err"]) else f"{100 * row['err']:.2f} pp",
          f"{row['n_on']} / {row['n_off']}", "paired" if row["paired"] else "unpaired"]
         for _, row in gains.iterrows()
     ]
-    return _table(["comparison", "gain", "error bar", "n on / off", "seeds"],
+    return markdown_table(["comparison", "gain", "error bar", "n on / off", "seeds"],
                   ["---", "---:", "---:", "---:", "---"], body)
 
 

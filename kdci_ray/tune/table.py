@@ -98,7 +98,7 @@ def _group_row(keys: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
 
 def _key(value: Any) -> Any:
     """A group-key value that compares equal to itself (NaN -> None)."""
-    return None if _missing(value) else value
+    return None if is_missing(value) else value
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
@@ -135,29 +135,29 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- markdown
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _pct(mean: Any, std: Any | None = None) -> str:
+def pct(mean: Any, std: Any | None = None) -> str:
     """``0.9741, 0.0035`` -> ``97.41 ± 0.35``; missing -> ``–``."""
-    if _missing(mean):
+    if is_missing(mean):
         return DASH
     text = f"{100 * float(mean):.2f}"
-    if std is not None and not _missing(std):
+    if std is not None and not is_missing(std):
         text += f" ± {100 * float(std):.2f}"
     return text
 
 
-def _pp(delta: Any) -> str:
-    return DASH if _missing(delta) else f"{100 * float(delta):+.2f} pp"
+def pp_delta(delta: Any) -> str:
+    return DASH if is_missing(delta) else f"{100 * float(delta):+.2f} pp"
 
 
 def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _table(header: list[str], align: list[str], body: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], align: list[str], body: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
 
@@ -169,8 +169,8 @@ def _shown_columns(summary: pd.DataFrame) -> list[str]:
     return [c for c in searched_columns(summary) if not summary[c].astype(str).equals(method)]
 
 
-def _text(value: Any) -> str:
-    return DASH if _missing(value) else str(value)
+def text_cell(value: Any) -> str:
+    return DASH if is_missing(value) else str(value)
 
 
 def _accuracy_cells(r: pd.Series) -> list[str]:
@@ -178,9 +178,9 @@ def _accuracy_cells(r: pd.Series) -> list[str]:
         r["method"],
         "on" if r["kdci"] else "off",
         str(int(r["n"])),
-        _pct(r["acc_mean"], r["acc_std"]),
-        _pct(r["acc_kdci_mean"], r["acc_kdci_std"]) if r["kdci"] else DASH,
-        _pct(r["teacher_acc"]),
+        pct(r["acc_mean"], r["acc_std"]),
+        pct(r["acc_kdci_mean"], r["acc_kdci_std"]) if r["kdci"] else DASH,
+        pct(r["teacher_acc"]),
     ]
 
 
@@ -191,17 +191,17 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
     """
     extra = _shown_columns(summary)
     lines = [f"## {title}", ""]
-    lines += _table(
+    lines += markdown_table(
         extra + ["method", "KDCI", "n", "acc (%)", "acc_kdci (%)", "teacher acc (%)"],
         ["---"] * len(extra) + ["---", "---", "---:", "---:", "---:", "---:"],
-        [[_text(r[c]) for c in extra] + _accuracy_cells(r) for _, r in summary.iterrows()],
+        [[text_cell(r[c]) for c in extra] + _accuracy_cells(r) for _, r in summary.iterrows()],
     )
     deltas = summary.drop_duplicates(extra + ["method"])
     lines += ["", "### KDCI − vanilla", ""]
-    lines += _table(
+    lines += markdown_table(
         extra + ["method", "Δ acc"],
         ["---"] * len(extra) + ["---", "---:"],
-        [[_text(r[c]) for c in extra] + [r["method"], _pp(r["delta_acc"])]
+        [[text_cell(r[c]) for c in extra] + [r["method"], pp_delta(r["delta_acc"])]
          for _, r in deltas.iterrows()],
     )
     return "\n".join(lines) + "\n"
