@@ -129,7 +129,10 @@ def cmd_cgn(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> None:
     from kdci_ray.tune.driver import report
 
-    print(report(Path(args.dir)), flush=True)
+    written: list[str] = []
+    print(report(Path(args.dir), log=written.append), flush=True)
+    for line in written:
+        _log(line)
 
 
 def cmd_keys(args: argparse.Namespace) -> None:

@@ -51,6 +51,10 @@ def test_sweep_writes_tables_tensorboard_configs_and_checkpoints(tiny_settings, 
     (out / "summary.csv").unlink()
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == table.strip()
+    printed = capsys.readouterr().out
+    assert printed.startswith(table.strip())
+    for name in ("curves.png", "kdci_gain.png", "report.md"):
+        assert (out / name).is_file() and f"wrote {out / name}" in printed
+    assert "![KDCI gain](kdci_gain.png)" in (out / "report.md").read_text()
     rebuilt = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(rebuilt, rows)

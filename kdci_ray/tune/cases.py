@@ -23,7 +23,8 @@ CASES = "cases"
 NAME = "name"
 # the results table's own columns (tune/table.py): a case group may not be named like one
 RESERVED_COLUMNS = ("trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
-                    "rounds_done", "finished", "checkpoint", "n", "acc_mean", "acc_std",
+                    "rounds_done", "finished", "checkpoint", "resumes", "failures", "n",
+                    "acc_mean", "acc_std",
                     "acc_kdci_mean", "acc_kdci_std", "delta_acc")
 _GROUP = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _NAME_OK = re.compile(r"[A-Za-z0-9_.=-]+")

@@ -416,8 +416,9 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else repr(error)
 
 
-def report(sweep_dir: Path, title: str | None = None) -> str:
-    """Rebuild ``summary.csv`` / ``summary.md`` from a finished or interrupted sweep directory."""
+def report(sweep_dir: Path, title: str | None = None, log=None) -> str:
+    """Rebuild ``summary.csv`` / ``summary.md``, the PNG plots and ``report.md`` from a finished
+    or interrupted sweep directory; returns the summary Markdown (``log`` hears each file)."""
     sweep_dir = Path(sweep_dir).resolve()
     rows = rows_from_sweep(sweep_dir)
     if rows.empty:
@@ -427,5 +428,6 @@ def report(sweep_dir: Path, title: str | None = None) -> str:
     title = title or sweep_dir.name
     markdown = write_tables(rows, sweep_dir, title)
     for path in write_report(sweep_dir, rows, markdown, title):
-        markdown += f"\n\nwrote: {path}"
+        if log is not None:
+            log(f"wrote {path}")
     return markdown
