@@ -21,7 +21,7 @@ from kdci_ray.cgn.data import VARIANTS
 from kdci_ray.cgn.student import StudentConfig
 from kdci_ray.cgn.teacher_fit import TeacherFitConfig
 from kdci_ray.config import ConfigError
-from kdci_ray.config.keys import _coerce, _field_type
+from kdci_ray.config.keys import coerce_value, field_type
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _set(cfg: CGNConfig, key: str, value: Any, where: str) -> None:
     check_keys({key: value}, where)
     section, _, name = key.rpartition(".")
     target = getattr(cfg, section) if section else cfg
-    value = _coerce(key, value, _field_type(type(target), name))
+    value = coerce_value(key, value, field_type(type(target), name))
     setattr(target, name, value)
 
 

@@ -49,11 +49,12 @@ def flatten(mapping: dict[str, Any], where: str = "") -> dict[str, Any]:
 
 
 @functools.cache
-def _field_type(cls: type, name: str) -> Any:
+def field_type(cls: type, name: str) -> Any:
+    """The resolved type hint of a config dataclass field (shared with the SKDCGN config)."""
     return typing.get_type_hints(cls)[name]
 
 
-def _coerce(key: str, value: Any, typ: Any) -> Any:
+def coerce_value(key: str, value: Any, typ: Any) -> Any:
     """Check ``value`` against the dataclass field type; CLI strings are parsed as YAML scalars."""
     if isinstance(value, str) and typ is not str:
         try:
@@ -114,7 +115,7 @@ def apply(cfg: ExperimentConfig, flat: dict[str, Any], where: str = "") -> Exper
             obj, attr = _target(cfg, key)
         except ConfigError:
             raise unknown_key_error(key, where) from None
-        setattr(obj, attr, _coerce(key, value, _field_type(type(obj), attr)))
+        setattr(obj, attr, coerce_value(key, value, field_type(type(obj), attr)))
     return cfg
 
 
