@@ -45,16 +45,9 @@ def cmd_teacher(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace, single: bool) -> int:
-    from kdci_ray.tune.driver import (
-        check_inputs,
-        check_output,
-        check_resources,
-        init_ray,
-        plan_sweep,
-        prepare_output,
-        run_sweep,
-    )
+    from kdci_ray.tune.driver import check_inputs, check_resources, init_ray, plan_sweep, run_sweep
     from kdci_ray.tune.only import describe, parse_only
+    from kdci_ray.tune.sweep_dir import check_output, prepare_output
 
     start = time.perf_counter()
     only = getattr(args, "only", None) or []

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdci_ray.tune.driver import check_inputs, plan_sweep, prepare_output, run_sweep
+from kdci_ray.tune.driver import check_inputs, plan_sweep, run_sweep
+from kdci_ray.tune.sweep_dir import prepare_output
 
 ROUNDS = 40
 GRID = {"method": "dafl", "train.rounds": ROUNDS, "train.eval_every": 1,

@@ -6,22 +6,19 @@ CPU (only the Train workers do), and Tune never stops a trial early (a stopped T
 would keep its workers' CPUs).
 
 Everything a user can get wrong is checked before the first trial starts: every grid point is
-resolved into a full config, data and teacher are checked, and the output directory must be new.
+resolved into a full config, data and teacher are checked, and the output directory must be new
+or hold the same sweep to resume (``kdci_ray.tune.sweep_dir``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import (
     ConfigError,
     ExperimentConfig,
@@ -35,9 +32,9 @@ from kdci_ray.tune.cases import case_lookup, config_layer, expand, load_sweep_fi
 from kdci_ray.tune.naming import trial_dirname
 from kdci_ray.tune.report import write_report
 from kdci_ray.tune.space import build_param_space, grid_points
+from kdci_ray.tune.sweep_dir import SWEEP_FILE, read_record
 from kdci_ray.tune.table import rows_from_sweep, write_tables
 
-SWEEP_FILE = "sweep.yaml"
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 
 
@@ -69,11 +66,7 @@ def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
     if smoke:
         over["smoke"] = True
     search = {} if single else exp.search
-    points = grid_points(search, where)
-    build_param_space(search, where)  # validates non-grid specs too
-    if not points:
-        raise ConfigError(f"{exp.path}: the search section expands to zero trials")
-    configs = [resolve(exp.settings, config_layer(point), over) for point in points]
+    points, configs = _resolve_grid(exp.settings, search, over, where)
     grid_size = len(points)
     if only:
         keep = only_filter.select(only_filter.parse_only(only), search, points, configs)
@@ -105,98 +98,27 @@ def _plan_recorded(sweep_dir: Path, overrides: list[str] | None, output: str | N
             f"{SWEEP_FILE}); drop the key=value overrides, --smoke, --only and --output, or run "
             f"the experiment YAML into a new --output"
         )
-    record = yaml.safe_load(record_path.read_text()) or {}
+    record = read_record(sweep_dir)
+    if record is None:
+        raise ConfigError(f"{record_path} is unreadable; pass the experiment YAML with --output "
+                          f"{sweep_dir} --resume")
     search = record.get("search") or {}
-    where = str(record_path)
-    points = grid_points(search, where)
+    settings = record.get("settings") or {}
     over = dict(record.get("overrides") or {})
-    configs = [resolve(record.get("settings") or {}, config_layer(point), over)
-               for point in points]
-    if not configs:
-        raise ConfigError(f"{record_path}: the recorded search expands to zero trials")
+    points, configs = _resolve_grid(settings, search, over, str(record_path))
     return SweepPlan(name=str(record.get("name") or configs[0].name), out_dir=sweep_dir,
-                     settings=record.get("settings") or {}, overrides=over, search=search,
-                     configs=configs, only=list(record.get("only") or []),
-                     grid_size=len(points))
+                     settings=settings, overrides=over, search=search, configs=configs,
+                     only=list(record.get("only") or []), grid_size=len(points))
 
 
-def sweep_record(plan: SweepPlan) -> dict[str, Any]:
-    """What ``sweep.yaml`` holds: the experiment as launched (it identifies the sweep)."""
-    record = {"name": plan.name, "settings": plan.settings, "overrides": plan.overrides,
-              "search": plan.search}
-    if plan.only:
-        record["only"] = plan.only
-    return record
-
-
-def _recorded(out: Path) -> dict[str, Any] | None:
-    try:
-        return yaml.safe_load((out / SWEEP_FILE).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def _has_tune_state(out: Path) -> bool:
-    return any(out.glob("experiment_state-*.json"))
-
-
-def check_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
-    """What ``prepare_output`` will do is allowed (raises otherwise; writes nothing)."""
-    out = plan.out_dir
-    ours = yaml.safe_load(yaml.safe_dump(sweep_record(plan), sort_keys=False))
-    if resume and overwrite:
-        raise ConfigError("--resume continues a sweep and --overwrite replaces it: pass one")
-    occupied = out.exists() and any(out.iterdir())
-    if resume:
-        recorded = _recorded(out) if occupied else None
-        if recorded is None:
-            raise ConfigError(
-                f"nothing to resume in {out}: it holds no kdci-ray sweep ({SWEEP_FILE}); "
-                f"run without --resume to start the sweep there"
-            )
-        if recorded != ours:
-            raise ConfigError(
-                f"{out} holds a different sweep ('{recorded.get('name')}', launched with other "
-                f"settings, grid or overrides) than the one given; resume it with "
-                f"`kdci-ray sweep {out} --resume`, or choose another --output"
-            )
-        if not _has_tune_state(out):
-            raise ConfigError(
-                f"{out} holds the sweep but no Tune experiment state (it was stopped before its "
-                f"first trial started); run it again with --overwrite"
-            )
-        return
-    if occupied:
-        recorded = _recorded(out) if (out / SWEEP_FILE).is_file() else None
-        if recorded is None and (out / SWEEP_FILE).is_file():
-            raise ConfigError(f"{out / SWEEP_FILE} is unreadable; choose another --output")
-        if recorded is None:
-            raise ConfigError(
-                f"refusing to write into {out}: it exists, is not empty and is not a kdci-ray "
-                f"sweep directory (no {SWEEP_FILE}); choose another --output"
-            )
-        if not overwrite:
-            same = "the same sweep" if recorded == ours else \
-                f"a different sweep ('{recorded.get('name')}')"
-            hint = "pass --resume to continue it, --overwrite to replace it" if \
-                recorded == ours else "pass --overwrite to replace it"
-            raise ConfigError(
-                f"output directory {out} already holds {same}; {hint}, or choose another "
-                f"directory with --output"
-            )
-
-
-def prepare_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
-    """A sweep writes into a new directory; ``overwrite`` replaces an earlier sweep's results;
-    ``resume`` continues the same sweep there (anything else there is refused, untouched)."""
-    check_output(plan, overwrite, resume)
-    out = plan.out_dir
-    if resume:
-        return
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep_record(plan), sort_keys=False))
+def _resolve_grid(settings: dict[str, Any], search: dict[str, Any], over: dict[str, Any],
+                  where: str) -> tuple[list[dict[str, Any]], list[ExperimentConfig]]:
+    """The grid points of ``search`` and each one's resolved (validated) config."""
+    points = grid_points(search, where)
+    build_param_space(search, where)  # validates non-grid specs too
+    if not points:
+        raise ConfigError(f"{where}: the search section expands to zero trials")
+    return points, [resolve(settings, config_layer(point), over) for point in points]
 
 
 def check_inputs(plan: SweepPlan, log=print) -> None:
@@ -423,8 +345,8 @@ def report(sweep_dir: Path, title: str | None = None, log=None) -> str:
     rows = rows_from_sweep(sweep_dir)
     if rows.empty:
         raise ConfigError(f"{sweep_dir} holds no trials (no trial directory with config.yaml)")
-    if title is None and (sweep_dir / SWEEP_FILE).is_file():
-        title = (yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()) or {}).get("name")
+    if title is None:
+        title = (read_record(sweep_dir) or {}).get("name")
     title = title or sweep_dir.name
     markdown = write_tables(rows, sweep_dir, title)
     for path in write_report(sweep_dir, rows, markdown, title):
