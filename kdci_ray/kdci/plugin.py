@@ -177,7 +177,6 @@ class KDCI:
             raise RuntimeError("KDCI.compensate() before the first dictionary refresh")
         return (module or self.module)(logits)
 
-
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly: attention weights and the loaded
         dictionary (module buffers), the ablation generators, the refresh count (it seeds the

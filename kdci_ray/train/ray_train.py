@@ -35,7 +35,6 @@ from kdci_ray.train.resume import (
     save_snapshot,
 )
 
-CHECKPOINT_FILE = STUDENT_FILE
 INJECTED_MARK = ".injected_failure"
 
 
@@ -132,5 +131,5 @@ def fit(cfg: ExperimentConfig, settings: dict[str, Any], run_dir: Path,
     result = trainer.fit()
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as ckpt_dir:
-            shutil.copy2(Path(ckpt_dir) / CHECKPOINT_FILE, run_dir / CHECKPOINT_FILE)
+            shutil.copy2(Path(ckpt_dir) / STUDENT_FILE, run_dir / STUDENT_FILE)
     return result

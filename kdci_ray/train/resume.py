@@ -33,10 +33,14 @@ FAILURES_FILE = "failures.jsonl"  # one record per worker failure
 class Snapshot:
     """One checkpoint of one rank: ``student`` is the deployable model, ``resume`` the rest."""
 
-    round: int  # rounds completed
     student: dict[str, Any]
     resume: dict[str, Any]
     final: bool
+
+    @property
+    def round(self) -> int:
+        """Rounds completed."""
+        return int(self.resume["round"])
 
 
 @dataclass

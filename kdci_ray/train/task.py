@@ -175,8 +175,8 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
                 done = Progress(round=rnd + 1, step=step, elapsed_s=metrics["time/elapsed_s"],
                                 teacher_acc=teacher_acc)
                 student_state = copy.deepcopy(_state(student, kdci, cfg))
-                snapshot = Snapshot(round=rnd + 1, student=student_state,
-                                    resume=capture(done, **parts), final=last)
+                snapshot = Snapshot(student=student_state, resume=capture(done, **parts),
+                                    final=last)
             report(metrics, step, snapshot)
             final = metrics
     return final
