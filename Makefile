@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+PIP_ARGS ?=
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt $(PIP_ARGS)
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export RAY_AUTH_MODE ?= disabled
@@ -28,11 +29,11 @@ demo: venv
 	$(BIN)/kdci-ray sweep tune_configs/quickstart.yaml --overwrite
 
 test: dev
-	$(BIN)/ruff check kdci_ray tests
+	$(BIN)/ruff check kdci_ray tests benchmarks tools
 	$(BIN)/python -m pytest -q
 
 lint: dev
-	$(BIN)/ruff check kdci_ray tests
+	$(BIN)/ruff check kdci_ray tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) results

@@ -86,7 +86,7 @@ def _sweep(args: argparse.Namespace, single: bool) -> int:
 def cmd_dictionary(args: argparse.Namespace) -> int:
     """Build (or find) the build-once KDCI dictionaries of a config's grid, print their records."""
     from kdci_ray.train.dictionary_job import build_all, default_scoring_workers, sampling_methods
-    from kdci_ray.tune.driver import init_ray, plan_sweep
+    from kdci_ray.tune.driver import check_resources, init_ray, plan_sweep, watch_cluster
 
     plan = plan_sweep(args.config, args.overrides, smoke=args.smoke, only=args.only)
     configs = [c for c in plan.configs if c.method in sampling_methods()]
@@ -101,7 +101,10 @@ def cmd_dictionary(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be 0 (all free) or a positive count, got {workers}")
     started = init_ray() if workers != 1 else False
     try:
-        entries = build_all(configs, _log, only_shared=False, workers=workers)
+        if workers != 1:
+            check_resources(plan)  # a scorer the cluster can never place: refused at once
+        with watch_cluster(_log):
+            entries = build_all(configs, _log, only_shared=False, workers=workers)
     finally:
         if started:
             import ray

@@ -77,6 +77,12 @@ CASES: dict[str, tuple[Callable[[Path], dict], list[str], list[str]]] = {
                             ["zero trials", "seed"]),
     "bad checkpoint interval": (lambda t: {"run.checkpoint_every": 3, "train.eval_every": 2}, [],
                                 ["run.checkpoint_every", "multiple of train.eval_every"]),
+    "malformed worker resources": (lambda t: {"run.worker_resources": "accel"}, [],
+                                   ["run.worker_resources", "'name=amount'", "'accel'"]),
+    "worker resources naming GPU": (lambda t: {"run.worker_resources": "GPU=1"}, [],
+                                    ["must not name 'GPU'", "run.gpus_per_worker"]),
+    "non-positive start timeout": (lambda t: {"run.start_timeout_s": 0}, [],
+                                   ["run.start_timeout_s", "must be > 0"]),
     "resume with nothing to resume": (lambda t: {}, ["--resume"],
                                       ["nothing to resume", "without --resume"]),
 }

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+import kdci_ray.cluster
 from kdci_ray.cluster import (
     ALGORITHMS,
     BACKENDS,
@@ -288,12 +289,46 @@ def test_auto_without_cuml_is_sklearn(no_cuml) -> None:
 
 def test_auto_prefers_cuml_when_available(monkeypatch) -> None:
     monkeypatch.setattr(cuml_backend, "available", lambda: True)
-    assert resolve_backend("auto") == "cuml"
+    assert resolve_backend("auto") == "cuml"  # size unknown: counted as large
     assert resolve_backend("auto", "full") == "cuml"
     assert resolve_backend("auto", "minibatch") == "sklearn"  # cuML has no mini-batch k-means
     monkeypatch.setattr(cuml_backend, "available", lambda: False)
     assert resolve_backend("auto") == "sklearn"
     assert resolve_backend("sklearn") == "sklearn" and resolve_backend("cuml") == "cuml"
+
+
+@pytest.mark.parametrize(("n", "k", "want"), [
+    (1024, 8, "sklearn"),  # a per-round refresh of the synthesis methods
+    (8191, 128, "sklearn"),  # N * K just below CUML_MIN_WORK
+    (8192, 128, "cuml"),  # N * K = CUML_MIN_WORK
+    (65535, 8, "sklearn"),
+    (65536, 8, "cuml"),  # N = CUML_MIN_SAMPLES, whatever K
+    (600_000, 128, "cuml"),  # a build-once dictionary of the sampling-based methods
+])
+def test_auto_chooses_by_problem_size(monkeypatch, n: int, k: int, want: str) -> None:
+    monkeypatch.setattr(cuml_backend, "available", lambda: True)
+    assert resolve_backend("auto", "auto", n, k) == want
+    assert resolve_backend("auto", "minibatch", n, k) == "sklearn"
+    assert resolve_backend("cuml", "auto", n, k) == "cuml"  # an explicit choice stands
+    assert resolve_backend("sklearn", "auto", n, k) == "sklearn"
+    monkeypatch.setattr(cuml_backend, "available", lambda: False)
+    assert resolve_backend("auto", "auto", n, k) == "sklearn"
+
+
+def test_fit_kmeans_auto_runs_sklearn_on_a_small_problem(monkeypatch) -> None:
+    """``auto`` with cuML "available" does not call cuML for a tiny refresh (1024 x 10, K = 8)."""
+    monkeypatch.setattr(cuml_backend, "available", lambda: True)
+
+    def no_gpu(*args, **kwargs):
+        raise AssertionError("cuML called for a small problem")
+
+    monkeypatch.setattr(cuml_backend, "fit", no_gpu)
+    x = np.random.default_rng(0).normal(size=(1024, 10)).astype(np.float32)
+    assert fit_kmeans(x, 8, backend="auto").backend == "sklearn"
+    calls = []
+    monkeypatch.setattr(cuml_backend, "fit", lambda *a, **kw: calls.append(a[0].shape))
+    fit_kmeans(np.zeros((65536, 2), np.float32), 8, backend="auto")
+    assert calls == [(65536, 2)]
 
 
 def test_cuml_backend_without_cuml_names_the_gpu_extra(no_cuml) -> None:
@@ -311,7 +346,7 @@ def test_cuml_backend_rejects_minibatch() -> None:
         fit_kmeans(x, 4, backend="cuml", algorithm="minibatch")
 
 
-def test_cuml_matches_sklearn_on_gpu() -> None:
+def test_cuml_matches_sklearn_on_gpu(monkeypatch) -> None:
     pytest.importorskip("cuml")
     if not cuml_backend.available():
         pytest.skip("cuML is installed but no GPU is visible")
@@ -327,6 +362,8 @@ def test_cuml_matches_sklearn_on_gpu() -> None:
     order = [int(np.bincount(gpu.labels[cpu.labels == j]).argmax()) for j in range(4)]
     assert np.allclose(gpu.prototypes[order], cpu.prototypes, atol=1e-4)
     assert np.allclose(gpu.proportions[order], cpu.proportions)
+    assert fit_kmeans(x, 4, backend="auto").backend == "sklearn"  # small: below the threshold
+    monkeypatch.setattr(kdci_ray.cluster, "CUML_MIN_SAMPLES", len(x))
     assert fit_kmeans(x, 4, backend="auto").backend == "cuml"
 
 

@@ -41,6 +41,7 @@ MOUNT = "/mnt/kdci"
 RAY_VERSION = "2.60.0"
 TORCH_VERSION = "2.13.0"
 INSTALL = re.compile(r"pip install .*-c constraints\.txt .*-e '\.\[gpu\]'")
+BASE_INSTALL = re.compile(r"pip install .*-c constraints\.txt .*-e (\.|'\.\[gpu\]') ")
 
 
 @pytest.fixture(autouse=True)
@@ -148,10 +149,10 @@ def test_aws_head_advertises_no_gpu_and_workers_at_least_one():
     for name, node_type in workers.items():
         assert node_type["resources"].get("GPU", 0) >= 1, name
         assert node_type["resources"].get("CPU", 0) >= 1, name
-        assert node_type["max_workers"] >= 1, name
+        assert node_type["max_workers"] >= (1 if name == "gpu_spot" else 0), name
     markets = {t["node_config"].get("InstanceMarketOptions", {}).get("MarketType", "on-demand")
                for t in workers.values()}
-    assert markets == {"spot", "on-demand"}  # spot, with an on-demand fallback
+    assert markets == {"spot", "on-demand"}  # spot, and an on-demand type to opt into
     assert "InstanceMarketOptions" not in types[head]["node_config"]  # the head is never spot
     shapes = {(t["node_config"]["InstanceType"], tuple(sorted(t["resources"].items())))
               for t in workers.values()}
@@ -168,11 +169,16 @@ def test_head_start_advertises_no_gpu_workers_do(path):
 
 
 @pytest.mark.parametrize("path", [AWS, ONPREM], ids=["aws", "onprem"])
-def test_setup_installs_the_gpu_extra_with_the_constraints(path):
+def test_setup_installs_the_gpu_extra_with_the_constraints_on_gpu_workers_only(path):
     prepared = ray_validate(load(path))
     for role in ("head", "worker"):
         cmds = prepared[f"{role}_setup_commands"]
-        assert any(INSTALL.search(c) and "cd ~/kdci_ray" in c for c in cmds), (role, cmds)
+        assert any(BASE_INSTALL.search(c) and "cd ~/kdci_ray" in c for c in cmds), (role, cmds)
+    assert any(INSTALL.search(c) for c in prepared["worker_setup_commands"])
+    assert not any(INSTALL.search(c) for c in prepared["head_setup_commands"])  # no cuML: head
+    for role in ("setup_commands", "head_setup_commands", "worker_setup_commands"):
+        for cmd in load(path)[role]:
+            assert "index-url" not in cmd and "://" not in cmd, cmd  # registry's default only
     # ray[default]: the dashboard and Jobs API (`ray job submit`) and the autoscaler's deps;
     # the package itself depends on ray[train,tune] only
     assert any("'ray[default]'" in c for c in prepared["head_setup_commands"])
@@ -219,6 +225,25 @@ def test_aws_container_has_auth_and_the_shared_mount():
     assert "--env=RAY_AUTH_MODE=token" in run_options
     assert f"--volume={MOUNT}:{MOUNT}" in run_options
     assert f"--env=KDCI_RAY_CACHE={MOUNT}/cache" in run_options
+
+
+def test_every_node_type_names_a_fixed_ami_the_head_can_launch():
+    """Workers are launched by the head's instance role, which may not resolve SSM names."""
+    config = load(AWS)
+    for name, node in config["available_node_types"].items():
+        image = node["node_config"]["ImageId"]
+        assert re.fullmatch(r"ami-[0-9a-f]{8,17}", image), (name, image)
+    images = {n["node_config"]["ImageId"] for n in config["available_node_types"].values()}
+    assert len(images) == 1
+
+
+def test_on_demand_is_opt_in_and_documented_as_ray_does_it():
+    types = load(AWS)["available_node_types"]
+    assert types["gpu_ondemand"]["max_workers"] == 0
+    assert types["gpu_spot"]["priority"] > types["gpu_ondemand"]["priority"]
+    text = AWS.read_text()
+    assert "falls back to the on-demand" not in text  # Ray 2.60 does not, on capacity errors
+    assert "no automatic spot -> on-demand fallback on capacity errors" in text
 
 
 @pytest.mark.parametrize("path", [AWS, ONPREM], ids=["aws", "onprem"])

@@ -157,7 +157,7 @@ def test_source_model_needs_an_architecture() -> None:
 
 def spec(**changes) -> DictionarySpec:
     base = dict(data_key="d1", model_key="m1", source="teacher", k=4, pca_dim=0,
-                backend="sklearn", algorithm="auto", n_init=1, seed=0)
+                algorithm="auto", n_init=1, seed=0)
     return DictionarySpec(**{**base, **changes})
 
 
@@ -183,6 +183,57 @@ def test_store_round_trip_and_invalidation(tmp_path) -> None:
     (tmp_path / f"{s.key}.pt").write_bytes(b"not a torch file")
     assert store.load(s) is None
     assert [e["key"] for e in store.entries()] == [s.key]
+
+
+def test_the_key_names_no_backend() -> None:
+    """The key describes the dictionary, not the machine: a GPU-less head (auto -> sklearn) and
+    a GPU trial (auto -> cuML) look up the same entry."""
+    assert "backend" not in DictionarySpec.__dataclass_fields__
+    teacher = create_model("tiny_cnn", 10, 1)
+    keys = {KDCI(KDCISettings(k=4, hidden=8, backend=b), 10, torch.device("cpu"))
+            .spec(teacher, "subset-a").key for b in ("sklearn", "cuml", "auto")}
+    assert len(keys) == 1
+
+
+def test_dictionary_identity_ignores_the_backend() -> None:
+    from kdci_ray.train.dictionary_job import dictionary_identity
+
+    base = {"method": "dfnd", "kdci.enabled": True}
+    idents = {dictionary_identity(resolve({**base, "kdci.backend": b}))
+              for b in ("sklearn", "cuml", "auto")}
+    assert len(idents) == 1
+    assert dictionary_identity(resolve({**base, "kdci.k": 7})) not in idents
+
+
+def test_a_dictionary_saved_under_one_backend_setting_loads_under_another(tmp_path) -> None:
+    torch.manual_seed(0)
+    teacher = create_model("tiny_cnn", 10, 1).eval()
+    images = torch.randn(96, 1, 16, 16)
+    store = DictionaryStore(tmp_path)
+    built = KDCI(KDCISettings(k=4, hidden=8, backend="sklearn"), 10, torch.device("cpu"),
+                 store=store)
+    assert built.refresh(teacher, images, data_key="subset-a")["kdci/cached"] == 0.0
+    for backend in ("cuml", "auto"):  # cuML is never called here: the stored one is loaded
+        other = KDCI(KDCISettings(k=4, hidden=8, backend=backend), 10, torch.device("cpu"),
+                     store=store)
+        assert other.refresh(teacher, images, data_key="subset-a")["kdci/cached"] == 1.0
+        assert torch.equal(other.module.prototypes, built.module.prototypes)
+        assert other.dictionary.backend == "sklearn"  # what ran, from the metadata
+    assert len(store.entries()) == 1
+
+
+def test_an_entry_whose_spec_names_a_backend_is_not_trusted(tmp_path) -> None:
+    """An entry written when the spec still held the backend does not match a spec without it
+    (in practice its key differs too, so it is not even opened): rebuilt, never misread."""
+    store = DictionaryStore(tmp_path)
+    _, d = clustered()
+    s = spec()
+    store.save(s, d)
+    meta_path = tmp_path / f"{s.key}.json"
+    meta = json.loads(meta_path.read_text())
+    meta["spec"] = {**meta["spec"], "backend": "cuml"}
+    meta_path.write_text(json.dumps(meta))
+    assert store.load(s) is None
 
 
 def test_plugin_reuses_a_stored_dictionary_until_the_model_changes(tmp_path) -> None:

@@ -33,8 +33,8 @@ def test_ray_scorer_matches_the_in_process_pass(ray_session) -> None:
             return model((images.float() / 255 - 0.5) / 0.25).logits
 
     _wait_for_free_cpus(ray_session, 2)
-    with RayScorer(pool, {"teacher": teacher, "other": other}, mean, std, workers=2,
-                   batch_size=32, chunk=64) as scorer:
+    with RayScorer(pool, {"teacher": teacher, "other": other}, mean, std, bundle={"CPU": 1},
+                   workers=2, batch_size=32, chunk=64) as scorer:
         assert scorer.workers == 2
         for criterion in ("confidence", "entropy"):
             spread = scorer.pool_scores("teacher", criterion, len(pool))
@@ -49,12 +49,18 @@ def test_ray_scorer_matches_the_in_process_pass(ray_session) -> None:
         assert not torch.allclose(got, local(teacher, pool.get(idx)))
 
 
-def test_ray_scorer_refuses_missing_gpus(ray_session) -> None:
-    from kdci_ray.train.parallel_scoring import RayScorer
+def test_ray_scorer_waits_then_names_what_was_never_placed(ray_session) -> None:
+    from kdci_ray.train.parallel_scoring import ClusterWaitTimeout, RayScorer
 
     pool = TensorPool(torch.zeros((4, 1, 8, 8), dtype=torch.uint8))
-    with pytest.raises(ConfigError, match="no GPU is free.*run.use_gpu=false"):
-        RayScorer(pool, {"teacher": _model(0)}, (0.5,), (0.25,), use_gpu=True)
+    lines: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(ClusterWaitTimeout, match=r"no pool scoring worker of \{CPU: 1, GPU: 1\} "
+                       r"was placed within run.start_timeout_s=3 s.*raise run.start_timeout_s"):
+        RayScorer(pool, {"teacher": _model(0)}, (0.5,), (0.25,), bundle={"CPU": 1, "GPU": 1},
+                  workers=1, start_timeout_s=3, log=lines.append)
+    assert time.monotonic() - start >= 3  # it waited for the nodes, then gave up
+    assert issubclass(ClusterWaitTimeout, ConfigError)  # the CLI prints it as one line
 
 
 def _wait_for_free_cpus(ray, n: int, timeout_s: float = 60.0) -> None:
@@ -73,7 +79,7 @@ def _remove_new_files(folder: Path, before: set[Path]) -> int:
 
 
 def test_dictionary_job_on_ray_workers_builds_the_in_process_dictionary(
-        tiny_settings, ray_session, capsys) -> None:
+        tiny_settings, ray_session) -> None:
     from kdci_ray.train.dictionary_job import build_shared_dictionary
     from kdci_ray.train.teacher import cache_dir
 
@@ -82,11 +88,13 @@ def test_dictionary_job_on_ray_workers_builds_the_in_process_dictionary(
     root = cache_dir()
     before = {p for p in root.rglob("*") if p.is_file()}
     _wait_for_free_cpus(ray_session, 2)
-    spread = build_shared_dictionary(cfg, log=lambda msg: None, workers=2)
+    lines: list[str] = []
+    spread = build_shared_dictionary(cfg, log=lines.append, workers=2)
     assert spread["scoring_workers"] == 2 and not spread["cached"]
-    err = capsys.readouterr().err
-    assert "selection (teacher): 512/512 images on 2 CPU worker(s)" in err
-    assert "dictionary features (teacher): 64/64 images on 2 CPU worker(s)" in err
+    assert any(line.startswith("selection (teacher): 512/512 images on 2 worker(s) of {CPU: 1}")
+               for line in lines)
+    assert any(line.startswith("dictionary features (teacher): 64/64 images on 2 worker(s) of "
+                               "{CPU: 1}") for line in lines)
     protos = torch.load(spread["path"], weights_only=True)["prototypes"]
     # the same again in this process, from scratch: same selection, same dictionary
     assert _remove_new_files(root / "selections", before) == 2  # the .npy and its record

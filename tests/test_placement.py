@@ -7,14 +7,16 @@ import pytest
 import yaml
 
 from kdci_ray.config import ConfigError, resolve
-from kdci_ray.tune.placement import (
+from kdci_ray.train.placement import (
     NodeShape,
     alive_shapes,
+    autoscaler_max_workers,
     autoscaler_shapes,
     check_placeable,
     placeable_workers,
     worker_bundle,
 )
+from kdci_ray.train.ray_train import start_attempts
 
 CPU_HEAD = NodeShape("head", {"CPU": 0.0, "memory": 1e10}, 1)
 GPU_NODE = NodeShape("gpu", {"CPU": 8.0, "GPU": 1.0}, 1)
@@ -72,3 +74,49 @@ def test_alive_nodes_from_ray_nodes() -> None:
     nodes = [{"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 2.0}},
              {"Alive": False, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 64.0}}]
     assert alive_shapes(nodes) == [NodeShape("10.0.0.1", {"CPU": 2.0}, 1)]
+
+
+def test_custom_worker_resources_join_the_bundle_and_the_message() -> None:
+    run = _run(worker_resources="accel=1, a100=0.5")
+    assert worker_bundle(run) == {"CPU": 1.0, "accel": 1.0, "a100": 0.5}
+    accel = NodeShape("accel_node (autoscaled)", {"CPU": 4.0, "accel": 1.0}, 2, autoscaled=True)
+    assert placeable_workers({"CPU": 1.0, "accel": 1.0}, [CPU_HEAD, accel]) == 2
+    with pytest.raises(ConfigError) as err:  # no node has 'a100'
+        check_placeable(run, [CPU_HEAD, accel])
+    assert "a100: 0.5" in str(err.value) and "accel: 1" in str(err.value)
+
+
+def test_the_global_max_workers_caps_every_node_type_together(tmp_path, monkeypatch) -> None:
+    config = {
+        "head_node_type": "head", "max_workers": 4,
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "node_config": {}},
+            "gpu_spot": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 3, "node_config": {}},
+            "gpu_ondemand": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 3,
+                             "node_config": {}},
+        },
+    }
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KDCI_RAY_AUTOSCALER_CONFIG", str(path))
+    shapes, cap = autoscaler_shapes(), autoscaler_max_workers()
+    assert cap == 4 and sum(s.count for s in shapes) == 6
+    bundle = worker_bundle(_run(use_gpu=True))
+    assert placeable_workers(bundle, shapes) == 6  # per-type maxima alone
+    assert placeable_workers(bundle, shapes, cap) == 4  # what the autoscaler will really start
+    # an alive node is not an added one: it counts on top of the cap
+    assert placeable_workers(bundle, [GPU_NODE, *shapes], cap) == 5
+    check_placeable(_run(workers=4, use_gpu=True), shapes, cap)
+    with pytest.raises(ConfigError, match="at most 4 .*at most 4 autoscaled nodes in all"):
+        check_placeable(_run(workers=5, use_gpu=True), shapes, cap)
+
+
+@pytest.mark.parametrize(("timeout_s", "per_attempt", "attempts"),
+                         [(1800, None, 30), (240, "60", 4), (30, "60", 1), (100, "25", 4)])
+def test_a_worker_group_may_wait_about_start_timeout_for_its_nodes(
+        monkeypatch, timeout_s: float, per_attempt: str | None, attempts: int) -> None:
+    if per_attempt is None:
+        monkeypatch.delenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", raising=False)
+    else:
+        monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", per_attempt)
+    assert start_attempts(timeout_s) == attempts

@@ -1,7 +1,8 @@
 """K-means backends behind one call: ``fit_kmeans(x, k, backend=..., algorithm=...)``.
 
 Builds the clustering of the KDCI confounder dictionary (Wang et al., CVPR 2024): PCA, then
-K-Means++. Backends: ``sklearn`` (CPU), ``cuml`` (GPU, optional extra) and ``auto``. Algorithms:
+K-Means++. Backends: ``sklearn`` (CPU), ``cuml`` (GPU, optional extra) and ``auto`` (cuML for
+large problems when a GPU and cuML are present, see ``resolve_backend``). Algorithms:
 ``full`` (Lloyd k-means), ``minibatch`` (sklearn only: mini-batch k-means polished by a few
 full-data Lloyd iterations) and ``auto``. The result records which backend and algorithm ran.
 """
@@ -23,14 +24,27 @@ def _check_algorithm(algorithm: str) -> None:
                          f"(known: {', '.join(ALGORITHMS)})")
 
 
-def resolve_backend(backend: str, algorithm: str = "auto") -> str:
-    """The backend that runs: ``auto`` is cuML when a GPU and cuML are present and the
-    algorithm is one cuML runs (``auto``/``full``), otherwise sklearn."""
+# ``auto`` sends a problem to cuML only from this size on (``N * K`` or ``N``). Below it sklearn's
+# full fit takes about a second of one core at most (measured here, Gaussian logits: N = 8192,
+# d = 64, K = 128: 1.0-1.2 s; N = 65536, d = 10, K = 8: 0.2-0.8 s; a per-round refresh of the
+# synthesis methods, N = 1024, d = 10, K = 8: 20-80 ms), no more than cuML's fixed cost: importing
+# cuML and its CUDA libraries once per process (seconds), then per call the handle and the
+# host/device copies.
+CUML_MIN_WORK = 1 << 20  # N * K (e.g. N = 8192 at K = 128)
+CUML_MIN_SAMPLES = 1 << 16  # N, whatever K (PCA and the copies grow with N)
+
+
+def resolve_backend(backend: str, algorithm: str = "auto", n: int | None = None,
+                    k: int | None = None) -> str:
+    """The backend that runs: ``auto`` is cuML when a GPU and cuML are present, the algorithm is
+    one cuML runs (``auto``/``full``) and the problem is large (``N * K >= CUML_MIN_WORK`` or
+    ``N >= CUML_MIN_SAMPLES``; an unknown ``n`` or ``k`` counts as large), otherwise sklearn."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown k-means backend {backend!r} (known: {', '.join(BACKENDS)})")
     _check_algorithm(algorithm)
     if backend == "auto":
-        gpu = algorithm in cuml_backend.ALGORITHMS and cuml_backend.available()
+        large = n is None or k is None or n * k >= CUML_MIN_WORK or n >= CUML_MIN_SAMPLES
+        gpu = large and algorithm in cuml_backend.ALGORITHMS and cuml_backend.available()
         return "cuml" if gpu else "sklearn"
     return backend
 
@@ -55,7 +69,9 @@ def fit_kmeans(x: np.ndarray, k: int, pca_dim: int = 0, seed: int = 0, n_init: i
     ``inertia`` (in the PCA space), ``backend``, ``algorithm`` and ``pca_dim``. A cluster left
     empty (fewer distinct rows than K) has proportion 0 and a zero prototype (``n_empty``).
     """
-    chosen = resolve_backend(backend, algorithm)
+    shape = np.shape(x)
+    n = shape[0] if len(shape) == 2 else None  # a bad shape: the backend's check says what
+    chosen = resolve_backend(backend, algorithm, n, k)
     if chosen == "cuml":
         return cuml_backend.fit(x, k, pca_dim=pca_dim, seed=seed, n_init=n_init,
                                 algorithm=algorithm)
@@ -63,4 +79,5 @@ def fit_kmeans(x: np.ndarray, k: int, pca_dim: int = 0, seed: int = 0, n_init: i
                                algorithm=algorithm)
 
 
-__all__ = ["ALGORITHMS", "BACKENDS", "ClusterResult", "fit_kmeans", "resolve_backend"]
+__all__ = ["ALGORITHMS", "BACKENDS", "CUML_MIN_SAMPLES", "CUML_MIN_WORK", "ClusterResult",
+           "fit_kmeans", "resolve_backend"]

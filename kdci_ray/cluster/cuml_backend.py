@@ -2,6 +2,8 @@
 
 Always full k-means (``algorithm`` "auto" or "full"; cuML has no mini-batch variant). Prototypes
 and proportions are computed on the host from the original features, as on the CPU backend.
+Written against the cuML of the ``gpu`` extra (``cuml-cu13`` 26.10): its ``PCA`` and ``KMeans``
+take keyword arguments only, ``KMeans(init="k-means++")`` is sequential k-means++ like sklearn's.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ def fit(x: np.ndarray, k: int, pca_dim: int = 0, seed: int = 0, n_init: int = 1,
     n, d = x.shape
     dims = pca_components(d, n, pca_dim)
     xg = cp.asarray(x)
-    z = xg if dims == d else PCA(n_components=dims, random_state=seed).fit_transform(xg)
+    # cuML's PCA takes no random_state: its "full" solver (an eigendecomposition of the
+    # covariance) is deterministic. Every call here is checked against the pinned cuML's
+    # signatures (cuml_signatures.json, tests/test_cuml_signatures.py).
+    z = xg if dims == d else PCA(n_components=dims, svd_solver="full").fit_transform(xg)
     km = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed)
     labels = cp.asnumpy(km.fit_predict(z)).astype(np.int64)
     del xg, z

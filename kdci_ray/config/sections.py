@@ -108,6 +108,10 @@ class RunConfig:
     checkpoint_every: int = 0  # rounds between resumable checkpoints; 0 = at every evaluation
     max_failures: int = 3  # worker-group restarts per trial (from its last checkpoint); -1 = no cap
     inject_failure_round: int = 0  # testing: fail once after this round's checkpoint; 0 = never
+    worker_resources: str = ""  # extra custom resources per worker, "name=amount,..." (e.g. a
+    #   node type's own resource, to pin workers to it); asked for by Train workers and scorers
+    start_timeout_s: float = 1800.0  # how long a worker group (or the pool scorers) may wait for
+    #   the cluster to place it, e.g. while the autoscaler boots GPU nodes; then the trial fails
 
 
 SECTIONS: dict[str, type] = {

@@ -62,6 +62,33 @@ def validate(cfg: ExperimentConfig) -> None:
         )
 
 
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def parse_resources(spec: str) -> dict[str, float]:
+    """``run.worker_resources`` ("name=amount,...") as a dict; errors name the bad entry."""
+    out: dict[str, float] = {}
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        name, sep, amount = entry.partition("=")
+        name = name.strip()
+        try:
+            value = float(amount) if sep else -1.0
+        except ValueError:
+            value = -1.0
+        if not name or value <= 0:
+            raise ConfigError(
+                f"config key 'run.worker_resources' takes 'name=amount' entries separated by "
+                f"commas with amounts > 0 (e.g. 'accel=1'), got {entry!r}"
+            )
+        if name in RESERVED_RESOURCES:
+            raise ConfigError(
+                f"config key 'run.worker_resources' must not name {name!r}: use "
+                f"run.cpus_per_worker, run.use_gpu / run.gpus_per_worker for those"
+            )
+        out[name] = value
+    return out
+
+
 def _check_run(cfg: ExperimentConfig) -> None:
     """Resources per worker, the checkpoint interval and the failure budget."""
     run, train = cfg.run, cfg.train
@@ -84,6 +111,12 @@ def _check_run(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"config key 'run.max_failures' must be >= 0, or -1 for no cap, got {run.max_failures}"
         )
+    if run.start_timeout_s <= 0:
+        raise ConfigError(
+            f"config key 'run.start_timeout_s' must be > 0 (seconds a worker group may wait for "
+            f"the cluster's nodes), got {run.start_timeout_s}"
+        )
+    parse_resources(run.worker_resources)  # raises a ConfigError naming the bad entry
     every = run.checkpoint_every
     if every < 0 or (every and every % train.eval_every):
         raise ConfigError(

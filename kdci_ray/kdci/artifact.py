@@ -1,10 +1,11 @@
 """Confounder dictionaries as artifacts: saved once with their metadata, shared by key.
 
 A build-once dictionary (sampling-based methods: DFND, MosaicKD) depends only on the selected
-pool, the model that scored it and the clustering settings, not on the trial. Its key is the SHA-1
-of exactly those (``DictionarySpec``); every trial of a sweep that asks for the same spec loads
-the same file, and changing the pool, the selection, the teacher/source model or a clustering
-setting gives a new key (the old file is simply not used again).
+pool, the model that scored it and the clustering settings, not on the trial nor on the machine
+that builds it (the k-means backend). Its key is the SHA-1 of exactly those (``DictionarySpec``);
+every trial of a sweep that asks for the same spec loads the same file, and changing the pool,
+the selection, the teacher/source model or a clustering setting gives a new key (the old file is
+simply not used again; so are entries of older versions whose spec still named the backend).
 
 On disk: ``<dir>/<key>.pt`` (``{"prototypes", "proportions"}`` tensors) and ``<key>.json`` (the
 metadata: source, K, backend, algorithm, PCA dims, inertia, N, the data and model hashes, time),
@@ -30,15 +31,17 @@ from kdci_ray.kdci.dictionary import ConfounderDictionary
 
 @dataclass(frozen=True)
 class DictionarySpec:
-    """Everything a build-once dictionary depends on."""
+    """Everything a build-once dictionary depends on: the data, the model, the clustering
+    settings. Not the k-means backend, which says where the clustering runs, not what it
+    clusters or how: one built by cuML on a GPU worker is found by a GPU-less head (where
+    ``auto`` means sklearn) and the other way round. The backend that ran is in the metadata."""
 
     data_key: str  # identity of the substitution images (pool fingerprint + selected indices)
     model_key: str  # identity of the model whose logits are clustered (weights + normalisation)
     source: str  # teacher | model | random
     k: int
     pca_dim: int
-    backend: str  # the backend that will run (auto already resolved)
-    algorithm: str
+    algorithm: str  # the kdci.algorithm setting (auto | full | minibatch)
     n_init: int
     seed: int
 

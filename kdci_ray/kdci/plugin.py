@@ -17,7 +17,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from kdci_ray.cluster import resolve_backend
 from kdci_ray.kdci.ablations import apply_ablations, random_dictionary
 from kdci_ray.kdci.artifact import DictionarySpec, DictionaryStore
 from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary
@@ -105,9 +104,8 @@ class KDCI:
             self._model_key = state_fingerprint(model)
         s = self.settings
         return DictionarySpec(data_key=data_key, model_key=self._model_key, source=s.source,
-                              k=s.k, pca_dim=s.pca_dim,
-                              backend=resolve_backend(s.backend, s.algorithm),
-                              algorithm=s.algorithm, n_init=s.n_init, seed=0)
+                              k=s.k, pca_dim=s.pca_dim, algorithm=s.algorithm,
+                              n_init=s.n_init, seed=0)
 
     def _dictionary(self, model: nn.Module, feats: Tensor,
                     data_key: str | None) -> tuple[ConfounderDictionary, bool]:

@@ -32,12 +32,13 @@ def has_shared_dictionary(cfg: ExperimentConfig) -> bool:
 
 
 def dictionary_identity(cfg: ExperimentConfig) -> tuple:
-    """The config values a build-once dictionary depends on (cheap de-duplication of a grid)."""
+    """The config values a build-once dictionary depends on (cheap de-duplication of a grid).
+    Not ``kdci.backend``: as in the artifact key, the machine that builds it is no part of it."""
     method_cls = METHODS[cfg.method]
     kc = cfg.kdci
     return (cfg.method, method_cls.open_world_selection(cfg.method_config),
             repr(cfg.data), repr(cfg.teacher), repr(cfg.pool), cfg.run.workers,
-            kc.k or method_cls.kdci_k, kc.pca_dim, kc.backend, kc.algorithm, kc.n_init,
+            kc.k or method_cls.kdci_k, kc.pca_dim, kc.algorithm, kc.n_init,
             kc.source, kc.source_arch, kc.source_checkpoint)
 
 
@@ -46,9 +47,11 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
     """Select the subset, score it, build (or load) and store the dictionary of ``cfg``.
 
     ``workers``: 1 scores in this process; otherwise the two forward passes (the teacher over the
-    pool, the source model over the kept subset) run on that many Ray actors (0: one per free
-    GPU with ``run.use_gpu``, else per free CPU; Ray must be initialised). Returns the artifact's
-    metadata plus ``path``, ``cached``, ``seconds`` and ``scoring_workers``."""
+    pool, the source model over the kept subset) run on that many Ray actors, each asking for a
+    trial's Train worker resources (0: as many as the cluster can hold, counting the nodes its
+    autoscaler may add; Ray must be initialised; they wait up to ``run.start_timeout_s``).
+    Returns the artifact's metadata plus ``path``, ``cached``, ``seconds`` and
+    ``scoring_workers``."""
     method_cls = METHODS[cfg.method]
     if method_cls.kdci_refresh != "once":
         raise ConfigError(
@@ -77,10 +80,13 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
     def scorer() -> Any:
         if not scorers:
             from kdci_ray.train.parallel_scoring import RayScorer
+            from kdci_ray.train.placement import cluster_capacity, worker_bundle
 
             models = {"teacher": teacher, source_name: model}  # one entry when they are one
+            count = workers or max(1, cluster_capacity(cfg.run))
             scorers.append(RayScorer(ctx.open_world, models, data.mean, data.std,
-                                     use_gpu=cfg.run.use_gpu, workers=workers))
+                                     bundle=worker_bundle(cfg.run), workers=count,
+                                     start_timeout_s=cfg.run.start_timeout_s, log=log))
         return scorers[0]
 
     try:
@@ -108,7 +114,7 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
 
 
 def default_scoring_workers() -> int:
-    """0 (every free worker of the cluster) when ``RAY_ADDRESS`` names a Ray cluster, else 1
+    """0 (as many workers as the cluster can hold) when ``RAY_ADDRESS`` names a cluster, else 1
     (score in this process: starting a local Ray costs more than it saves on one machine)."""
     return 0 if os.environ.get("RAY_ADDRESS") else 1
 

@@ -8,23 +8,28 @@ a worker group that Ray Train restarts after a failure (up to ``run.max_failures
 trial that Tune resumes after the driver was interrupted, continue from the latest checkpoint
 (``ray.train.get_checkpoint()``: Ray Train V2 restores it from the run's storage when a trainer
 of the same name and storage path runs again). Each failure and each resume is appended to
-``failures.jsonl`` / ``resumes.jsonl`` in the run directory, every report to ``metrics.jsonl``.
+``failures.jsonl`` (by the Train controller, so a worker lost with its node counts too) /
+``resumes.jsonl`` in the run directory, every report to ``metrics.jsonl``. A worker group that
+cannot be placed yet (an autoscaling cluster booting nodes) waits up to ``run.start_timeout_s``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import ray.train
+from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 
 from kdci_ray.config import ExperimentConfig, resolve, save_resolved
+from kdci_ray.train.placement import worker_bundle
 from kdci_ray.train.resume import (
     FAILURES_FILE,
     METRICS_FILE,
@@ -94,14 +99,38 @@ def train_func(config: dict[str, Any]) -> None:
 
     try:
         distill(cfg, report, resume=_resume_state(run_dir, rank))
-    except Exception as exc:
-        append_record(run_dir / FAILURES_FILE, {
-            "rank": rank, "error": f"{type(exc).__name__}: {exc}", "time": time.time(),
-            "traceback": traceback.format_exc(limit=8)})
-        raise
     finally:
         if writer is not None:
             writer.close()
+
+
+class FailureRecorder(UserCallback):
+    """Appends one ``failures.jsonl`` record per failed worker group, from the Train controller:
+    it also sees the workers that cannot say so themselves (a lost node, an OOM kill)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        errors = {rank: _last_line(exc) for rank, exc in sorted(worker_exceptions.items())}
+        append_record(self.run_dir / FAILURES_FILE, {
+            "ranks": list(errors), "error": next(iter(errors.values()), ""),
+            "errors": errors, "time": time.time(),
+            "traceback": str(next(iter(worker_exceptions.values()), ""))[-4000:]})
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
+def start_attempts(start_timeout_s: float) -> int:
+    """Ray Train's ``controller_failure_limit`` that lets a worker group wait about
+    ``start_timeout_s`` for its nodes: each start attempt waits
+    ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (60 s by default), then counts as one controller
+    failure and is retried (the placement request stays with the autoscaler meanwhile)."""
+    per_attempt = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60.0))
+    return max(1, math.ceil(start_timeout_s / per_attempt))
 
 
 def fit(cfg: ExperimentConfig, settings: dict[str, Any], run_dir: Path,
@@ -112,20 +141,18 @@ def fit(cfg: ExperimentConfig, settings: dict[str, Any], run_dir: Path,
     checkpoint there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     run = cfg.run
-    resources = {"CPU": run.cpus_per_worker}
-    if run.use_gpu:
-        resources["GPU"] = run.gpus_per_worker
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"settings": settings, "run_dir": str(run_dir)},
         scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=worker_bundle(run)),
         run_config=ray.train.RunConfig(
             name="train", storage_path=str(run_dir),
-            failure_config=ray.train.FailureConfig(max_failures=run.max_failures,
-                                                   controller_failure_limit=3),
+            failure_config=ray.train.FailureConfig(
+                max_failures=run.max_failures,
+                controller_failure_limit=start_attempts(run.start_timeout_s)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), FailureRecorder(run_dir)],
         ),
     )
     result = trainer.fit()

@@ -166,9 +166,26 @@ def _prepare_kdci(plan: SweepPlan, datasets: dict[tuple, Any], log) -> None:
             data = datasets[(d.name, d.root, d.image_size, d.test_fraction, d.split_seed)]
             load_source_model(cfg, data, torch.device("cpu"), log)
     workers = default_scoring_workers()
-    if workers != 1:  # on a cluster: score the pools on its workers (run_sweep reuses the link)
-        init_ray()
-    build_all(plan.configs, log, workers=workers)
+    if workers == 1:
+        build_all(plan.configs, log, workers=workers)
+        return
+    init_ray()  # on a cluster: score the pools on its workers (run_sweep reuses the link)
+    check_resources(plan)  # before asking the autoscaler for nodes
+    with watch_cluster(log):
+        build_all(plan.configs, log, workers=workers)
+
+
+@contextmanager
+def watch_cluster(log=print) -> Iterator[None]:
+    """On a cluster (``RAY_ADDRESS``), log what waits for nodes and what the autoscaler is doing
+    while the body runs (``train.cluster_wait``); elsewhere nothing."""
+    if not os.environ.get("RAY_ADDRESS"):
+        yield
+        return
+    from kdci_ray.train.cluster_wait import ClusterWaitWatcher
+
+    with ClusterWaitWatcher(log):
+        yield
 
 
 def _check_pool(cfg: ExperimentConfig, data: Any, seen: set[tuple]) -> None:
@@ -210,21 +227,13 @@ def trial_fn(params: dict[str, Any], settings: dict[str, Any], overrides: dict[s
 
 def _max_concurrent(cfg: ExperimentConfig) -> int:
     """``run.max_concurrent_trials``, else as many trials as the cluster's nodes can hold at
-    once, counting the nodes an autoscaling cluster may still add (``tune.placement``)."""
-    import ray
-
-    from kdci_ray.tune.placement import (
-        alive_shapes,
-        autoscaler_shapes,
-        placeable_workers,
-        worker_bundle,
-    )
+    once, counting the nodes an autoscaling cluster may still add (``train.placement``)."""
+    from kdci_ray.train.placement import cluster_capacity
 
     run = cfg.run
     if run.max_concurrent_trials > 0:
         return run.max_concurrent_trials
-    shapes = alive_shapes(ray.nodes()) + autoscaler_shapes()
-    return max(1, placeable_workers(worker_bundle(run), shapes) // run.workers)
+    return max(1, cluster_capacity(run) // run.workers)
 
 
 def init_ray() -> bool:
@@ -285,7 +294,7 @@ def _trainable(plan: SweepPlan) -> Any:
 
 def check_resources(plan: SweepPlan) -> None:
     """Every distinct resource request of the grid must fit the cluster (Ray initialised)."""
-    from kdci_ray.tune.placement import check_cluster
+    from kdci_ray.train.placement import check_cluster
 
     seen = set()
     for cfg in plan.configs:
@@ -322,7 +331,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
                                           callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                                           verbose=1),
             )
-        with _tune_tensorboard_off():
+        with _tune_tensorboard_off(), watch_cluster(_log_line):
             results = tuner.fit()
         errors = [_last_line(r.error) for r in results if r.error is not None]
         unfinished = [Path(r.path).name for r in results
@@ -331,6 +340,10 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         if started:
             ray.shutdown()
     return SweepOutcome(report(plan.out_dir, title=plan.name), errors, unfinished)
+
+
+def _log_line(msg: str) -> None:
+    print(f"[kdci-ray] {msg}", flush=True)
 
 
 def _last_line(error: BaseException) -> str:
