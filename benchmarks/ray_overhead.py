@@ -29,8 +29,10 @@ from typing import Any
 
 # before torch and Ray are imported (in main): one thread per process, Ray's local-cluster settings
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+from kdci_ray.tune.driver import LOCAL_RAY_ENV  # noqa: E402 - after the thread setting
+
+for _key, _value in LOCAL_RAY_ENV.items():  # what kdci-ray's own local Ray runs with
+    os.environ.setdefault(_key, _value)
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart.yaml"
 TARGET_ADDED_S = 5.0
@@ -320,7 +322,8 @@ def print_tables(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="the real quickstart schedule (slow)")
-    p.add_argument("--only", nargs="*", default=["seed=0"], help="quickstart grid filter")
+    p.add_argument("--only", action="append", metavar="KEY=VALUE",
+                   help="quickstart grid filter, as kdci-ray sweep's (default: seed=0)")
     p.add_argument("--repeats", type=int, default=1, help="runs per trial and path (median)")
     p.add_argument("--no-tune", action="store_true", help="skip the one-trial Tune sweeps")
     p.add_argument("--json", type=Path, help="write the results here as JSON")
@@ -336,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if __name__ != "__main__":  # imported (tests): ship this module's functions by value
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    args.only = args.only or ["seed=0"]
     limit_threads()
     plan = plan_sweep(QUICKSTART, smoke=not args.full, only=args.only)
     warmup = plan_sweep(QUICKSTART, smoke=True, only=args.only).configs[0]

@@ -20,7 +20,7 @@ import yaml
 from kdci_ray.tune.driver import check_inputs, plan_sweep, run_sweep
 from kdci_ray.tune.sweep_dir import prepare_output
 
-ROUNDS = 40
+ROUNDS = 24
 GRID = {"method": "dafl", "train.rounds": ROUNDS, "train.eval_every": 1,
         "run.max_concurrent_trials": 1, "search": {"seed": [0, 1]}}
 

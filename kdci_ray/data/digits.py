@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits as _sk_load_digits
 
 from kdci_ray.data.labeled import LabeledData
 
@@ -31,7 +30,9 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 def load_digits(image_size: int = 16, test_fraction: float = 0.3, seed: int = 0) -> LabeledData:
     if image_size < 8:
         raise ValueError(f"data.image_size must be >= 8 for digits, got {image_size}")
-    bunch = _sk_load_digits()
+    from sklearn.datasets import load_digits as sklearn_digits  # here: a second of imports
+
+    bunch = sklearn_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     if image_size != 8:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",

@@ -36,6 +36,11 @@ from kdci_ray.tune.sweep_dir import SWEEP_FILE, read_record
 from kdci_ray.tune.table import rows_from_sweep, write_tables
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
+LOCAL_RAY_ENV = {  # a Ray started on this machine (no RAY_ADDRESS): the defaults it runs with
+    "RAY_AUTH_MODE": "disabled",  # nobody else can reach it
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",  # a failed worker is noticed at once
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # one machine is never preempted: one actor
+}                                                 # fewer for every trial to start
 
 
 @dataclass
@@ -245,8 +250,8 @@ def init_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):  # a cluster: its auth mode (token) comes from the env
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  log_to_driver=False)
     return True
