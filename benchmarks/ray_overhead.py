@@ -229,11 +229,11 @@ def timed_trial_fn(params: dict[str, Any], **kwargs: Any) -> None:
 
 def run_tune_trial(only: list[str], smoke: bool, out_dir: Path) -> dict[str, float]:
     """One trial through plan_sweep + run_sweep; its Tune share around the fit() inside."""
-    from kdci_ray.tune import driver
+    from kdci_ray.tune import driver, pretrial
     from kdci_ray.tune.sweep_dir import prepare_output
 
     plan = driver.plan_sweep(QUICKSTART, smoke=smoke, output=str(out_dir), only=only)
-    driver.check_inputs(plan, log=lambda message: None)
+    pretrial.check_inputs(plan, log=lambda message: None)
     prepare_output(plan, overwrite=True)
     real_trial_fn, real_tables, tables_s = driver.trial_fn, driver.report, []
 

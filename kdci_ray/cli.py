@@ -18,12 +18,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from kdci_ray.config import ConfigError, parse_overrides, resolve, valid_keys
 from kdci_ray.models import CheckpointMismatchError
+from kdci_ray.train.runtime import limit_threads
 
 
 def _log(msg: str) -> None:
@@ -31,22 +33,32 @@ def _log(msg: str) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
-    from kdci_ray.train.teacher import teacher_path, train_teacher
+    from kdci_ray.train.teacher import (
+        cached_teacher_problem,
+        check_cache_dir,
+        teacher_path,
+        train_teacher,
+    )
     from kdci_ray.tune.cases import load_sweep_file
 
     settings = load_sweep_file(args.config).settings if args.config else {}
     cfg = resolve(settings, parse_overrides(args.overrides))
+    check_cache_dir()  # before training, not after
     path = teacher_path(cfg)
-    if path.is_file() and not args.force:
+    problem = cached_teacher_problem(cfg)
+    if not problem and not args.force:
         _log(f"teacher already cached at {path} (use --force to retrain)")
         return
+    if problem and path.is_file():
+        _log(f"{problem}; retraining it")
     path, acc = train_teacher(cfg, _log)
     _log(f"teacher {cfg.teacher.arch} on {cfg.data.name}: test acc {acc:.4f}, saved to {path}")
 
 
 def _sweep(args: argparse.Namespace, single: bool) -> int:
-    from kdci_ray.tune.driver import check_inputs, check_resources, init_ray, plan_sweep, run_sweep
+    from kdci_ray.tune.driver import check_resources, init_ray, plan_sweep, run_sweep
     from kdci_ray.tune.only import describe, parse_only
+    from kdci_ray.tune.pretrial import check_inputs
     from kdci_ray.tune.sweep_dir import check_output, prepare_output
 
     start = time.perf_counter()
@@ -75,18 +87,21 @@ def _sweep(args: argparse.Namespace, single: bool) -> int:
     _log(f"compare the runs: tensorboard --logdir {plan.out_dir}")
     for err in outcome.errors:
         _log(f"trial failed: {err}")
+    for name, reason in outcome.stopped.items():
+        _log(f"trial stopped: {name}: {reason}")
     if outcome.interrupted:
         _log(f"interrupted: {len(outcome.unfinished)} trial(s) unfinished; continue with "
              f"`kdci-ray sweep {plan.out_dir} --resume` (finished trials are kept, unfinished "
              f"ones continue from their last checkpoint)")
         return 130
-    return 1 if outcome.errors else 0
+    return 1 if outcome.errors or outcome.stopped else 0
 
 
 def cmd_dictionary(args: argparse.Namespace) -> int:
     """Build (or find) the build-once KDCI dictionaries of a config's grid, print their records."""
+    from kdci_ray.train.cluster_wait import watch_cluster
     from kdci_ray.train.dictionary_job import build_all, default_scoring_workers, sampling_methods
-    from kdci_ray.tune.driver import check_resources, init_ray, plan_sweep, watch_cluster
+    from kdci_ray.tune.driver import check_resources, init_ray, plan_sweep
 
     plan = plan_sweep(args.config, args.overrides, smoke=args.smoke, only=args.only)
     configs = [c for c in plan.configs if c.method in sampling_methods()]
@@ -215,10 +230,24 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+def _continue_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """What to run to continue an interrupted command."""
+    again = "kdci-ray " + shlex.join(argv)
+    if args.command in ("sweep", "cgn") and not args.resume:
+        return f"`{again} --resume` continues it if its trials had started, else run it again"
+    return f"run `{again}` again to continue"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv)
     try:
+        limit_threads()  # one thread unless OMP_NUM_THREADS says otherwise, however launched
         code = args.func(args)
+    except KeyboardInterrupt:
+        print(f"kdci-ray: interrupted; nothing half-written was kept "
+              f"({_continue_hint(args, argv)})", file=sys.stderr)
+        return 130
     except (ConfigError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
         print(f"kdci-ray: error: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,22 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
+def _holds(pid: int, directory: Path) -> bool:
+    """Whether process ``pid`` has a file under ``directory`` open."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    prefix = str(directory.resolve()) + os.sep
+    for fd in fds:
+        try:
+            if os.readlink(fd).startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _ppid(pid: int) -> int:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -108,6 +124,7 @@ class ClusterInABox:
                     "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
                     "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
                     "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",  # on, as on a real cluster
                     # Ray's own helpers inside the cluster (Train's placement-group cleaner uses
                     # the State API) find "the" local Ray by address: one machine may run others
                     "RAY_ADDRESS": self.address}
@@ -144,10 +161,11 @@ class ClusterInABox:
         return [pid for pid in self.pids() if "raylet" in _cmdline(pid).split(" ")[0]
                 and FAKE_HEAD_NODE_ID not in _environ(pid).decode(errors="replace")]
 
-    def raylet_of_process(self, marker: str) -> int | None:
-        """The raylet whose worker process's command line contains ``marker``."""
+    def raylet_of_process(self, marker: str, holding: Path | None = None) -> int | None:
+        """The worker-node raylet whose worker process's command line contains ``marker`` (and,
+        with ``holding``, which has a file under that directory open)."""
         for pid in self.pids():
-            if marker in _cmdline(pid):
+            if marker in _cmdline(pid) and (holding is None or _holds(pid, holding)):
                 parent = _ppid(pid)
                 if parent in self.worker_raylets():
                     return parent

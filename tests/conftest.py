@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"
+os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"  # as kdci-ray's own local Ray
 _CACHE = tempfile.mkdtemp(prefix="kdci_cache_")
 os.environ["KDCI_RAY_CACHE"] = _CACHE
 

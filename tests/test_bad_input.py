@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from refusal import assert_refused
 
 from kdci_ray.cli import main
 from kdci_ray.models import create_model, save_checkpoint
@@ -94,14 +95,7 @@ def test_bad_input_gets_one_clear_error_and_writes_nothing(tiny_settings, tmp_pa
     build, argv, expected = CASES[case]
     out = tmp_path / "out"
     config = _yaml(tmp_path, {**tiny_settings, **build(tmp_path)})
-    code = main(["sweep", str(config), "--output", str(out), *argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("kdci-ray: error: ") and err.count("error:") == 1, err
-    for text in expected:
-        assert text in err, (text, err)
-    assert "Traceback" not in err
-    assert not out.exists()
+    assert_refused(capsys, ["sweep", str(config), "--output", str(out), *argv], expected, out)
 
 
 def _launched(tmp_path: Path, settings: dict, body: dict, name: str) -> tuple[Path, Path]:

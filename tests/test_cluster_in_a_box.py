@@ -23,7 +23,7 @@ from cluster_box import ClusterInABox
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 16
+ROUNDS = 20
 WORKER_TYPE = {"accel_node": {"resources": {"CPU": 1, "accel": 1,
                                             "object_store_memory": 150_000_000},
                               "node_config": {}, "min_workers": 0, "max_workers": 3}}
@@ -70,17 +70,21 @@ def test_a_sweep_on_an_autoscaling_cluster_waits_for_its_nodes_and_survives_a_lo
                                "--output", str(out)], stdout=open(log, "w"),
                               stderr=subprocess.STDOUT, env=env)
     seen_nodes: set[int] = set()
-    killed = None
+    killed, killed_trial = None, None
     try:
         while driver.poll() is None and time.monotonic() - start < 300:
             seen_nodes.update(box.worker_raylets())
             trials = [c.parent for c in out.glob("*/config.yaml")] if out.is_dir() else []
-            rounds = [max([r["round"] for r in _reports(t)], default=0) for t in trials]
-            # every trial has checkpoints and far to go: kill the node of one Train worker
-            if killed is None and len(trials) == 2 and 2 <= min(rounds) and max(rounds) < 10:
-                raylet = box.raylet_of_process("RayTrainWorker")
+            for trial in trials if killed is None else []:
+                done = max([r["round"] for r in _reports(trial)], default=0)
+                # checkpoints written, far to go: kill the node of this trial's Train worker
+                # (rank 0 holds the trial's TensorBoard file open)
+                raylet = box.raylet_of_process("RayTrainWorker", holding=trial) \
+                    if 2 <= done < ROUNDS - 6 else None
                 if raylet is not None:
                     killed = box.kill_node(raylet)
+                    killed_trial = trial.name
+                    break
             time.sleep(0.5)
     finally:
         if driver.poll() is None:
@@ -100,6 +104,7 @@ def test_a_sweep_on_an_autoscaling_cluster_waits_for_its_nodes_and_survives_a_lo
     assert len(rows) == 2 and rows["finished"].all(), rows.to_string()
     assert sorted(rows["failures"]) == [0, 1], rows.to_string()
     hit = rows[rows["failures"] == 1].iloc[0]
+    assert hit["trial"] == killed_trial
     assert hit["resumes"] == 1 and hit["rounds_done"] == ROUNDS
     assert 0 < hit["acc"] <= 1 and 0 < hit["acc_kdci"] <= 1
     trial = out / hit["trial"]

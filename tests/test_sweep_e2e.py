@@ -8,7 +8,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from kdci_ray.cli import main
 from kdci_ray.models import create_model, load_checkpoint
-from kdci_ray.tune.driver import check_inputs, plan_sweep, run_sweep
+from kdci_ray.tune.driver import plan_sweep, run_sweep
+from kdci_ray.tune.pretrial import check_inputs
 from kdci_ray.tune.sweep_dir import prepare_output
 
 

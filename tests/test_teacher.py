@@ -15,7 +15,7 @@ def test_teacher_command_caches_and_reuses(tmp_path, monkeypatch, capsys) -> Non
     monkeypatch.setenv("KDCI_RAY_CACHE", str(tmp_path))
     args = ["teacher", "teacher.arch=tiny_cnn", "teacher.epochs=2", "teacher.min_acc=0"]
     assert main(args) == 0
-    cfg = resolve({"teacher.arch": "tiny_cnn"})
+    cfg = resolve({"teacher.arch": "tiny_cnn", "teacher.epochs": 2})
     path = teacher_path(cfg)
     assert path.is_file() and path.is_relative_to(tmp_path)
     stamp = path.stat().st_mtime_ns

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from kdci_ray.cgn import config as cgn_config
 from kdci_ray.config import ConfigError
+from kdci_ray.config.files import read_yaml
 from kdci_ray.tune.cases import CASES, case_lookup, column_name, config_layer, expand, is_case_key
 
 COLUMNS = ["variant", "seed", "acc_biased", "acc_teacher_cf", "acc_student_cf", "acc_oracle",
@@ -51,7 +51,7 @@ def load(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"SKDCGN config {path} does not exist (see tune_configs/skdcgn_*)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}  # a key given twice is refused
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an SKDCGN config is a mapping of keys, got "
                           f"{type(raw).__name__}")

@@ -14,6 +14,7 @@ names the key and the closest valid one.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any
 
@@ -80,6 +81,8 @@ def resolve(*layers: dict[str, Any], smoke: bool | None = None) -> ExperimentCon
         apply(cfg, method.PRESETS[cfg.preset], f"{cfg.method} preset '{cfg.preset}'")
     apply(cfg, merged)
     if cfg.smoke:
+        # the user's own values are checked as given: smoke mode must not hide a bad one
+        validate(dataclasses.replace(cfg, smoke=False))
         apply(cfg, SMOKE, "smoke mode")
         apply(cfg, {f"{cfg.method}.{k}": v for k, v in method.SMOKE.items()}, "smoke mode")
     validate(cfg)

@@ -8,8 +8,59 @@ from typing import Any
 
 import yaml
 
+from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config.keys import check_keys, flatten, to_flat
 from kdci_ray.config.sections import ConfigError, ExperimentConfig
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping in a YAML document names the same key twice."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int) -> None:
+        super().__init__(f"key '{key}' appears twice (lines {first_line} and {second_line})")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, at any depth (plain
+    PyYAML silently keeps the last one). Keys brought in by a ``<<`` merge may be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not key_node:
+                raise DuplicateKeyError(key, first.start_mark.line + 1,
+                                        key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of ``text`` refusing duplicated keys; errors name ``where``."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{where}: {exc}; YAML would silently keep only the last one, so "
+                          f"remove one of them") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path`` (``parse_yaml``); an unreadable file is a ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return parse_yaml(text, str(path))
 
 
 @dataclass
@@ -29,10 +80,7 @@ def load_experiment(path: str | Path) -> Experiment:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (expected a flat YAML experiment file)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     search = raw.pop("search", None) or {}
@@ -58,7 +106,5 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def save_resolved(cfg: ExperimentConfig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_flat(cfg), sort_keys=False))
-    return path
+    """The resolved config as flat YAML, written atomically (a resume check reads it)."""
+    return atomic_write_text(path, yaml.safe_dump(to_flat(cfg), sort_keys=False))

@@ -33,18 +33,21 @@ def unknown_key_error(key: str, where: str = "") -> ConfigError:
 
 
 def flatten(mapping: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Accept ``a.b: v`` and one level of nesting ``a: {b: v}``; return dotted keys."""
+    """Accept ``a.b: v`` and one level of nesting ``a: {b: v}``; return dotted keys (a key set
+    both ways is an error)."""
     flat: dict[str, Any] = {}
+    src = f" in {where}" if where else ""
     for key, value in mapping.items():
         if not isinstance(key, str):
-            src = f" in {where}" if where else ""
             raise ConfigError(f"config keys must be strings, got {key!r}{src}")
         nested = key in SECTIONS or key in METHODS
-        if nested and isinstance(value, dict):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            flat[key] = value
+        items = [(f"{key}.{sub}", v) for sub, v in value.items()] if nested and \
+            isinstance(value, dict) else [(key, value)]
+        for dotted, v in items:
+            if dotted in flat:
+                raise ConfigError(f"'{dotted}' is set twice{src} (as a dotted key and nested "
+                                  f"under '{dotted.partition('.')[0]}:'); keep one of them")
+            flat[dotted] = v
     return flat
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from kdci_ray.config.sections import CHOICES, ConfigError, ExperimentConfig
 from kdci_ray.methods import METHODS
 
@@ -13,11 +15,23 @@ def validate(cfg: ExperimentConfig) -> None:
         "train.kd_steps": cfg.train.kd_steps,
         "train.batch_size": cfg.train.batch_size,
         "train.eval_every": cfg.train.eval_every,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
+        "teacher.batch_size": cfg.teacher.batch_size,
+        "teacher.epochs": cfg.teacher.epochs,
         "run.workers": cfg.run.workers,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    for key, value in (("train.lr", cfg.train.lr), ("teacher.lr", cfg.teacher.lr),
+                       ("kdci.lr_scale", cfg.kdci.lr_scale)):
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"config key '{key}' must be a learning rate > 0, got {value}")
+    for key, value, top in (("train.momentum", cfg.train.momentum, 1.0),
+                            ("train.weight_decay", cfg.train.weight_decay, float("inf"))):
+        if not 0 <= value < top:
+            raise ConfigError(f"config key '{key}' must be in [0, {top:g}), got {value}")
+    _check_archs(cfg)
     _check_run(cfg)
     if cfg.kdci.k < 0:
         raise ConfigError(
@@ -60,6 +74,19 @@ def validate(cfg: ExperimentConfig) -> None:
             "kdci.backend=cuml runs full k-means only; use kdci.algorithm=auto or full with "
             "cuml, or kdci.backend=sklearn for the mini-batch path"
         )
+
+
+def _check_archs(cfg: ExperimentConfig) -> None:
+    """Every model name is a registered architecture (the closest one named)."""
+    from kdci_ray.models import MODELS
+
+    for key, name in (("teacher.arch", cfg.teacher.arch), ("student.arch", cfg.student.arch),
+                      ("kdci.source_arch", cfg.kdci.source_arch)):
+        if name and name not in MODELS:
+            close = difflib.get_close_matches(str(name).lower(), list(MODELS), n=1, cutoff=0.4)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"config key '{key}': unknown model '{name}'{hint} "
+                              f"(known: {', '.join(sorted(MODELS))})")
 
 
 RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")

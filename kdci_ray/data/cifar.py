@@ -65,6 +65,14 @@ def load_cifar(name: str, root: str | Path) -> LabeledData:
     }
     x_tr, y_tr = (np.concatenate(p) for p in zip(*parts["train"], strict=True))
     x_te, y_te = (np.concatenate(p) for p in zip(*parts["test"], strict=True))
+    for split, files, labels in (("train", train_files, y_tr), ("test", test_files, y_te)):
+        bad = (labels < 0) | (labels >= num_classes)
+        if bad.any():
+            raise ValueError(
+                f"{name} {split} labels in {directory} ({', '.join(files)}) must be 0.."
+                f"{num_classes - 1}, found {int(bad.sum())} outside (e.g. {int(labels[bad][0])}); "
+                f"is data.name right ({name} has {num_classes} classes) and the file unmodified?"
+            )
     mean, std = MEAN_STD[name]
     return LabeledData(
         name=name,

@@ -108,6 +108,26 @@ def _compare(
     return missing, unexpected, shapes
 
 
+def _read(path: Path, weights_only: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, metadata)`` of a checkpoint file; readable errors for a missing or bad one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected {_EXPECTED_FORMAT})")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # torch raises many exception types here
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:160]
+        hint = (
+            "; if the file is trusted and holds pickled Python objects besides tensors, re-save "
+            "its state dict with save_checkpoint() (or load it with weights_only=False)"
+            if weights_only else ""
+        )
+        raise ValueError(
+            f"could not read checkpoint {path}: not a readable torch.save file "
+            f"({type(exc).__name__}: {first}); expected {_EXPECTED_FORMAT}{hint}"
+        ) from exc
+    return _split(obj, path)
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, *, weights_only: bool = True) -> dict:
     """Load a checkpoint's weights into ``model`` (strictly) and return its metadata.
 
@@ -128,23 +148,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, weights_only: bool = 
             ``num_batches_tracked`` buffers absent from old checkpoints are tolerated.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (expected {_EXPECTED_FORMAT})")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:  # torch raises many exception types here
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:160]
-        hint = (
-            "; if the file is trusted and holds pickled Python objects besides tensors, re-save "
-            "its state dict with save_checkpoint() (or load it with weights_only=False)"
-            if weights_only else ""
-        )
-        raise ValueError(
-            f"could not read checkpoint {path}: not a readable torch.save file "
-            f"({type(exc).__name__}: {first}); expected {_EXPECTED_FORMAT}{hint}"
-        ) from exc
-
-    sd, meta = _split(obj, path)
+    sd, meta = _read(path, weights_only)
     sd = _strip_prefix(sd)
     target = _unwrap_model(model)
     expected = target.state_dict()
@@ -175,6 +179,12 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, weights_only: bool = 
             path=path,
         ) from exc
     return meta
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata a checkpoint carries beside its weights (``{}`` for a raw state dict);
+    raises as :func:`load_checkpoint` does for a missing or unreadable file."""
+    return _read(Path(path), weights_only=True)[1]
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, **meta: Any) -> Path:

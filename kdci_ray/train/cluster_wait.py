@@ -15,7 +15,8 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 INTERVAL_S = float(os.environ.get("KDCI_RAY_WAIT_LOG_S", 15))  # how often to look and log
@@ -105,3 +106,14 @@ class ClusterWaitWatcher:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+@contextmanager
+def watch_cluster(log=print) -> Iterator[None]:
+    """On a cluster (``RAY_ADDRESS``), log what waits for nodes and what the autoscaler is doing
+    while the body runs (``train.cluster_wait``); elsewhere nothing."""
+    if not os.environ.get("RAY_ADDRESS"):
+        yield
+        return
+    with ClusterWaitWatcher(log):
+        yield

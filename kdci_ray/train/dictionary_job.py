@@ -31,6 +31,13 @@ def has_shared_dictionary(cfg: ExperimentConfig) -> bool:
             and METHODS[cfg.method].kdci_refresh == "once")
 
 
+def selection_identity(cfg: ExperimentConfig) -> tuple:
+    """The config values a sampling-based method's pool selection depends on."""
+    return ("selection", cfg.method,
+            METHODS[cfg.method].open_world_selection(cfg.method_config), repr(cfg.data),
+            repr(cfg.teacher), repr(cfg.pool))
+
+
 def dictionary_identity(cfg: ExperimentConfig) -> tuple:
     """The config values a build-once dictionary depends on (cheap de-duplication of a grid).
     Not ``kdci.backend``: as in the artifact key, the machine that builds it is no part of it."""
@@ -40,6 +47,56 @@ def dictionary_identity(cfg: ExperimentConfig) -> tuple:
             repr(cfg.data), repr(cfg.teacher), repr(cfg.pool), cfg.run.workers,
             kc.k or method_cls.kdci_k, kc.pca_dim, kc.algorithm, kc.n_init,
             kc.source, kc.source_arch, kc.source_checkpoint)
+
+
+class _PoolJob:
+    """What the selection and the dictionary of a sampling-based ``cfg`` need: its data,
+    teacher, method context and, on first use, Ray scorers (``workers`` as below)."""
+
+    def __init__(self, cfg: ExperimentConfig, log, workers: int) -> None:
+        limit_threads()
+        self.cfg, self.log, self.workers = cfg, log, workers
+        self.method_cls = METHODS[cfg.method]
+        self.rt = current_runtime(cfg.run.use_gpu)
+        self.data = load_data(cfg)
+        ensure_teacher(cfg, log)  # the embedded teacher is trained once; a given one must exist
+        self.teacher = load_teacher(cfg, self.data, self.rt.device)
+        student = create_model(cfg.student.arch, self.data.num_classes,
+                               self.data.channels).to(self.rt.device)
+        self.ctx = method_context(cfg, self.data, self.teacher, student, self.rt)
+        self.selection = self.method_cls.open_world_selection(cfg.method_config)
+        self.models: dict[str, Any] = {"teacher": self.teacher}
+        self._scorers: list[Any] = []  # the Ray actors, started on first use
+
+    def scorer(self) -> Any:
+        if not self._scorers:
+            from kdci_ray.train.parallel_scoring import RayScorer
+            from kdci_ray.train.placement import cluster_capacity, worker_bundle
+
+            run = self.cfg.run
+            count = self.workers or max(1, cluster_capacity(run))
+            self._scorers.append(RayScorer(
+                self.ctx.open_world, self.models, self.data.mean, self.data.std,
+                bundle=worker_bundle(run), workers=count, start_timeout_s=run.start_timeout_s,
+                log=self.log))
+        return self._scorers[0]
+
+    @property
+    def scoring_workers(self) -> int:
+        return self._scorers[0].workers if self._scorers else 1
+
+    def select(self) -> OpenWorldSubset:
+        """The teacher's selection of the pool (cached; scored on the scorers if not)."""
+        size = len(self.ctx.open_world)
+        self.log(f"{self.cfg.method}: selecting {self.selection[1]} of {size} pool images by "
+                 f"{self.selection[0]}")
+        pool_scores = None if self.workers == 1 else \
+            (lambda criterion: self.scorer().pool_scores("teacher", criterion, size))
+        return OpenWorldSubset(self.ctx, *self.selection, progress=True, pool_scores=pool_scores)
+
+    def close(self) -> None:
+        for s in self._scorers:
+            s.close()
 
 
 def build_shared_dictionary(cfg: ExperimentConfig, log=print,
@@ -62,55 +119,42 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
     if cfg.kdci.source == "random":
         raise ConfigError("kdci.source=random draws its dictionary per trial; nothing to build")
     start = time.perf_counter()
-    limit_threads()
-    rt = current_runtime(cfg.run.use_gpu)
-    data = load_data(cfg)
-    ensure_teacher(cfg, log)  # the embedded teacher is trained once; a given one must exist
-    teacher = load_teacher(cfg, data, rt.device)
-    student = create_model(cfg.student.arch, data.num_classes, data.channels).to(rt.device)
-    ctx = method_context(cfg, data, teacher, student, rt)
-    selection = method_cls.open_world_selection(cfg.method_config)
-    kdci = build_kdci(cfg, method_cls.kdci_k, data, rt.device)
+    job = _PoolJob(cfg, log, workers)
+    kdci = build_kdci(cfg, method_cls.kdci_k, job.data, job.rt.device)
     if kdci.store is None:  # kdci.cache=false still gets its artifact when asked for one
         kdci.store = dictionary_store()
-    model = kdci.source_model if kdci.source_model is not None else teacher
-    source_name = "teacher" if model is teacher else "source"
-    scorers: list[Any] = []  # the Ray actors, started on first use (cached work needs none)
-
-    def scorer() -> Any:
-        if not scorers:
-            from kdci_ray.train.parallel_scoring import RayScorer
-            from kdci_ray.train.placement import cluster_capacity, worker_bundle
-
-            models = {"teacher": teacher, source_name: model}  # one entry when they are one
-            count = workers or max(1, cluster_capacity(cfg.run))
-            scorers.append(RayScorer(ctx.open_world, models, data.mean, data.std,
-                                     bundle=worker_bundle(cfg.run), workers=count,
-                                     start_timeout_s=cfg.run.start_timeout_s, log=log))
-        return scorers[0]
-
+    model = kdci.source_model if kdci.source_model is not None else job.teacher
+    source_name = "teacher" if model is job.teacher else "source"
+    job.models[source_name] = model  # one entry when they are one
     try:
-        log(f"{cfg.method}: selecting {selection[1]} of {len(ctx.open_world)} pool images "
-            f"by {selection[0]}")
-        pool_scores = None if workers == 1 else \
-            (lambda criterion: scorer().pool_scores("teacher", criterion, len(ctx.open_world)))
-        subset = OpenWorldSubset(ctx, *selection, progress=True, pool_scores=pool_scores)
+        subset = job.select()
         spec = kdci.spec(model, subset.key)
         cached = kdci.store.load(spec) is not None
         if not cached:
             # as a trial of `run.workers` ranks would see it: each rank's equal share, gathered
             keep = len(subset) // cfg.run.workers * cfg.run.workers
             if workers == 1:
-                kdci.refresh(teacher, ctx.normalize(subset.images[:keep]), data_key=subset.key)
+                kdci.refresh(job.teacher, job.ctx.normalize(subset.images[:keep]),
+                             data_key=subset.key)
             else:
-                logits = scorer().logits(source_name, subset.indices[:keep])
-                kdci.refresh(teacher, None, data_key=subset.key, logits=logits)
+                logits = job.scorer().logits(source_name, subset.indices[:keep])
+                kdci.refresh(job.teacher, None, data_key=subset.key, logits=logits)
     finally:
-        for s in scorers:
-            s.close()
+        job.close()
     return {**kdci.store.metadata(spec), "path": str(kdci.store.paths(spec)[0]),
             "cached": cached, "seconds": time.perf_counter() - start,
-            "scoring_workers": scorers[0].workers if scorers else 1}
+            "scoring_workers": job.scoring_workers}
+
+
+def build_selection(cfg: ExperimentConfig, log=print, workers: int = 1) -> None:
+    """The teacher's selection of a sampling-based ``cfg``'s pool, made (or found) in the
+    selection cache now, so its trials load it; every pool image is read here, so a corrupt
+    one is refused before any trial starts (``workers`` as for ``build_shared_dictionary``)."""
+    job = _PoolJob(cfg, log, workers)
+    try:
+        job.select()
+    finally:
+        job.close()
 
 
 def default_scoring_workers() -> int:
@@ -124,16 +168,21 @@ def sampling_methods() -> list[str]:
 
 
 def build_all(configs: list[ExperimentConfig], log=print, only_shared: bool = True,
-              workers: int = 1) -> list[dict[str, Any]]:
+              workers: int = 1, selections: bool = False) -> list[dict[str, Any]]:
     """Each distinct build-once dictionary of ``configs`` once (``only_shared``: skip the
     configs that would not use one: KDCI off, caching off, random source; ``workers``: as for
-    :func:`build_shared_dictionary`)."""
+    :func:`build_shared_dictionary`); with ``selections``, also the pool selection of every
+    other sampling-based config (:func:`build_selection`)."""
     seen: set[tuple] = set()
     out = []
     for cfg in configs:
         if METHODS[cfg.method].kdci_refresh != "once":
             continue
         if cfg.kdci.source == "random" or (only_shared and not has_shared_dictionary(cfg)):
+            ident = selection_identity(cfg)
+            if selections and ident not in seen:
+                seen.add(ident)
+                build_selection(cfg, log, workers)
             continue
         ident = dictionary_identity(cfg)
         if ident in seen:

@@ -5,7 +5,8 @@ teacher's logits; ``model`` clusters another pre-trained model's logits, mapped 
 logit space by a learned linear map (``BackdoorAdjustment.map``); ``random`` uses random
 prototypes. The other model is ``kdci.source_arch`` loaded from ``kdci.source_checkpoint``, or,
 when that is empty, the cached embedded model of that architecture (trained like the teacher,
-with seed ``teacher.seed + 1`` so it is a different model even for the teacher's architecture).
+with seed ``teacher.seed + 1`` so it is a different model even for the teacher's architecture,
+and cached and checked like the teacher: ``kdci_ray.train.teacher``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from torch import nn
 from kdci_ray.config import ExperimentConfig
 from kdci_ray.data import LabeledData
 from kdci_ray.kdci import KDCI, DictionaryStore, KDCISettings
-from kdci_ray.train.teacher import cache_dir, ensure_teacher, load_teacher
+from kdci_ray.train.teacher import (
+    cache_dir,
+    check_finite,
+    ensure_teacher,
+    load_teacher,
+    teacher_path,
+)
 
 
 def source_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -32,11 +39,14 @@ def source_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def load_source_model(cfg: ExperimentConfig, data: LabeledData, device: torch.device,
                       log=print) -> nn.Module:
-    """The frozen other model of ``kdci.source: model`` (trained and cached if embedded)."""
+    """The frozen other model of ``kdci.source: model`` (trained and cached if embedded; a cached
+    one trained with other settings or below ``teacher.min_acc`` is retrained; NaN refused)."""
     other = source_config(cfg)
     if not other.teacher.checkpoint:
-        ensure_teacher(other, log)
-    return load_teacher(other, data, device)
+        ensure_teacher(other, log, role="KDCI source model")
+    model = load_teacher(other, data, device)
+    check_finite(model, data, teacher_path(other), role="KDCI source model")
+    return model
 
 
 def dictionary_store() -> DictionaryStore:

@@ -28,6 +28,7 @@ import ray.train
 from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 
+from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import ExperimentConfig, resolve, save_resolved
 from kdci_ray.train.placement import worker_bundle
 from kdci_ray.train.resume import (
@@ -69,7 +70,7 @@ def train_func(config: dict[str, Any]) -> None:
     """Per-worker entry point (``train_loop_per_worker``)."""
     from tensorboardX import SummaryWriter
 
-    from kdci_ray.train.task import distill
+    from kdci_ray.train.task import STOPPED_FILE, distill, stop_reason
 
     cfg = resolve(config["settings"])
     run_dir = Path(config["run_dir"])
@@ -98,10 +99,14 @@ def train_func(config: dict[str, Any]) -> None:
                                   f"round {int(metrics['round'])}")
 
     try:
-        distill(cfg, report, resume=_resume_state(run_dir, rank))
+        final = distill(cfg, report, resume=_resume_state(run_dir, rank))
     finally:
         if writer is not None:
             writer.close()
+    reason = stop_reason(final)
+    if rank == 0 and reason:  # a non-finite loss: stopped, not failed (a retry would repeat it)
+        atomic_write_text(run_dir / STOPPED_FILE, json.dumps(
+            {"reason": reason, "round": int(final["stopped_round"]), "time": time.time()}) + "\n")
 
 
 class FailureRecorder(UserCallback):

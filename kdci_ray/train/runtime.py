@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdci_ray import thread_env
+
 
 @dataclass
 class Runtime:
@@ -52,6 +54,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def limit_threads() -> None:
-    """One intra-op thread per process unless the user asked otherwise (OMP_NUM_THREADS)."""
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+def thread_count() -> int:
+    """The intra-op and BLAS thread count of every kdci_ray process: ``OMP_NUM_THREADS``, else 1.
+
+    A cached teacher's key and record carry it: its numbers depend on it."""
+    value = os.environ.get("OMP_NUM_THREADS") or "1"
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"OMP_NUM_THREADS must be a positive integer, got {value!r}")
+    return count
+
+
+def limit_threads() -> int:
+    """Pin this process and the processes it starts to ``thread_count()`` threads: the
+    OMP / MKL / OpenBLAS variables (unless the user set them), torch's intra-op pool and every
+    BLAS / OpenMP library loaded so far (threadpoolctl). Returns the count."""
+    from threadpoolctl import threadpool_limits
+
+    os.environ.update(thread_env())
+    count = thread_count()
+    torch.set_num_threads(count)
+    threadpool_limits(count)
+    return count

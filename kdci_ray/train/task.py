@@ -5,7 +5,9 @@ generation-based methods, once for sampling-based ones); then ``kd_steps`` times
 teacher under no_grad, student forward, optional KDCI compensation, ``method.student_loss``, step.
 This is the only place that branches on ``kdci.enabled``. Under torch.distributed each rank draws
 its own substitution data and DDP averages the gradients of the student, the KDCI attention and
-the method's generator.
+the method's generator. A non-finite loss (or student weights) stops the run on every rank before
+it touches the weights (or a checkpoint): the last report says ``stopped_nonfinite = 1`` and
+``stop_reason`` words it; the run returns normally, so nothing retries a deterministic NaN.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from kdci_ray.config import ExperimentConfig
@@ -29,6 +32,8 @@ from kdci_ray.train.kdci_setup import build_kdci
 from kdci_ray.train.resume import Progress, Snapshot, capture, restore
 from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
 from kdci_ray.train.teacher import cache_dir, load_data, load_teacher
+
+STOPPED_FILE = "stopped.json"  # why a run stopped early (the Ray Train adapter writes it)
 
 
 def open_world(cfg: ExperimentConfig, data) -> Any:
@@ -91,13 +96,47 @@ def _checkpoint_round(cfg: ExperimentConfig, rounds_done: int) -> bool:
     return rounds_done % every == 0 or rounds_done == cfg.train.rounds
 
 
+def stop_reason(metrics: dict[str, float]) -> str:
+    """Why the run whose final metrics these are stopped early ("" when it did not)."""
+    if not metrics.get("stopped_nonfinite"):
+        return ""
+    rnd = int(metrics["stopped_round"])
+    what = (f"loss ({metrics['stopped_loss']}) in round {rnd}, KD step "
+            f"{int(metrics['stopped_kd_step'])}" if "stopped_loss" in metrics
+            else f"student weights after round {rnd}")
+    return f"non-finite {what}; train.lr may be too high"
+
+
+def _nonfinite_loss(loss: float, rt: Runtime) -> float | None:
+    """This step's loss if it is NaN or inf on this rank or any other (NaN first), else None:
+    every rank must stop at the same step."""
+    flags = [math.isnan(loss), math.isinf(loss)]
+    if rt.distributed:
+        t = torch.tensor(flags, dtype=torch.float32, device=rt.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = [bool(v) for v in t.tolist()]
+    if flags[0]:
+        return math.nan
+    if flags[1]:
+        return loss if math.isinf(loss) else math.inf
+    return None
+
+
+def _nonfinite_weights(*modules: nn.Module | None) -> bool:
+    """Any NaN / inf among the floating-point weights and buffers (the same on every rank)."""
+    checks = [torch.isfinite(t).all() for m in modules if m is not None
+              for t in m.state_dict().values() if t.is_floating_point()]
+    return bool(checks) and not bool(torch.stack(checks).all())
+
+
 def distill(cfg: ExperimentConfig, report: Reporter | None = None,
             runtime: Runtime | None = None,
             resume: dict[str, Any] | None = None) -> dict[str, float]:
     """Train a student from the teacher without data; returns the final metrics.
 
     ``resume``: this rank's state from a checkpoint (``Snapshot.resume``); the run continues with
-    the round after it and ends as the uninterrupted run would have."""
+    the round after it and ends as the uninterrupted run would have. A non-finite loss or student
+    stops it early (``stop_reason`` of the returned metrics)."""
     limit_threads()
     rt = runtime or current_runtime(cfg.run.use_gpu)
     report = report or Collect()
@@ -132,6 +171,17 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
     start, last_eval_step = time.perf_counter() - progress.elapsed_s, step
     final: dict[str, float] = {}
     sums: dict[str, float] = defaultdict(float)
+
+    def stop(rnd: int, kd_step: int, loss: float | None = None) -> dict[str, float]:
+        metrics = {"eval/teacher_acc": teacher_acc, "round": rnd, "step": step,
+                   "lr": sched.get_last_lr()[0], "time/elapsed_s": time.perf_counter() - start,
+                   "finished": 0.0, "stopped_nonfinite": 1.0, "stopped_round": rnd + 1,
+                   "stopped_kd_step": kd_step}
+        if loss is not None:
+            metrics["stopped_loss"] = loss
+        report(metrics, step, None)
+        return metrics
+
     for rnd in range(progress.round, cfg.train.rounds):
         logs = {f"synth/{k}": v for k, v in method.synthesize(rnd).items()}
         if kdci is not None and (method_cls.kdci_refresh == "round" or rnd == 0):
@@ -139,7 +189,7 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
             logs.update(kdci.refresh(teacher, method.kdci_source(),
                                      data_key=method.kdci_source_key() if once else None))
         student.train()
-        for _ in range(cfg.train.kd_steps if method.kd_active(rnd) else 0):
+        for kd_step in range(cfg.train.kd_steps if method.kd_active(rnd) else 0):
             x = method.sample(cfg.train.batch_size).to(rt.device)
             with torch.no_grad():
                 t_logits = teacher(x).logits
@@ -150,16 +200,22 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
                 s_logits, lam = kdci.compensate(s_logits, attention)
                 sums["kdci/attn_entropy"] += attention_entropy(lam.detach())
             losses = method.student_loss(s_logits, t_logits)
+            values = {name: float(value.detach()) for name, value in losses.items()}
+            bad = _nonfinite_loss(values["loss"], rt)
+            if bad is not None:
+                return stop(rnd, kd_step + 1, bad)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
             method.after_student_step()
             sched.step()
             step += 1
-            for name, value in losses.items():
-                sums[f"train/{name}"] += float(value.detach())
+            for name, value in values.items():
+                sums[f"train/{name}"] += value
         last = rnd + 1 == cfg.train.rounds
         if (rnd + 1) % cfg.train.eval_every == 0 or last:
+            if _nonfinite_weights(student, kdci.module if kdci is not None else None):
+                return stop(rnd, cfg.train.kd_steps)
             metrics = _evaluate(student, kdci, data, rt)
             n = max(1, step - last_eval_step)
             metrics.update({k: v / n for k, v in sums.items()})

@@ -1,41 +1,107 @@
 """Train and cache the teacher on the labelled data (the only place that data is used to train).
 
-The cache lives under ``$KDCI_RAY_CACHE`` (default ``~/.cache/kdci_ray``), keyed by dataset,
-split, architecture and seed, so the demo trains it once and reuses it after.
+The cache lives under ``$KDCI_RAY_CACHE`` (default ``~/.cache/kdci_ray``). A cached teacher's
+file name is keyed by everything that changes it (``teacher_record``: data, architecture, seed,
+schedule, thread count, cache version): a short readable prefix plus a hash. The file carries
+that record and its test accuracy, and both are checked before it is used: one trained with other
+settings, or below the run's ``teacher.min_acc`` (a smoke run's 1-epoch teacher), is retrained.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdci_ray.config import ExperimentConfig
+from kdci_ray.config import ConfigError, ExperimentConfig
 from kdci_ray.data import LabeledData, load_dataset
 from kdci_ray.methods.pool import augment
 from kdci_ray.models import create_model, load_checkpoint, save_checkpoint
+from kdci_ray.models.checkpoint import read_metadata
 from kdci_ray.train.evaluate import accuracy, predict_logits
-from kdci_ray.train.runtime import seed_everything
+from kdci_ray.train.runtime import limit_threads, seed_everything, thread_count
 
-CACHE_VERSION = 1  # bump when the embedded data's preprocessing changes
+CACHE_VERSION = 2  # bump when the embedded data's preprocessing changes
+# what train_teacher does beyond its settings: change it together with train_teacher
+SCHEDULE = "sgd(momentum=0.9,nesterov,wd=5e-4)+onecycle+shift(pad=1)"
+FINITE_CHECK_BATCH = 256  # test images the finiteness check runs the teacher on
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("KDCI_RAY_CACHE", Path.home() / ".cache" / "kdci_ray")).expanduser()
 
 
+def check_cache_dir() -> None:
+    """``$KDCI_RAY_CACHE`` (teachers, selections, dictionaries) is a directory this process can
+    write to: found now, not after training finished."""
+    root = cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        what = "is not a directory" if root.exists() and not root.is_dir() else \
+            f"cannot be written ({exc.strerror or exc})"
+        raise ConfigError(
+            f"the cache directory {root} {what}; point KDCI_RAY_CACHE at a writable directory "
+            f"(default ~/.cache/kdci_ray)"
+        ) from None
+
+
+def teacher_record(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Everything the embedded teacher of ``cfg`` depends on (its cache key, saved with it)."""
+    d, t = cfg.data, cfg.teacher
+    return {"cache_version": CACHE_VERSION, "data": d.name, "data_root": d.root,
+            "image_size": d.image_size, "test_fraction": d.test_fraction,
+            "split_seed": d.split_seed, "arch": t.arch, "seed": t.seed, "epochs": t.epochs,
+            "lr": t.lr, "batch_size": t.batch_size, "schedule": SCHEDULE,
+            "threads": thread_count()}
+
+
 def teacher_path(cfg: ExperimentConfig) -> Path:
     """Where this config's teacher is read from: ``teacher.checkpoint`` or the embedded cache."""
     if cfg.teacher.checkpoint:
         return Path(cfg.teacher.checkpoint).expanduser().resolve()
-    d = cfg.data
-    key = (f"v{CACHE_VERSION}_{d.name}{d.image_size}_split{d.split_seed}_{d.test_fraction}_"
-           f"{cfg.teacher.arch}_seed{cfg.teacher.seed}")
+    record = teacher_record(cfg)
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
+    d, t = cfg.data, cfg.teacher
+    key = (f"{d.name}{d.image_size}_{t.arch}_seed{t.seed}_e{t.epochs}_t{record['threads']}_"
+           f"{digest}")
     return cache_dir() / "teachers" / f"{key}.pt"
+
+
+def cached_teacher_problem(cfg: ExperimentConfig, role: str = "teacher") -> str:
+    """Why the teacher file of ``cfg`` cannot be used ("" when it can): missing, or, for the
+    embedded cache, unreadable, trained with other settings or below ``teacher.min_acc``."""
+    path = teacher_path(cfg)
+    if not path.is_file():
+        return f"no cached {role} at {path}"
+    if cfg.teacher.checkpoint:
+        return ""  # the user's own file: checked when it is loaded
+    try:
+        meta = read_metadata(path)
+    except ValueError as exc:
+        return f"cached {role} {path} is unreadable ({exc})"
+    record, wanted = meta.get("record"), teacher_record(cfg)
+    if record != wanted:
+        if not isinstance(record, dict):
+            return f"cached {role} {path} carries no record of its settings"
+        diff = ", ".join(f"{k} {record.get(k)!r} instead of {wanted.get(k)!r}"
+                         for k in {**wanted, **record} if record.get(k) != wanted.get(k))
+        return f"cached {role} {path} was trained with other settings ({diff})"
+    acc, min_acc = meta.get("test_acc"), cfg.teacher.min_acc
+    if not isinstance(acc, float) or not acc >= min_acc:  # NaN too
+        shown = f"{acc:.4f}" if isinstance(acc, float) else repr(acc)
+        return f"cached {role} {path} has test acc {shown} < teacher.min_acc={min_acc}"
+    return ""
 
 
 def load_data(cfg: ExperimentConfig) -> LabeledData:
@@ -50,6 +116,8 @@ def build_teacher(cfg: ExperimentConfig, data: LabeledData) -> nn.Module:
 def train_teacher(cfg: ExperimentConfig, log=print) -> tuple[Path, float]:
     """Supervised training on the train split; saves to ``teacher_path(cfg)``; returns test acc."""
     tc = cfg.teacher
+    limit_threads()
+    record = teacher_record(cfg)
     data = load_data(cfg)
     seed_everything(tc.seed)
     model = build_teacher(cfg, data)
@@ -82,30 +150,50 @@ def train_teacher(cfg: ExperimentConfig, log=print) -> tuple[Path, float]:
         )
     path = teacher_path(cfg)
     save_checkpoint(model, path, test_acc=acc, arch=tc.arch, dataset=data.name,
-                    num_classes=data.num_classes)
+                    num_classes=data.num_classes, record=record)
     return path, acc
 
 
-def ensure_teacher(cfg: ExperimentConfig, log=print) -> Path:
-    """The teacher checkpoint for ``cfg``: trains the embedded one when it is missing."""
+def ensure_teacher(cfg: ExperimentConfig, log=print, role: str = "teacher") -> Path:
+    """The teacher checkpoint for ``cfg``: trains the embedded one when it is missing or its
+    cached file cannot be used (``cached_teacher_problem``; the reason is logged)."""
     path = teacher_path(cfg)
-    if path.is_file():
-        return path
     if cfg.teacher.checkpoint:
-        raise FileNotFoundError(
-            f"teacher checkpoint not found: {path} (expected a torch file holding "
-            f"{{'state_dict': ...}} for arch '{cfg.teacher.arch}'); fix teacher.checkpoint"
-        )
-    log(f"no cached teacher at {path}; training one ({cfg.teacher.arch} on {cfg.data.name})")
-    train_teacher(cfg, log)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{role} checkpoint not found: {path} (expected a torch file holding "
+                f"{{'state_dict': ...}} for arch '{cfg.teacher.arch}'); fix teacher.checkpoint"
+            )
+        return path
+    problem = cached_teacher_problem(cfg, role)
+    if problem:
+        log(f"{problem}; training one ({cfg.teacher.arch} on {cfg.data.name}, "
+            f"{cfg.teacher.epochs} epochs)")
+        train_teacher(cfg, log)
     return path
 
 
 def load_teacher(cfg: ExperimentConfig, data: LabeledData, device: torch.device) -> nn.Module:
-    """The frozen teacher in eval mode; a checkpoint that does not fit raises a clear error."""
+    """The frozen teacher in eval mode; a checkpoint that does not fit raises a clear error, a
+    cached one that cannot be used (``cached_teacher_problem``) is refused."""
+    problem = "" if cfg.teacher.checkpoint else cached_teacher_problem(cfg)
+    if problem:
+        raise ConfigError(f"{problem}; a sweep of this config (or `kdci-ray teacher`) "
+                          f"retrains it")
     model = build_teacher(cfg, data)
     load_checkpoint(model, teacher_path(cfg))
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def check_finite(model: nn.Module, data: LabeledData, path: Path, role: str = "teacher") -> None:
+    """Refuse a model whose logits on a batch of the test split are not finite (NaN weights)."""
+    x = data.normalize(data.x_test[:FINITE_CHECK_BATCH])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(x.to(device)).logits
+    if not torch.isfinite(logits).all():
+        raise ConfigError(f"{role} checkpoint {path}: non-finite logits (NaN/inf) on the test "
+                          f"split; the checkpoint is broken")

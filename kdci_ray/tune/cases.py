@@ -15,15 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kdci_ray.config import ConfigError, Experiment, check_keys, flatten, load_experiment
+from kdci_ray.config.files import read_yaml
 
 CASES = "cases"
 NAME = "name"
 # the results table's own columns (tune/table.py): a case group may not be named like one
 RESERVED_COLUMNS = ("trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
-                    "rounds_done", "finished", "checkpoint", "resumes", "failures", "n",
+                    "rounds_done", "finished", "checkpoint", "resumes", "failures", "stopped", "n",
                     "acc_mean", "acc_std",
                     "acc_kdci_mean", "acc_kdci_std", "delta_acc")
 _GROUP = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -138,6 +137,13 @@ def _parse_group(key: str, entries: Any, where: str, check: KeyCheck) -> list[di
                               f"are both named '{case[NAME]}'; give each case a distinct "
                               "`name:`")
         seen[case[NAME]] = i
+    bodies = [{k: v for k, v in case.items() if k != NAME} for case in cases]
+    for i, body in enumerate(bodies):
+        if body in bodies[:i]:
+            j = bodies.index(body)
+            raise ConfigError(f"{_src(where)}search '{key}': cases {j + 1} ('{cases[j][NAME]}') "
+                              f"and {i + 1} ('{cases[i][NAME]}') set the same values; they "
+                              "would run the same trials twice, remove one")
     return cases
 
 
@@ -196,6 +202,16 @@ def load_sweep_file(path: str | Path) -> Experiment:
     ``load_experiment``.
     """
     raw = _raw_mapping(path)
+    try:
+        return _load_sweep_file(path, raw)
+    except ConfigError:
+        if raw is not None and _is_skdcgn(raw):
+            raise ConfigError(f"{path} is an SKDCGN experiment, not a distillation one: run it "
+                              f"with `kdci-ray cgn {path}`") from None
+        raise
+
+
+def _load_sweep_file(path: str | Path, raw: dict[str, Any] | None) -> Experiment:
     search = raw.get("search") if raw is not None else None
     if not isinstance(search, dict) or CASES not in search:
         return load_experiment(path)
@@ -211,7 +227,24 @@ def load_sweep_file(path: str | Path) -> Experiment:
 def _raw_mapping(path: str | Path) -> dict[str, Any] | None:
     """The file's top-level mapping; None where ``load_experiment`` should report the problem."""
     try:
-        raw = yaml.safe_load(Path(path).expanduser().read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raw = read_yaml(Path(path).expanduser())
+    except ConfigError:
         return None
     return raw if isinstance(raw, dict) else None
+
+
+def _is_skdcgn(raw: dict[str, Any]) -> bool:
+    """Every key of the file (search keys too) is an SKDCGN config key (``kdci_ray.cgn``) and
+    some are not distillation keys."""
+    from kdci_ray.cgn import config as cgn_config
+    from kdci_ray.config import valid_keys
+
+    search = raw.get("search") or {}
+    keys = dict(cgn_config.flatten({k: v for k, v in raw.items() if k != "search"}))
+    if isinstance(search, dict):
+        keys.update({str(k): v for k, v in search.items() if k != CASES})
+    try:
+        cgn_config.check_keys(keys)
+    except ConfigError:
+        return False
+    return not set(keys) <= set(valid_keys())

@@ -6,8 +6,9 @@ CPU (only the Train workers do), and Tune never stops a trial early (a stopped T
 would keep its workers' CPUs).
 
 Everything a user can get wrong is checked before the first trial starts: every grid point is
-resolved into a full config, data and teacher are checked, and the output directory must be new
-or hold the same sweep to resume (``kdci_ray.tune.sweep_dir``).
+resolved into a full config (and every value a sampled spec can draw is checked), the inputs are
+checked and the shared work done in ``kdci_ray.tune.pretrial``, and the output directory must be
+new or hold the same sweep to resume (``kdci_ray.tune.sweep_dir``).
 """
 
 from __future__ import annotations
@@ -27,13 +28,20 @@ from kdci_ray.config import (
     save_resolved,
     to_flat,
 )
+from kdci_ray.train.cluster_wait import watch_cluster
 from kdci_ray.tune import only as only_filter
 from kdci_ray.tune.cases import case_lookup, config_layer, expand, load_sweep_file
 from kdci_ray.tune.naming import trial_dirname
 from kdci_ray.tune.report import write_report
-from kdci_ray.tune.space import build_param_space, grid_points
-from kdci_ray.tune.sweep_dir import SWEEP_FILE, read_record
-from kdci_ray.tune.table import rows_from_sweep, write_tables
+from kdci_ray.tune.space import build_param_space, check_sampled, grid_points
+from kdci_ray.tune.sweep_dir import (
+    SWEEP_FILE,
+    BadRecord,
+    check_writable,
+    load_record,
+    read_record,
+)
+from kdci_ray.tune.table import rows_from_sweep, stopped_reason, write_tables
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 LOCAL_RAY_ENV = {  # a Ray started on this machine (no RAY_ADDRESS): the defaults it runs with
@@ -73,8 +81,10 @@ def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
     search = {} if single else exp.search
     points, configs = _resolve_grid(exp.settings, search, over, where)
     grid_size = len(points)
-    if only:
-        keep = only_filter.select(only_filter.parse_only(only), search, points, configs)
+    if only:  # on the values as configured: --smoke must not change what a filter matches
+        as_configured = configs if not smoke else [
+            resolve(exp.settings, config_layer(p), {**over, "smoke": False}) for p in points]
+        keep = only_filter.select(only_filter.parse_only(only), search, points, as_configured)
         search = only_filter.restrict(search, [points[i] for i in keep], where)
         configs = [configs[i] for i in keep]
     first = configs[0]
@@ -88,7 +98,10 @@ def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
 
 def _plan_recorded(sweep_dir: Path, overrides: list[str] | None, output: str | None,
                    smoke: bool, only: list[str] | None) -> SweepPlan:
-    """The plan of the sweep recorded in ``sweep_dir/sweep.yaml``, with the same trials."""
+    """The plan of the sweep recorded in ``sweep_dir/sweep.yaml``, with the same trials (that
+    they ran what the record says is checked by ``sweep_dir.check_output``)."""
+    from kdci_ray.config import check_keys
+
     sweep_dir = sweep_dir.expanduser().resolve()
     record_path = sweep_dir / SWEEP_FILE
     if not record_path.is_file():
@@ -103,13 +116,17 @@ def _plan_recorded(sweep_dir: Path, overrides: list[str] | None, output: str | N
             f"{SWEEP_FILE}); drop the key=value overrides, --smoke, --only and --output, or run "
             f"the experiment YAML into a new --output"
         )
-    record = read_record(sweep_dir)
-    if record is None:
-        raise ConfigError(f"{record_path} is unreadable; pass the experiment YAML with --output "
-                          f"{sweep_dir} --resume")
+    try:
+        record = load_record(sweep_dir) or {}
+    except BadRecord as exc:
+        raise ConfigError(f"{exc}; pass the experiment YAML with --output {sweep_dir} --resume "
+                          f"to resume it (each started trial is checked against it), or with "
+                          f"--output {sweep_dir} --overwrite to start again") from None
     search = record.get("search") or {}
     settings = record.get("settings") or {}
     over = dict(record.get("overrides") or {})
+    check_keys(settings, f"{record_path} (settings)")
+    check_keys(over, f"{record_path} (overrides)")
     points, configs = _resolve_grid(settings, search, over, str(record_path))
     return SweepPlan(name=str(record.get("name") or configs[0].name), out_dir=sweep_dir,
                      settings=settings, overrides=over, search=search, configs=configs,
@@ -118,92 +135,15 @@ def _plan_recorded(sweep_dir: Path, overrides: list[str] | None, output: str | N
 
 def _resolve_grid(settings: dict[str, Any], search: dict[str, Any], over: dict[str, Any],
                   where: str) -> tuple[list[dict[str, Any]], list[ExperimentConfig]]:
-    """The grid points of ``search`` and each one's resolved (validated) config."""
+    """The grid points of ``search`` and each one's resolved (validated) config; every value a
+    sampled spec can draw is checked too (``_check_sampled``), so no trial fails on one."""
     points = grid_points(search, where)
-    build_param_space(search, where)  # validates non-grid specs too
+    space = build_param_space(search, where)  # validates the specs' own shape
     if not points:
         raise ConfigError(f"{where}: the search section expands to zero trials")
-    return points, [resolve(settings, config_layer(point), over) for point in points]
-
-
-def check_inputs(plan: SweepPlan, log=print) -> None:
-    """Data readable, teacher present and fitting its architecture (the embedded teacher is trained
-    once here, not per trial), and the file-backed open-world pools of MosaicKD / DFND present."""
-    import torch
-
-    from kdci_ray.train.teacher import ensure_teacher, load_data, load_teacher, teacher_path
-
-    datasets: dict[tuple, Any] = {}
-    seen: set[tuple] = set()
-    for cfg in plan.configs:
-        d = cfg.data
-        data_key = (d.name, d.root, d.image_size, d.test_fraction, d.split_seed)
-        if data_key not in datasets:
-            datasets[data_key] = load_data(cfg)  # raises a clear error for a missing data path
-        data = datasets[data_key]
-        _check_pool(cfg, data, seen)
-        key = (teacher_path(cfg), cfg.teacher.arch, data_key)
-        if key in seen:
-            continue
-        seen.add(key)
-        ensure_teacher(cfg, log)
-        load_teacher(cfg, data, torch.device("cpu"))  # a checkpoint that does not fit fails here
-    _prepare_kdci(plan, datasets, log)
-
-
-def _prepare_kdci(plan: SweepPlan, datasets: dict[tuple, Any], log) -> None:
-    """KDCI's other models (``kdci.source: model``) trained or checked once, and the build-once
-    dictionaries of the sampling-based methods built once into the store, before any trial (so
-    the trials share them instead of racing to build the same one)."""
-    import torch
-
-    from kdci_ray.train.dictionary_job import build_all, default_scoring_workers
-    from kdci_ray.train.kdci_setup import load_source_model
-
-    seen: set[tuple] = set()
-    for cfg in plan.configs:
-        kc, d = cfg.kdci, cfg.data
-        if not kc.enabled or kc.source != "model":
-            continue
-        key = (kc.source_arch, kc.source_checkpoint, cfg.teacher.seed, repr(d))
-        if key not in seen:
-            seen.add(key)
-            data = datasets[(d.name, d.root, d.image_size, d.test_fraction, d.split_seed)]
-            load_source_model(cfg, data, torch.device("cpu"), log)
-    workers = default_scoring_workers()
-    if workers == 1:
-        build_all(plan.configs, log, workers=workers)
-        return
-    init_ray()  # on a cluster: score the pools on its workers (run_sweep reuses the link)
-    check_resources(plan)  # before asking the autoscaler for nodes
-    with watch_cluster(log):
-        build_all(plan.configs, log, workers=workers)
-
-
-@contextmanager
-def watch_cluster(log=print) -> Iterator[None]:
-    """On a cluster (``RAY_ADDRESS``), log what waits for nodes and what the autoscaler is doing
-    while the body runs (``train.cluster_wait``); elsewhere nothing."""
-    if not os.environ.get("RAY_ADDRESS"):
-        yield
-        return
-    from kdci_ray.train.cluster_wait import ClusterWaitWatcher
-
-    with ClusterWaitWatcher(log):
-        yield
-
-
-def _check_pool(cfg: ExperimentConfig, data: Any, seen: set[tuple]) -> None:
-    """Open a file-backed pool once (headers only: a missing or malformed pool fails here)."""
-    from kdci_ray.methods import METHODS
-    from kdci_ray.train.task import open_world
-
-    p = cfg.pool
-    key = ("pool", p.source, p.path, p.size, p.transform, data.channels, data.image_size)
-    if not METHODS[cfg.method].needs_open_world or p.source == "embedded" or key in seen:
-        return
-    seen.add(key)
-    open_world(cfg, data)
+    configs = [resolve(settings, config_layer(point), over) for point in points]
+    check_sampled(space, settings, points, over, where)
+    return points, configs
 
 
 def trial_fn(params: dict[str, Any], settings: dict[str, Any], overrides: dict[str, Any],
@@ -248,7 +188,12 @@ def init_ray() -> bool:
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):  # a cluster: its auth mode (token) comes from the env
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        from kdci_ray import thread_env
+
+        # Ray sets OMP_NUM_THREADS to a worker's CPUs where its node's environment lacks it:
+        # every process of this job gets the driver's thread counts (bit-identical numbers, and
+        # the teacher cache key they are part of)
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": thread_env()})
     else:
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
@@ -279,6 +224,7 @@ class SweepOutcome:
     table: str  # the Markdown comparison table (also in summary.md)
     errors: list[str]  # one line per failed trial
     unfinished: list[str] = field(default_factory=list)  # trials an interruption left unfinished
+    stopped: dict[str, str] = field(default_factory=dict)  # trial -> why it stopped (NaN loss)
 
     @property
     def interrupted(self) -> bool:
@@ -339,12 +285,15 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
         with _tune_tensorboard_off(), watch_cluster(_log_line):
             results = tuner.fit()
         errors = [_last_line(r.error) for r in results if r.error is not None]
-        unfinished = [Path(r.path).name for r in results
-                      if r.error is None and not (r.metrics or {}).get("finished")]
+        ended = [Path(r.path).name for r in results
+                 if r.error is None and not (r.metrics or {}).get("finished")]
+        stopped = {name: reason for name in ended
+                   if (reason := stopped_reason(plan.out_dir / name))}
+        unfinished = [name for name in ended if name not in stopped]
     finally:
         if started:
             ray.shutdown()
-    return SweepOutcome(report(plan.out_dir, title=plan.name), errors, unfinished)
+    return SweepOutcome(report(plan.out_dir, title=plan.name), errors, unfinished, stopped)
 
 
 def _log_line(msg: str) -> None:
@@ -363,6 +312,9 @@ def report(sweep_dir: Path, title: str | None = None, log=None) -> str:
     rows = rows_from_sweep(sweep_dir)
     if rows.empty:
         raise ConfigError(f"{sweep_dir} holds no trials (no trial directory with config.yaml)")
+    check_writable(sweep_dir, "the report is written into the sweep directory: make it "
+                              "writable, or copy the directory somewhere writable and run "
+                              "`kdci-ray report` on the copy")
     if title is None:
         title = (read_record(sweep_dir) or {}).get("name")
     title = title or sweep_dir.name

@@ -306,7 +306,8 @@ def unfinished(rows: pd.DataFrame) -> pd.DataFrame:
 def _unfinished_lines(rows: pd.DataFrame) -> list[str]:
     lines = []
     for _, r in unfinished(rows).iterrows():
-        result = "no result yet" if is_missing(r["acc"]) else f"last acc {pct(r['acc'])} %"
+        result = f"stopped: {why}" if isinstance(why := r.get("stopped"), str) and why else \
+            "no result yet" if is_missing(r["acc"]) else f"last acc {pct(r['acc'])} %"
         lines.append(f"- `{r['trial']}` ({r['method']}, KDCI {'on' if r['kdci'] else 'off'}, "
                      f"seed {r['seed']}): {int(r['rounds_done'])} rounds reported, {result}")
     return lines

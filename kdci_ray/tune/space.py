@@ -52,8 +52,8 @@ import itertools
 import math
 from typing import Any
 
-from kdci_ray.config import ConfigError, check_keys
-from kdci_ray.tune.cases import CASES, NAME, KeyCheck, is_case_key, parse_cases
+from kdci_ray.config import ConfigError, check_keys, resolve
+from kdci_ray.tune.cases import CASES, NAME, KeyCheck, config_layer, is_case_key, parse_cases
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 _EXAMPLE = "e.g. `{grid: [a, b]}`, `{uniform: [0.1, 1.0]}` or a bare list `[a, b]`"
@@ -98,6 +98,7 @@ def _check_args(key: str, kind: str, args: list[Any]) -> None:
                 f"search key '{key}': empty {kind} list expands to zero trials; "
                 "give at least one value or remove the key"
             )
+        _check_distinct(key, kind, args)
         return
     if len(args) != 2 or not all(_is_number(a) for a in args):
         raise ConfigError(
@@ -112,6 +113,24 @@ def _check_args(key: str, kind: str, args: list[Any]) -> None:
         raise ConfigError(
             f"search key '{key}': 'randint' needs integers [lo, hi) (hi exclusive), got {args}"
         )
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as config values (``1 == 1.0``, but ``True`` is not ``1``)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _check_distinct(key: str, kind: str, args: list[Any]) -> None:
+    """A value listed twice would run (grid) or weight (choice) the same trials twice."""
+    for i, value in enumerate(args):
+        for j in range(i):
+            if _same_value(args[j], value):
+                effect = "run the same trials twice" if kind == "grid" else \
+                    "be sampled twice as often as the others"
+                raise ConfigError(
+                    f"search key '{key}': {kind} value {value!r} is listed twice (positions "
+                    f"{j + 1} and {i + 1}); it would {effect}: remove one"
+                )
 
 
 def _parsed(search: dict[str, Any], where: str = "",
@@ -190,3 +209,33 @@ def count_trials(search: dict[str, Any], num_samples: int = 1, where: str = "") 
         raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     sizes = [len(args) for kind, args in _parsed(search, where).values() if kind == "grid"]
     return math.prod(sizes) * num_samples
+
+
+def sampled_values(domain: Any) -> list[Any]:
+    """The values a Tune sampled domain can draw that decide whether a config is valid: every
+    ``choice``; the bounds of ``uniform`` / ``loguniform`` / ``randint`` (hi exclusive), and for
+    the float ones a value between them (an integer key refuses fractions)."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(domain, Categorical):
+        return list(domain.categories)
+    if isinstance(domain, Integer):
+        return [int(domain.lower), int(domain.upper) - 1]
+    if isinstance(domain, Float):
+        lo, hi = float(domain.lower), float(domain.upper)
+        return [lo, lo + 0.37 * (hi - lo), hi]
+    return []
+
+
+def check_sampled(space: dict[str, Any], settings: dict[str, Any],
+                   points: list[dict[str, Any]], over: dict[str, Any], where: str) -> None:
+    """Resolve every grid point with each value every sampled key can draw (one key at a
+    time): a value some trial would be refused for is an error now, before Ray starts."""
+    for key, domain in space.items():
+        for value in sampled_values(domain):
+            for point in points:
+                try:
+                    resolve(settings, config_layer({**point, key: value}), over)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: search key '{key}' can draw {value!r}, which "
+                                      f"a trial would refuse: {exc}") from None

@@ -3,23 +3,57 @@
 A sweep writes into a new directory; ``--overwrite`` replaces an earlier sweep there and
 ``--resume`` continues the same sweep; anything else (a different sweep, a directory that is not
 a sweep) is refused before anything is written.
+
+``sweep.yaml`` records the experiment as launched (name, settings, overrides, search, --only)
+and a ``digest`` of exactly that content, written at launch. A resume is allowed only if
+
+- every started trial's saved ``config.yaml`` equals what the sweep to resume resolves to for
+  that trial (its ``params.json``: the trial's Tune parameters), so finished and resumed trials
+  in one table ran the same experiment, and
+- the sweep to resume still matches the digest, which also catches an edit that no started
+  trial shows yet (a grid value of a trial still pending).
+
+A hand-edited or unreadable ``sweep.yaml`` is not trusted: resuming with the experiment YAML
+(``CONFIG --output DIR --resume``) checks that experiment against the trials (and the digest,
+when it is still readable) and then writes the record again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config import ConfigError
+from kdci_ray.config import ConfigError, resolve, to_flat
+from kdci_ray.config.files import DuplicateKeyError, UniqueKeyLoader, read_yaml
+from kdci_ray.tune.cases import case_lookup, config_layer, expand, is_case_key
 
 if TYPE_CHECKING:
     from kdci_ray.tune.driver import SweepPlan
 
 SWEEP_FILE = "sweep.yaml"
+DIGEST = "digest"
+RECORD_KEYS = ("name", "settings", "overrides", "search", "only", DIGEST)
+_MAPPINGS = ("settings", "overrides", "search")
+_HEADER = ("# kdci-ray sweep record, written at launch. `--resume` checks every started trial\n"
+           "# and the digest against it: do not edit it (start a new sweep instead).\n")
+_MAX_DIFFS = 3
+_UNSET = "<unset>"
+
+
+class BadRecord(ConfigError):
+    """``sweep.yaml`` exists but is not a kdci-ray sweep record; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a kdci-ray sweep record ({reason})")
+        self.reason = reason
 
 
 def sweep_record(plan: SweepPlan) -> dict[str, Any]:
@@ -31,11 +65,67 @@ def sweep_record(plan: SweepPlan) -> dict[str, Any]:
     return record
 
 
-def read_record(out: Path) -> dict[str, Any] | None:
-    """``out/sweep.yaml``; None when it is missing or unreadable."""
+def _as_read(data: Any) -> Any:
+    """``data`` as it reads back from YAML (what ``sweep.yaml`` and ``config.yaml`` hold)."""
+    return yaml.safe_load(yaml.safe_dump(data, sort_keys=False))
+
+
+def _body(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != DIGEST}
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """``sha256:<hex>`` of a record's content (its digest left out; key order ignored)."""
+    text = json.dumps(_as_read(_body(record)), sort_keys=True, default=repr)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_record(out: Path) -> dict[str, Any] | None:
+    """``out/sweep.yaml``, checked for shape; None when there is none, ``BadRecord`` when it is
+    not a sweep record (unreadable, not YAML, a duplicated key, the wrong shape)."""
+    path = out / SWEEP_FILE
+    if not path.is_file():
+        return None
     try:
-        return yaml.safe_load((out / SWEEP_FILE).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        record = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - safe
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadRecord(path, f"it cannot be read: {exc}") from None
+    except DuplicateKeyError as exc:
+        raise BadRecord(path, str(exc)) from None
+    except yaml.YAMLError as exc:
+        raise BadRecord(path, f"not valid YAML: {_one_line(exc)}") from None
+    if not isinstance(record, dict):
+        raise BadRecord(path, f"it holds a {type(record).__name__}, not a mapping")
+    unknown = [str(k) for k in record if k not in RECORD_KEYS]
+    if unknown:
+        raise BadRecord(path, f"unknown entries {', '.join(map(repr, unknown))}; a record holds "
+                              f"{', '.join(RECORD_KEYS)}")
+    for key in _MAPPINGS:
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            raise BadRecord(path, f"its '{key}' is a {type(record[key]).__name__}, not a "
+                                  "mapping")
+    only = record.get("only")
+    if only is not None and not (isinstance(only, list) and all(isinstance(o, str)
+                                                                 for o in only)):
+        raise BadRecord(path, "its 'only' is not a list of KEY=VALUE filters")
+    if record.get(DIGEST) is not None and not isinstance(record[DIGEST], str):
+        raise BadRecord(path, "its 'digest' is not a string")
+    return record
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def read_record(out: Path) -> dict[str, Any] | None:
+    """``out/sweep.yaml``; None when it is missing or not a sweep record."""
+    try:
+        return load_record(out)
+    except ConfigError:
         return None
 
 
@@ -43,60 +133,202 @@ def _has_tune_state(out: Path) -> bool:
     return any(out.glob("experiment_state-*.json"))
 
 
+def _trial_dirs(out: Path) -> list[Path]:
+    """The directories of started trials: those holding a saved ``config.yaml``."""
+    return sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
+
+
+def _looks_like_sweep(out: Path) -> bool:
+    return _has_tune_state(out) or bool(_trial_dirs(out))
+
+
+def check_writable(directory: Path, fix: str) -> None:
+    """``directory`` (or, while it does not exist, its nearest existing parent) is a directory
+    this process can create files in: checked by creating and removing a probe file (permission
+    bits alone do not tell, e.g. for root or on a read-only mount)."""
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = f"{existing}" if existing == directory else \
+            f"cannot write into {directory}: {existing}"
+        raise ConfigError(f"{where} is a file, not a directory; {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".kdci-ray-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write into {existing} ({exc.strerror or exc}); {fix}") \
+            from None
+
+
 def check_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
-    """What ``prepare_output`` will do is allowed (raises otherwise; writes nothing)."""
+    """What ``prepare_output`` will do is allowed (raises otherwise; writes nothing but a
+    probe file, removed at once)."""
     out = plan.out_dir
-    ours = yaml.safe_load(yaml.safe_dump(sweep_record(plan), sort_keys=False))
     if resume and overwrite:
         raise ConfigError("--resume continues a sweep and --overwrite replaces it: pass one")
-    occupied = out.exists() and any(out.iterdir())
+    check_writable(out, "choose another --output, or make it writable")
+    occupied = out.is_dir() and any(out.iterdir())
     if resume:
-        recorded = read_record(out) if occupied else None
-        if recorded is None:
-            raise ConfigError(
-                f"nothing to resume in {out}: it holds no kdci-ray sweep ({SWEEP_FILE}); "
-                f"run without --resume to start the sweep there"
-            )
-        if recorded != ours:
-            raise ConfigError(
-                f"{out} holds a different sweep ('{recorded.get('name')}', launched with other "
-                f"settings, grid or overrides) than the one given; resume it with "
-                f"`kdci-ray sweep {out} --resume`, or choose another --output"
-            )
-        if not _has_tune_state(out):
-            raise ConfigError(
-                f"{out} holds the sweep but no Tune experiment state (it was stopped before its "
-                f"first trial started); run it again with --overwrite"
-            )
+        _check_resume(plan, occupied)
         return
-    if occupied:
-        recorded = read_record(out) if (out / SWEEP_FILE).is_file() else None
-        if recorded is None and (out / SWEEP_FILE).is_file():
-            raise ConfigError(f"{out / SWEEP_FILE} is unreadable; choose another --output")
-        if recorded is None:
+    if not occupied:
+        return
+    try:
+        recorded = load_record(out)
+    except BadRecord as exc:
+        _check_replace_bad_record(out, exc, overwrite)
+        return
+    if recorded is None:
+        raise ConfigError(
+            f"refusing to write into {out}: it exists, is not empty and is not a kdci-ray "
+            f"sweep directory (no {SWEEP_FILE}); choose another --output"
+        )
+    if not overwrite:
+        same = _body(recorded) == _as_read(sweep_record(plan))
+        what = "the same sweep" if same else f"a different sweep ('{recorded.get('name')}')"
+        hint = "pass --resume to continue it, --overwrite to replace it" if same else \
+            "pass --overwrite to replace it"
+        raise ConfigError(
+            f"output directory {out} already holds {what}; {hint}, or choose another "
+            f"directory with --output"
+        )
+
+
+def _check_replace_bad_record(out: Path, exc: BadRecord, overwrite: bool) -> None:
+    """A new sweep into a directory whose ``sweep.yaml`` is not a record: ``--overwrite`` may
+    replace it if the directory is a sweep's (or holds nothing else); else refused."""
+    lone = [p.name for p in out.iterdir()] == [SWEEP_FILE]
+    if overwrite and (lone or _looks_like_sweep(out)):
+        return
+    if lone or _looks_like_sweep(out):
+        raise ConfigError(f"{exc}; pass --resume to resume the sweep there with this experiment "
+                          f"(each started trial is checked against it), --overwrite to start "
+                          f"again, or choose another --output")
+    raise ConfigError(f"{exc}, and {out} holds no Ray Tune experiment: it may not be a kdci-ray "
+                      f"sweep directory at all; choose another --output")
+
+
+def _check_resume(plan: SweepPlan, occupied: bool) -> None:
+    out = plan.out_dir
+    broken = False
+    try:
+        recorded = load_record(out) if occupied else None
+    except BadRecord:  # the trials are checked against the sweep to resume instead
+        recorded, broken = None, True
+    if recorded is None and not broken:
+        raise ConfigError(
+            f"nothing to resume in {out}: it holds no kdci-ray sweep ({SWEEP_FILE}); "
+            f"run without --resume to start the sweep there"
+        )
+    ours = _as_read(sweep_record(plan))
+    ours_digest = record_digest(ours)
+    stored = recorded.get(DIGEST) if recorded is not None else None
+    as_recorded = recorded is not None and _body(recorded) == ours
+    if recorded is not None and not as_recorded and stored != ours_digest:
+        edited = stored is not None and stored != record_digest(recorded)
+        if edited:
             raise ConfigError(
-                f"refusing to write into {out}: it exists, is not empty and is not a kdci-ray "
-                f"sweep directory (no {SWEEP_FILE}); choose another --output"
+                f"{out / SWEEP_FILE} was changed after the sweep started, and the experiment "
+                f"given is not the one launched there either; restore {SWEEP_FILE} (or pass the "
+                f"experiment YAML it was launched from), or start a new sweep with --output "
+                f"elsewhere"
             )
-        if not overwrite:
-            same = "the same sweep" if recorded == ours else \
-                f"a different sweep ('{recorded.get('name')}')"
-            hint = "pass --resume to continue it, --overwrite to replace it" if \
-                recorded == ours else "pass --overwrite to replace it"
-            raise ConfigError(
-                f"output directory {out} already holds {same}; {hint}, or choose another "
-                f"directory with --output"
-            )
+        raise ConfigError(
+            f"{out} holds a different sweep ('{recorded.get('name')}', launched with other "
+            f"settings, grid or overrides) than the one given; resume it with "
+            f"`kdci-ray sweep {out} --resume`, or choose another --output"
+        )
+    if not _has_tune_state(out):
+        raise ConfigError(
+            f"{out} holds the sweep but no Tune experiment state (it was stopped before its "
+            f"first trial started); run it again with --overwrite"
+        )
+    verify_trials(plan, from_record=as_recorded)
+    if stored is not None and stored != ours_digest:
+        raise ConfigError(
+            f"{out / SWEEP_FILE} was changed after the sweep started (it no longer matches the "
+            f"digest written at launch, though no started trial shows the change yet); restore "
+            f"it, or start a new sweep with --output elsewhere"
+        )
+
+
+def verify_trials(plan: SweepPlan, from_record: bool = True) -> None:
+    """Every started trial in ``plan.out_dir`` saved the config the plan resolves to for its
+    parameters; raises naming the first trial that did not and the first differing keys
+    (``from_record``: the plan is what ``sweep.yaml`` holds, which words the advice)."""
+    out = plan.out_dir
+    lookup = case_lookup(plan.search)
+    source = f"{out / SWEEP_FILE}" if from_record else "the experiment given"
+    fix = ("sweep.yaml was changed after the sweep started; restore it, or start a new sweep "
+           "with --output elsewhere") if from_record else (
+        "the sweep there was started with other settings; resume it with the experiment YAML "
+        "it was launched from, or start a new sweep with --output elsewhere (or --overwrite to "
+        "replace it)")
+    for trial_dir in _trial_dirs(out):
+        saved = read_yaml(trial_dir / "config.yaml")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"trial {trial_dir.name}: its config.yaml holds no config; it "
+                              f"cannot be checked, so {out} cannot be resumed: start a new "
+                              f"sweep with --output elsewhere")
+        params = _trial_params(trial_dir, saved, plan.search, lookup)
+        try:
+            expected = _as_read(to_flat(resolve(plan.settings, config_layer(expand(
+                params, lookup)), plan.overrides)))
+        except ConfigError as exc:
+            raise ConfigError(f"trial {trial_dir.name} in {out}: its parameters {params} do not "
+                              f"resolve under {source} ({exc}); {fix}") from None
+        diffs = [k for k in dict.fromkeys([*saved, *expected])
+                 if saved.get(k, _UNSET) != expected.get(k, _UNSET)]
+        if diffs:
+            shown = diffs[:_MAX_DIFFS]
+            more = f" (and {len(diffs) - len(shown)} more)" if len(diffs) > len(shown) else ""
+            was = ", ".join(f"{k}={saved.get(k, _UNSET)!r}" for k in shown)
+            now = ", ".join(f"{k}={expected.get(k, _UNSET)!r}" for k in shown)
+            raise ConfigError(f"trial {trial_dir.name} in {out} ran with {was}{more} (its "
+                              f"config.yaml), but {source} now resolves it to {now}; {fix}")
+
+
+def _trial_params(trial_dir: Path, saved: dict[str, Any], search: dict[str, Any],
+                  lookup: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The trial's Tune parameters: ``params.json``; where Tune had not written it yet (an
+    interruption right after the trial started), the searched values read off its config."""
+    try:
+        params = json.loads((trial_dir / "params.json").read_text())
+        if isinstance(params, dict):
+            return params
+    except (OSError, ValueError):
+        pass
+    params = {key: saved[key] for key in search if not is_case_key(key) and key in saved}
+    for key, cases in lookup.items():
+        for name, case in cases.items():
+            if all(saved.get(k, _UNSET) == v for k, v in _as_read(case).items() if k != "name"):
+                params[key] = name
+                break
+    return params
 
 
 def prepare_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
     """A sweep writes into a new directory; ``overwrite`` replaces an earlier sweep's results;
-    ``resume`` continues the same sweep there (anything else there is refused, untouched)."""
+    ``resume`` continues the same sweep there (anything else there is refused, untouched). A
+    resumed sweep whose record was unreadable or edited gets its record written again."""
     check_output(plan, overwrite, resume)
     out = plan.out_dir
     if resume:
+        recorded = read_record(out)
+        if recorded is None or _body(recorded) != _as_read(sweep_record(plan)):
+            write_record(plan)
         return
     if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep_record(plan), sort_keys=False))
+    write_record(plan)
+
+
+def write_record(plan: SweepPlan) -> Path:
+    """``sweep.yaml``: the sweep's record and its digest."""
+    record = sweep_record(plan)
+    record[DIGEST] = record_digest(record)
+    return atomic_write_text(plan.out_dir / SWEEP_FILE,
+                             _HEADER + yaml.safe_dump(record, sort_keys=False))

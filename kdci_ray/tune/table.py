@@ -40,13 +40,14 @@ from kdci_ray.tune.cases import (
 
 ROW_COLUMNS = [
     "trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
-    "rounds_done", "finished", "checkpoint", "resumes", "failures",
+    "rounds_done", "finished", "checkpoint", "resumes", "failures", "stopped",
 ]  # fmt: skip
 SUMMARY_COLUMNS = [
     "method", "kdci", "n", "acc_mean", "acc_std", "acc_kdci_mean", "acc_kdci_std",
     "teacher_acc", "delta_acc",
 ]  # fmt: skip
 DASH = "–"
+STOPPED_FILE = "stopped.json"  # a run stopped early and why (kdci_ray.train.task.STOPPED_FILE)
 _STANDARD_PARAMS = ("method", "kdci.enabled", "seed")  # searched keys that have a column already
 
 
@@ -346,21 +347,30 @@ def _trial_row(trial_dir: Path, cfg: dict[str, Any], params: dict[str, Any]) -> 
     last = reports[-1] if reports else {}
     kdci = _as_bool(cfg.get("kdci.enabled", KDCIConfig.enabled))
     rounds = last.get("round")
+    stopped = stopped_reason(trial_dir)
+    scored = reports if not stopped else []  # a stopped trial has no result: no accuracy
     return {
         "trial": trial_dir.name,
         **_searched_values(params),
         "method": str(cfg.get("method", ExperimentConfig.method)),
         "kdci": kdci,
         "seed": int(cfg.get("seed", ExperimentConfig.seed)),
-        "acc": _latest(reports, "eval/acc"),
-        "acc_kdci": _latest(reports, "eval/acc_kdci") if kdci else math.nan,
+        "acc": _latest(scored, "eval/acc"),
+        "acc_kdci": _latest(scored, "eval/acc_kdci") if kdci else math.nan,
         "teacher_acc": _latest(reports, "eval/teacher_acc"),
         "rounds_done": int(rounds) if _is_number(rounds) else 0,
         "finished": _as_bool(last.get("finished", False)),
         "checkpoint": _checkpoint(trial_dir),
         "resumes": _count_lines(trial_dir / RESUMES_FILE),
         "failures": _count_lines(trial_dir / FAILURES_FILE),
+        "stopped": stopped,
     }
+
+
+def stopped_reason(trial_dir: Path) -> str:
+    """Why the trial stopped early (a non-finite loss: ``stopped.json``); "" when it did not."""
+    record = _load(trial_dir / STOPPED_FILE, json.loads) or {}
+    return str(record.get("reason", ""))
 
 
 def _count_lines(path: Path) -> int:
@@ -378,7 +388,9 @@ def rows_from_sweep(sweep_dir: Path) -> pd.DataFrame:
     latest reported ``eval/acc``, ``eval/acc_kdci`` (KDCI on only), ``eval/teacher_acc``;
     ``finished`` means the last report has ``finished == 1``. Trials without reports get NaN.
     ``resumes`` / ``failures`` count the trial's continuations from a checkpoint and its worker
-    failures (``resumes.jsonl`` / ``failures.jsonl``, written by the Ray Train adapter).
+    failures (``resumes.jsonl`` / ``failures.jsonl``, written by the Ray Train adapter);
+    ``stopped`` says why a trial stopped early (a non-finite loss; its accuracies are left
+    blank, so no summary counts it), empty when it did not.
     The searched entries of ``params.json`` (other than method, KDCI, seed) become columns right
     after ``trial``; case names are looked up in the sweep's ``sweep.yaml``.
     """
