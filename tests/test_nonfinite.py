@@ -18,7 +18,8 @@ from kdci_ray.cli import main
 from kdci_ray.config import resolve
 from kdci_ray.methods import METHODS
 from kdci_ray.models import create_model, save_checkpoint
-from kdci_ray.train.task import STOPPED_FILE, Collect, distill, stop_reason
+from kdci_ray.train.run_logs import STOPPED_FILE
+from kdci_ray.train.task import Collect, distill, stop_reason
 from kdci_ray.tune.table import rows_from_sweep, summarize
 
 BROKEN = "non-finite logits (NaN/inf) on the test split; the checkpoint is broken"

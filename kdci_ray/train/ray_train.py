@@ -70,7 +70,8 @@ def train_func(config: dict[str, Any]) -> None:
     """Per-worker entry point (``train_loop_per_worker``)."""
     from tensorboardX import SummaryWriter
 
-    from kdci_ray.train.task import STOPPED_FILE, distill, stop_reason
+    from kdci_ray.train.run_logs import STOPPED_FILE
+    from kdci_ray.train.task import distill, stop_reason
 
     cfg = resolve(config["settings"])
     run_dir = Path(config["run_dir"])

@@ -33,8 +33,6 @@ from kdci_ray.train.resume import Progress, Snapshot, capture, restore
 from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
 from kdci_ray.train.teacher import cache_dir, load_data, load_teacher
 
-STOPPED_FILE = "stopped.json"  # why a run stopped early (the Ray Train adapter writes it)
-
 
 def open_world(cfg: ExperimentConfig, data) -> Any:
     """The unlabeled pool of a sampling-based method, in the teacher's input format."""

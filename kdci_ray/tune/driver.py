@@ -29,6 +29,7 @@ from kdci_ray.config import (
     to_flat,
 )
 from kdci_ray.train.cluster_wait import watch_cluster
+from kdci_ray.train.run_logs import stopped_reason
 from kdci_ray.tune import only as only_filter
 from kdci_ray.tune.cases import case_lookup, config_layer, expand, load_sweep_file
 from kdci_ray.tune.naming import trial_dirname
@@ -41,7 +42,7 @@ from kdci_ray.tune.sweep_dir import (
     load_record,
     read_record,
 )
-from kdci_ray.tune.table import rows_from_sweep, stopped_reason, write_tables
+from kdci_ray.tune.table import rows_from_sweep, write_tables
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 LOCAL_RAY_ENV = {  # a Ray started on this machine (no RAY_ADDRESS): the defaults it runs with

@@ -29,6 +29,7 @@ import yaml
 from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import ConfigError, ExperimentConfig, KDCIConfig, flatten
 from kdci_ray.train.resume import FAILURES_FILE, METRICS_FILE, RESUMES_FILE
+from kdci_ray.train.run_logs import count_records, stopped_reason
 from kdci_ray.tune.cases import (
     case_lookup,
     case_name,
@@ -47,7 +48,6 @@ SUMMARY_COLUMNS = [
     "teacher_acc", "delta_acc",
 ]  # fmt: skip
 DASH = "–"
-STOPPED_FILE = "stopped.json"  # a run stopped early and why (kdci_ray.train.task.STOPPED_FILE)
 _STANDARD_PARAMS = ("method", "kdci.enabled", "seed")  # searched keys that have a column already
 
 
@@ -361,23 +361,10 @@ def _trial_row(trial_dir: Path, cfg: dict[str, Any], params: dict[str, Any]) -> 
         "rounds_done": int(rounds) if _is_number(rounds) else 0,
         "finished": _as_bool(last.get("finished", False)),
         "checkpoint": _checkpoint(trial_dir),
-        "resumes": _count_lines(trial_dir / RESUMES_FILE),
-        "failures": _count_lines(trial_dir / FAILURES_FILE),
+        "resumes": count_records(trial_dir / RESUMES_FILE),
+        "failures": count_records(trial_dir / FAILURES_FILE),
         "stopped": stopped,
     }
-
-
-def stopped_reason(trial_dir: Path) -> str:
-    """Why the trial stopped early (a non-finite loss: ``stopped.json``); "" when it did not."""
-    record = _load(trial_dir / STOPPED_FILE, json.loads) or {}
-    return str(record.get("reason", ""))
-
-
-def _count_lines(path: Path) -> int:
-    """Records in a JSON-lines log of the run (``kdci_ray.train.ray_train``); 0 when absent."""
-    if not path.is_file():
-        return 0
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
 def rows_from_sweep(sweep_dir: Path) -> pd.DataFrame:
