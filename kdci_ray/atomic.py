@@ -64,3 +64,25 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+NOT_A_DIRECTORY = "is a file, not a directory"
+
+
+def write_problem(directory: str | Path) -> tuple[Path, str] | None:
+    """Why no file can be created in ``directory`` (or, while it does not exist, its nearest
+    existing parent), probed with a real temp file (permission bits alone do not tell, e.g. for
+    root or on a read-only mount): ``(that path, NOT_A_DIRECTORY or the OS's reason)``; None
+    when files can be created there."""
+    existing = Path(directory)
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return existing, NOT_A_DIRECTORY
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".kdci-ray-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return existing, str(exc.strerror or exc)
+    return None

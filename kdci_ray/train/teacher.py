@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdci_ray.atomic import NOT_A_DIRECTORY, write_problem
 from kdci_ray.config import ConfigError, ExperimentConfig
 from kdci_ray.data import LabeledData, load_dataset
 from kdci_ray.methods.pool import augment
@@ -40,20 +41,15 @@ def cache_dir() -> Path:
 
 def check_cache_dir() -> None:
     """``$KDCI_RAY_CACHE`` (teachers, selections, dictionaries) is a directory this process can
-    write to: found now, not after training finished."""
+    write to (``atomic.write_problem``): found now, not after training finished."""
     root = cache_dir()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        what = "is not a directory" if root.exists() and not root.is_dir() else \
-            f"cannot be written ({exc.strerror or exc})"
-        raise ConfigError(
-            f"the cache directory {root} {what}; point KDCI_RAY_CACHE at a writable directory "
-            f"(default ~/.cache/kdci_ray)"
-        ) from None
+    problem = write_problem(root)
+    if problem is None:
+        return
+    what = "is not a directory" if problem[1] == NOT_A_DIRECTORY and problem[0] == root else \
+        f"cannot be written ({problem[0]}: {problem[1]})"
+    raise ConfigError(f"the cache directory {root} {what}; point KDCI_RAY_CACHE at a writable "
+                      f"directory (default ~/.cache/kdci_ray)")
 
 
 def teacher_record(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kdci_ray.atomic import atomic_write_text
+from kdci_ray.atomic import NOT_A_DIRECTORY, atomic_write_text, write_problem
 from kdci_ray.config import ConfigError, resolve, to_flat
 from kdci_ray.config.files import DuplicateKeyError, UniqueKeyLoader, read_yaml
 from kdci_ray.tune.cases import case_lookup, config_layer, expand, is_case_key
@@ -144,22 +142,17 @@ def _looks_like_sweep(out: Path) -> bool:
 
 def check_writable(directory: Path, fix: str) -> None:
     """``directory`` (or, while it does not exist, its nearest existing parent) is a directory
-    this process can create files in: checked by creating and removing a probe file (permission
-    bits alone do not tell, e.g. for root or on a read-only mount)."""
-    existing = directory
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
+    this process can create files in (``atomic.write_problem``); else a ConfigError ending in
+    ``fix``."""
+    problem = write_problem(directory)
+    if problem is None:
+        return
+    existing, why = problem
+    if why == NOT_A_DIRECTORY:
         where = f"{existing}" if existing == directory else \
             f"cannot write into {directory}: {existing}"
-        raise ConfigError(f"{where} is a file, not a directory; {fix}")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".kdci-ray-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"cannot write into {existing} ({exc.strerror or exc}); {fix}") \
-            from None
+        raise ConfigError(f"{where} {NOT_A_DIRECTORY}; {fix}")
+    raise ConfigError(f"cannot write into {existing} ({why}); {fix}")
 
 
 def check_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
