@@ -1,124 +1,253 @@
-"""What KDCI adds to a KD step: time and peak memory, with and without, side by side in one run.
+"""What KDCI adds to a KD step: CPU time, wall time and peak memory, with and without KDCI.
 
     python benchmarks/kdci_overhead.py [--teacher wrn_40_2 --student wrn_16_1] [--batch 128]
-        [--k 8] [--refresh-every 50] [--refresh-n 1024] [--steps 30] [--json PATH] [--gpu]
+        [--k 8] [--refresh-every 50] [--refresh-n 1024] [--steps 2] [--blocks 16]
+        [--time-malloc keep|default] [--mem-steps 3] [--malloc fixed|default]
+        [--mem-repeats 1] [--no-source] [--json PATH] [--gpu]
 
 A CIFAR-size pair (32x32x3, 10 classes) runs the loop's KD step (teacher forward without grad,
-student forward, [KDCI compensation], KD loss, backward, SGD step) on fixed random inputs (the
-substitution data's content does not change the cost). With KDCI the dictionary is refreshed
-every ``--refresh-every`` steps from ``--refresh-n`` images (a generation-based method's
-per-round refresh, e.g. DAFL's K = 8 over its 1024-image batch), and that cost is spread over
-the steps, as in training, in both refresh modes: ``kdci.features: observed`` (the default,
-reported as ``step_s_kdci`` / ``time_overhead`` / ``mem_overhead``) clusters the teacher logits
-the KD steps since the last refresh already computed (no extra forward pass); ``source`` (the
-``*_source`` keys) re-scores the refresh images with the teacher. Vanilla and KDCI steps are
-timed in alternating blocks in this process (the median of the block means), so drift and
-background load hit all alike; peak memory is measured per variant in a fresh subprocess (the
-process's peak RSS during the steps on CPU, reset after set-up;
-``torch.cuda.max_memory_allocated`` on GPU). KDCI, Wang et al., CVPR 2024, report 1.3-3.3% time
-overhead; the target here is <= 3%.
+student forward, [KDCI: observe the teacher logits, compensate the student's], KD loss, backward,
+SGD step) on fixed random inputs (the substitution data's content does not change the cost).
+KDCI is set up as the loop sets it up: K = ``--k``, refreshes that score images run the teacher in
+chunks of ``score_batch = --batch`` images. The dictionary is refreshed every
+``--refresh-every`` steps (a generation-based method's per-round refresh, e.g. DAFL's K = 8 over
+its 1024-image batch). Two refresh modes: ``kdci.features: observed`` (the default; the
+unsuffixed keys) clusters the teacher logits the KD steps since the last refresh computed, and
+only the first refresh of a training (before any KD step) scores ``--refresh-n`` images;
+``source`` (the ``*_source`` keys; ``--no-source`` skips it) scores them at every refresh.
+
+Time. Vanilla and KDCI steps run in alternating blocks of ``--steps`` steps in this process (the
+order rotates every round), and each block records the wall time (``time.perf_counter``) and the
+CPU time of this process (``time.process_time``, user + system). The package pins one thread per
+process (``kdci_ray.train.runtime.limit_threads``), so the CPU time is the compute a step costs
+whatever else the machine runs; wall time is not, on a busy machine. By default
+(``--time-malloc keep``) glibc keeps what a step frees for the next one (``keep_freed_memory``):
+with its defaults every step pays page faults for buffers the previous step returned, system time
+that varies between steps by more than the overhead measured. Per variant the median of the
+block means; a refresh is timed apart (after a period's worth of observed logits) and
+amortised over ``--refresh-every`` steps. ``time_overhead`` is the CPU-time ratio on CPU and the
+wall-time ratio on GPU (``time_overhead_measure`` says which); ``*_ci95`` is the half-width of a
+95% interval from the rounds' paired ratios. ``time_overhead_isolated``: KDCI's own work in a
+step (observe, compensate forward and backward, the SGD update of its attention, plus the
+amortised refresh) timed apart on the logits alone, in many repetitions, over the vanilla step:
+far less noisy than a difference of two whole steps.
+
+Memory. Each variant runs in a fresh subprocess: set-up (models, optimiser, inputs), then the
+peak is reset and the measured window is [KDCI's first refresh] + ``--mem-steps`` KD steps +
+[the rest of the refresh period's observed logits, the next refresh] + one step. On CPU the peak
+is the process's peak RSS (Linux ``VmHWM``, reset via ``/proc/self/clear_refs``), compared like
+for like: every variant imports the same modules (scikit-learn included) and has the same
+set-up before the window, and whatever k-means allocates (numpy, scikit-learn) counts. By default
+(``--malloc fixed``) the children run with glibc's mmap threshold fixed at its initial 128 KiB
+(``MALLOC_MMAP_THRESHOLD_``): tensor buffers are then mapped on allocation and returned on free,
+so RSS follows the memory the process uses. With glibc's default dynamic threshold
+(``--malloc default``) freed buffers stay in the heap in a layout that changes with address
+randomisation: the same vanilla run peaks anywhere in a ~100 MB range from one process to the
+next, more than the overhead measured (use ``--mem-repeats``). On GPU:
+``torch.cuda.max_memory_allocated``. The KDCI paper (Wang et al., CVPR 2024) reports +1.3-3.3%
+time and +0.05-0.12% memory; the targets here are <= 1% for both, in the default mode.
 """
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import gc
+import json
+import math
 import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+from kdci_ray.atomic import atomic_write_text
+from kdci_ray.kdci import KDCI, KDCISettings
+from kdci_ray.methods.losses import kd_loss
+from kdci_ray.models import create_model
+from kdci_ray.train.runtime import limit_threads
 
-import torch  # noqa: E402
+TARGET = 0.01  # time and peak memory, default mode
+PAPER_TIME = (0.013, 0.033)  # Wang et al., CVPR 2024
+PAPER_MEMORY = (0.0005, 0.0012)
+MMAP_THRESHOLD = 128 * 1024  # glibc's initial M_MMAP_THRESHOLD, fixed in the memory children
+HEAP_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest: buffers below it come from the heap
+TEMPERATURE = 4.0
+CLASSES = 10
+VARIANTS = ("vanilla", "kdci", "source")
 
-from kdci_ray.kdci import KDCI, KDCISettings  # noqa: E402
-from kdci_ray.methods.losses import kd_loss  # noqa: E402
-from kdci_ray.models import create_model  # noqa: E402
+
+def kdci_settings(args: argparse.Namespace, features: str) -> KDCISettings:
+    """KDCI as the loop sets it up (``score_batch`` = the KD batch)."""
+    return KDCISettings(k=args.k, seed=0, features=features, score_batch=args.batch)
+
+
+def keep_freed_memory() -> bool:
+    """glibc (timing process, ``--time-malloc keep``): serve buffers up to 32 MiB from the heap
+    and never trim it, so that a KD step stops paying page faults for the buffers the previous
+    step freed (system time that varies from step to step). Returns whether it took effect."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, HEAP_MMAP_THRESHOLD)
+                and mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(device: torch.device, fn) -> tuple[float, float]:
+    """Wall and CPU seconds of ``fn()`` (synchronised on GPU)."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 class Bench:
-    """Models, optimiser and inputs of one variant (vanilla or KDCI)."""
+    """Models, optimiser and inputs of one variant (vanilla | kdci | source)."""
 
-    def __init__(self, args: argparse.Namespace, kdci: bool, device: torch.device,
-                 features: str = "observed") -> None:
+    def __init__(self, args: argparse.Namespace, variant: str, device: torch.device,
+                 first_refresh: bool = True) -> None:
         torch.manual_seed(0)
-        self.args, self.device = args, device
-        self.teacher = create_model(args.teacher, 10, 3).to(device).eval()
-        self.student = create_model(args.student, 10, 3).to(device).train()
+        self.args, self.device, self.variant = args, device, variant
+        self.teacher = create_model(args.teacher, CLASSES, 3).to(device).eval()
+        self.student = create_model(args.student, CLASSES, 3).to(device).train()
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(args.batch, 3, 32, 32, generator=g).to(device)
         self.refresh_x = torch.randn(args.refresh_n, 3, 32, 32, generator=g).to(device)
         params = [{"params": self.student.parameters()}]
-        self.kdci = None
-        if kdci:
-            self.kdci = KDCI(KDCISettings(k=args.k, seed=0, features=features), 10, device)
-            self.kdci.refresh(self.teacher, self.refresh_x)
+        self.kdci: KDCI | None = None
+        if variant != "vanilla":
+            features = "source" if variant == "source" else "observed"
+            self.kdci = KDCI(kdci_settings(args, features), CLASSES, device)
             params.append({"params": self.kdci.module.parameters()})
         self.opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-        self.steps = 0
-        self.auto_refresh = True  # off while timing: the refresh is timed apart, then amortised
+        self.last_t: torch.Tensor | None = None
+        self.first_refresh = (math.nan, math.nan)  # wall, CPU seconds (scores refresh_x)
+        if first_refresh and self.kdci is not None:
+            self.first_refresh = _timed(device, self.refresh)
+
+    def refresh(self) -> None:
+        assert self.kdci is not None
+        self.kdci.refresh(self.teacher, self.refresh_x)
 
     def step(self) -> None:
-        due = self.steps % self.args.refresh_every == 0 and self.steps
-        if self.kdci is not None and self.auto_refresh and due:
-            self.kdci.refresh(self.teacher, self.refresh_x)
         with torch.no_grad():
             t = self.teacher(self.x).logits
         s = self.student(self.x).logits
         if self.kdci is not None:
             self.kdci.observe(t)
             s, _ = self.kdci.compensate(s)
-        loss = kd_loss(s, t, 4.0)
+        loss = kd_loss(s, t, TEMPERATURE)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.steps += 1
+        self.last_t = t
 
-    def block(self, n: int) -> float:
-        """Mean seconds per step over ``n`` steps (synchronised on GPU)."""
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        sync()
-        start = time.perf_counter()
+    def block(self, n: int) -> tuple[float, float]:
+        """Mean wall and CPU seconds per step over ``n`` steps."""
+        wall, cpu = _timed(self.device, lambda: [self.step() for _ in range(n)])
+        return wall / n, cpu / n
+
+
+def period_logits(bench: Bench) -> torch.Tensor:
+    """Teacher logits a refresh period of KD steps leaves to cluster: ``refresh_every * batch``
+    distinct rows (the refresh images' logits, tiled, with a little noise)."""
+    args = bench.args
+    with torch.no_grad():
+        scored = torch.cat([bench.teacher(bench.refresh_x[i:i + args.batch]).logits.float()
+                            for i in range(0, args.refresh_n, args.batch)])
+    n = args.refresh_every * args.batch
+    tiled = scored.repeat(math.ceil(n / len(scored)), 1)[:n]
+    g = torch.Generator().manual_seed(3)
+    return tiled + 0.01 * torch.randn(tiled.shape, generator=g).to(tiled.device)
+
+
+def time_refresh(bench: Bench, seen: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Mean wall and CPU seconds of one refresh after a period of KD steps (observed mode: the
+    period's logits are observed first, untimed)."""
+    assert bench.kdci is not None
+    observed = bench.kdci.settings.features == "observed"
+    batch = bench.args.batch
+    if observed:
+        bench.refresh()  # clusters what the timed blocks observed: the period starts empty
+    walls, cpus = [], []
+    for _ in range(repeats):
+        if observed:
+            for i in range(0, len(seen), batch):
+                bench.kdci.observe(seen[i:i + batch])
+        wall, cpu = _timed(bench.device, bench.refresh)
+        walls.append(wall)
+        cpus.append(cpu)
+    return statistics.fmean(walls), statistics.fmean(cpus)
+
+
+def own_cost(bench: Bench, seen: torch.Tensor, repeats: int = 7,
+             n: int = 50) -> tuple[float, float]:
+    """Wall and CPU seconds KDCI's calls add to one KD step, timed apart on the logits alone:
+    (observe + compensate + KD loss + backward + zero_grad / SGD step of the attention) minus
+    (KD loss + backward), ``n`` steps per repetition, median of ``repeats``."""
+    args, device = bench.args, bench.device
+    kdci = KDCI(kdci_settings(args, "observed"), CLASSES, device)
+    for i in range(0, len(seen), args.batch):
+        kdci.observe(seen[i:i + args.batch])
+    kdci.refresh(bench.teacher, bench.refresh_x)  # clusters the observed logits, scores nothing
+    opt = torch.optim.SGD(kdci.module.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(2)
+    s0 = torch.randn(args.batch, CLASSES, generator=g).to(device).requires_grad_()
+    t = seen[:args.batch].to(device)
+
+    def plain() -> None:
         for _ in range(n):
-            self.step()
-        sync()
-        return (time.perf_counter() - start) / n
+            kd_loss(s0, t, TEMPERATURE).backward()
+            s0.grad = None
+
+    def with_kdci() -> None:
+        for _ in range(n):
+            kdci.observe(t)
+            s, _ = kdci.compensate(s0)
+            loss = kd_loss(s, t, TEMPERATURE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            s0.grad = None
+
+    _timed(device, plain)
+    _timed(device, with_kdci)  # warm-up
+    walls, cpus = [], []
+    for _ in range(repeats):
+        pw, pc = _timed(device, plain)
+        kw, kc = _timed(device, with_kdci)
+        walls.append((kw - pw) / n)
+        cpus.append((kc - pc) / n)
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def peak_memory_mb(variant: str) -> float:
-    """Peak memory of a refresh period of one variant (vanilla | kdci | source), measured in a
-    fresh subprocess."""
-    cmd = [sys.executable, __file__, "--_memory", variant, *sys.argv[1:]]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+# --- peak memory, one fresh subprocess per variant --------------------------------------------
 
-
-def memory_child(args: argparse.Namespace, device: torch.device) -> None:
-    bench = Bench(args, args._memory != "vanilla", device,
-                  features="source" if args._memory == "source" else "observed")
-    with torch.no_grad():  # every variant's allocator has seen the refresh images once (KDCI's
-        bench.teacher(bench.refresh_x)  # set-up refresh did): only the steps' own peaks differ
-    bench.step()  # allocations of the first step (grads, optimiser state) count
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        bench.block(args.refresh_every + 1)  # includes one refresh
-        print((torch.cuda.max_memory_allocated() - base) / 2**20 + base / 2**20)
-        return
-    reset = _reset_peak_rss()
-    bench.block(args.refresh_every + 1)
-    print(_peak_rss_mb() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+def _proc_status() -> dict[str, float]:
+    """``VmRSS`` / ``VmHWM`` / ``RssAnon`` / ``RssFile`` of this process, MB (Linux)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024.0  # kB
+    return out
 
 
 def _reset_peak_rss() -> bool:
     """Reset this process's peak RSS (Linux: ``echo 5 > /proc/self/clear_refs``), so the peak
-    read afterwards is that of the timed steps, not of imports and set-up."""
+    read afterwards is that of the window, not of imports and set-up."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -126,95 +255,268 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
+def memory_child(args: argparse.Namespace, device: torch.device) -> dict[str, float | None]:
+    """Peak memory of one variant's window (see the module docstring), MB."""
+    bench = Bench(args, args._memory, device, first_refresh=False)
+    gc.collect()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = {"VmRSS": torch.cuda.memory_allocated() / 2**20}
+        reset = True
+    else:
+        base = _proc_status() if Path("/proc/self/status").exists() else {}
+        reset = _reset_peak_rss() and bool(base)
+
+    def peak() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**20
+        if reset:
+            return _proc_status()["VmHWM"]
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # since start
+
+    first = None
+    if bench.kdci is not None:
+        bench.refresh()  # the first refresh: no KD step has run, so it scores refresh_x
+        first = peak()
+    steps = max(1, min(args.mem_steps, args.refresh_every))
+    for _ in range(steps):
+        bench.step()
+    if bench.kdci is not None and bench.last_t is not None:
+        for _ in range(args.refresh_every - steps):  # the rest of the period's logits (a no-op
+            bench.kdci.observe(bench.last_t.clone())  # in source mode), then its refresh
+        bench.refresh()
+    bench.step()
+    out: dict[str, float | None] = {"base_mb": base.get("VmRSS"), "peak_mb": peak(),
+                                    "first_refresh_peak_mb": first, "peak_is_window": reset}
+    if not cuda and base:
+        now = _proc_status()
+        out["base_anon_mb"], out["base_file_mb"] = base["RssAnon"], base["RssFile"]
+        out["anon_added_mb"] = now["RssAnon"] - base["RssAnon"]  # at the end of the window
+        out["file_added_mb"] = now["RssFile"] - base["RssFile"]  # library pages touched
+    return out
 
 
-def main() -> None:
+def _median_runs(runs: list[dict]) -> dict:
+    out = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs
+                  if isinstance(r[key], (int, float)) and not isinstance(r[key], bool)]
+        out[key] = statistics.median(values) if values else runs[0][key]
+    return out
+
+
+def measure_memory(variant: str, argv: list[str], malloc: str, repeats: int) -> dict:
+    """Median over ``repeats`` fresh subprocesses of one variant's memory figures."""
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if malloc == "fixed":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--_memory", variant]
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"memory child ({variant}) failed:\n{out.stderr[-2000:]}")
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    summary = _median_runs(runs)
+    summary["runs_peak_mb"] = [r["peak_mb"] for r in runs]
+    return summary
+
+
+# --- the whole measurement -----------------------------------------------------------------
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ci95(kdci: list[float], vanilla: list[float]) -> float | None:
+    """Half-width of a 95% interval of the overhead from the rounds' paired ratios."""
+    ratios = [k / v - 1.0 for k, v in zip(kdci, vanilla, strict=True)]
+    if len(ratios) < 2:
+        return None
+    return 1.96 * statistics.stdev(ratios) / math.sqrt(len(ratios))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default="wrn_40_2")
     p.add_argument("--student", default="wrn_16_1")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128, help="KD batch (and KDCI's score_batch)")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--refresh-every", type=int, default=50)
     p.add_argument("--refresh-n", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    p.add_argument("--blocks", type=int, default=6, help="timed blocks per variant")
+    p.add_argument("--steps", type=int, default=2, help="steps per timed block")
+    p.add_argument("--blocks", type=int, default=16, help="timed blocks per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
+    p.add_argument("--refresh-repeats", type=int, default=2, help="timed refreshes per mode")
+    p.add_argument("--mem-steps", type=int, default=3,
+                   help="KD steps in the memory window before the period's refresh")
+    p.add_argument("--malloc", choices=["fixed", "default"], default="fixed",
+                   help="glibc mmap threshold in the memory children (see the docstring)")
+    p.add_argument("--time-malloc", choices=["keep", "default"], default="keep",
+                   help="glibc in the timing process: keep freed memory (see keep_freed_memory)"
+                        " or glibc's defaults")
+    p.add_argument("--mem-repeats", type=int, default=1,
+                   help="fresh processes per variant (median)")
+    p.add_argument("--no-source", dest="source", action="store_false",
+                   help="skip the kdci.features=source mode")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--json", type=Path)
-    p.add_argument("--_memory", choices=["vanilla", "kdci", "source"], help=argparse.SUPPRESS)
-    args = p.parse_args()
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
-    if args._memory:
-        memory_child(args, device)
-        return
+    p.add_argument("--_memory", choices=VARIANTS, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
 
-    vanilla, kdci = Bench(args, False, device), Bench(args, True, device)
-    source = Bench(args, True, device, features="source")
-    kdci.auto_refresh = source.auto_refresh = False  # refreshes are timed apart, below
-    for bench in (vanilla, kdci, source):
-        bench.block(3)  # warm-up
-    v_times, k_times, s_times = [], [], []
-    for _ in range(args.blocks):  # alternate, so all three see the same conditions
-        v_times.append(vanilla.block(args.steps))
-        k_times.append(kdci.block(args.steps))
-        s_times.append(source.block(args.steps))
 
-    with torch.no_grad():  # teacher logits a round of KD steps would have left (not timed)
-        seen = kdci.teacher(kdci.refresh_x).logits
+def run(args: argparse.Namespace, argv: list[str], device: torch.device, threads: int) -> dict:
+    names = ["vanilla", "kdci"] + (["source"] if args.source else [])
+    benches = {name: Bench(args, name, device) for name in names}
+    for bench in benches.values():
+        bench.block(max(1, args.warmup))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for r in range(args.blocks):  # alternate (rotating order): all see the same conditions
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(benches[name].block(args.steps))
 
-    def refresh_seconds(bench: Bench, repeats: int = 3) -> float:
-        total = 0.0
-        for _ in range(repeats):
-            for i in range(args.refresh_every):  # no-op in "source" mode
-                start = (i * args.batch) % len(seen)
-                bench.kdci.observe(seen[start:start + args.batch])
-            start = time.perf_counter()
-            bench.kdci.refresh(bench.teacher, bench.refresh_x)
-            total += time.perf_counter() - start
-        return total / repeats
-
+    seen = period_logits(benches["kdci"])
     with torch.no_grad():
-        refresh_k = refresh_seconds(kdci)
-        refresh_s = refresh_seconds(source)
-    step_v = statistics.median(v_times)
-    step_k = statistics.median(k_times) + refresh_k / args.refresh_every
-    step_s = statistics.median(s_times) + refresh_s / args.refresh_every
-    mem_v, mem_k, mem_s = (peak_memory_mb(v) for v in ("vanilla", "kdci", "source"))
-    result = {
+        refresh = {name: time_refresh(benches[name], seen, args.refresh_repeats)
+                   for name in names[1:]}
+    own_wall, own_cpu = own_cost(benches["kdci"], seen)
+    headline = "cpu" if device.type == "cpu" else "wall"
+
+    result: dict = {
         "device": str(device), "teacher": args.teacher, "student": args.student,
-        "batch": args.batch, "k": args.k, "refresh_every": args.refresh_every,
-        "refresh_n": args.refresh_n, "threads": torch.get_num_threads(),
-        "features": "observed",
-        "step_s_vanilla": step_v, "step_s_kdci": step_k, "refresh_s": refresh_k,
-        "time_overhead": step_k / step_v - 1.0,
-        "step_s_kdci_source": step_s, "refresh_s_source": refresh_s,
-        "time_overhead_source": step_s / step_v - 1.0,
-        "peak_mem_mb_vanilla": mem_v, "peak_mem_mb_kdci": mem_k,
-        "mem_overhead": mem_k / mem_v - 1.0,
-        "peak_mem_mb_kdci_source": mem_s, "mem_overhead_source": mem_s / mem_v - 1.0,
+        "batch": args.batch, "score_batch": args.batch, "k": args.k,
+        "refresh_every": args.refresh_every, "refresh_n": args.refresh_n, "threads": threads,
+        "time_malloc": args.time_malloc if device.type == "cpu" else "default",
+        "steps": args.steps, "blocks": args.blocks, "features": "observed",
+        "time_overhead_measure": headline,
     }
-    print(f"KD step, {args.teacher} -> {args.student}, batch {args.batch}, {device}, "
-          f"{torch.get_num_threads()} thread(s)")
-    print(f"  vanilla: {step_v * 1e3:8.2f} ms/step   peak {mem_v:8.1f} MB")
-    print(f"  KDCI:    {step_k * 1e3:8.2f} ms/step   peak {mem_k:8.1f} MB   (K={args.k}, "
-          f"kdci.features=observed, the default: refresh {refresh_k * 1e3:.1f} ms every "
-          f"{args.refresh_every} steps, amortised)")
-    print(f"  KDCI, kdci.features=source: {step_s * 1e3:8.2f} ms/step   peak {mem_s:8.1f} MB   "
-          f"(refresh {refresh_s * 1e3:.1f} ms: scores {args.refresh_n} images again, amortised)")
-    for label, key in (("default", "time_overhead"), ("source", "time_overhead_source")):
-        ok = "meets" if result[key] <= 0.03 else "MISSES"
-        print(f"  time overhead ({label}) {100 * result[key]:+.2f}% ({ok} the <= 3% target)")
-    print(f"  memory overhead (default) {100 * result['mem_overhead']:+.2f}%, (source) "
-          f"{100 * result['mem_overhead_source']:+.2f}%")
+    v_wall = [w for w, _ in times["vanilla"]]
+    v_cpu = [c for _, c in times["vanilla"]]
+    result["step_s_vanilla"] = statistics.median(v_wall)
+    result["cpu_step_s"] = statistics.median(v_cpu)
+    for name in names[1:]:
+        sfx = "" if name == "kdci" else "_source"
+        r_wall, r_cpu = refresh[name]
+        k_wall = [w + r_wall / args.refresh_every for w, _ in times[name]]
+        k_cpu = [c + r_cpu / args.refresh_every for _, c in times[name]]
+        result[f"step_s_kdci{sfx}"] = statistics.median(k_wall)
+        result[f"cpu_step_s_kdci{sfx}"] = statistics.median(k_cpu)
+        result[f"refresh_s{sfx}"] = r_wall
+        result[f"cpu_refresh_s{sfx}"] = r_cpu
+        result[f"wall_time_overhead{sfx}"] = (result[f"step_s_kdci{sfx}"]
+                                              / result["step_s_vanilla"] - 1.0)
+        result[f"cpu_time_overhead{sfx}"] = (result[f"cpu_step_s_kdci{sfx}"]
+                                             / result["cpu_step_s"] - 1.0)
+        result[f"wall_time_overhead{sfx}_ci95"] = _ci95(k_wall, v_wall)
+        result[f"cpu_time_overhead{sfx}_ci95"] = _ci95(k_cpu, v_cpu)
+        result[f"time_overhead{sfx}"] = result[f"{headline}_time_overhead{sfx}"]
+        result[f"time_overhead{sfx}_ci95"] = result[f"{headline}_time_overhead{sfx}_ci95"]
+    first_wall, first_cpu = benches["kdci"].first_refresh
+    result["first_refresh_s"], result["cpu_first_refresh_s"] = first_wall, first_cpu
+    result["own_s"], result["cpu_own_s"] = own_wall, own_cpu
+    added = {"wall": own_wall + refresh["kdci"][0] / args.refresh_every,
+             "cpu": own_cpu + refresh["kdci"][1] / args.refresh_every}
+    base = {"wall": result["step_s_vanilla"], "cpu": result["cpu_step_s"]}
+    result["wall_time_overhead_isolated"] = added["wall"] / base["wall"]
+    result["cpu_time_overhead_isolated"] = added["cpu"] / base["cpu"]
+    result["time_overhead_isolated"] = added[headline] / base[headline]
+    result["blocks_s"] = {name: {"wall": [w for w, _ in times[name]],
+                                 "cpu": [c for _, c in times[name]]} for name in names}
+
+    mem = {name: measure_memory(name, argv, args.malloc, args.mem_repeats)
+           for name in names}
+    result["mem_measure"] = ("cuda max_memory_allocated" if device.type == "cuda" else
+                             "peak RSS" + (f", MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
+                                           if args.malloc == "fixed" else ", glibc default"))
+    result["mem_repeats"] = args.mem_repeats
+    result["mem_steps"] = max(1, min(args.mem_steps, args.refresh_every))
+    result["mem"] = mem
+    result["base_mem_mb"] = mem["vanilla"]["base_mb"]
+    result["peak_mem_mb_vanilla"] = mem["vanilla"]["peak_mb"]
+    result["step_mem_mb"] = _minus(mem["vanilla"]["peak_mb"], mem["vanilla"]["base_mb"])
+    for name in names[1:]:
+        sfx = "" if name == "kdci" else "_source"
+        result[f"peak_mem_mb_kdci{sfx}"] = mem[name]["peak_mb"]
+        result[f"mem_overhead{sfx}"] = mem[name]["peak_mb"] / mem["vanilla"]["peak_mb"] - 1.0
+        result[f"mem_added_mb{sfx}"] = mem[name]["peak_mb"] - mem["vanilla"]["peak_mb"]
+        result[f"first_refresh_mem_mb{sfx}"] = _minus(mem[name]["first_refresh_peak_mb"],
+                                                      mem[name]["base_mb"])
+    return result
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def report(result: dict) -> None:
+    ms = 1e3
+    print(f"KD step, {result['teacher']} -> {result['student']}, batch {result['batch']}, "
+          f"{result['device']}, {result['threads']} thread(s); K = {result['k']}, refresh every "
+          f"{result['refresh_every']} steps, score_batch {result['score_batch']}")
+    print(f"  vanilla:         {result['cpu_step_s'] * ms:8.1f} ms CPU  "
+          f"{result['step_s_vanilla'] * ms:8.1f} ms wall per step")
+    rows = [("KDCI (observed)", "")] + ([("KDCI (source)", "_source")]
+                                       if "cpu_step_s_kdci_source" in result else [])
+    for label, sfx in rows:
+        print(f"  {label + ':':16s} {result[f'cpu_step_s_kdci{sfx}'] * ms:8.1f} ms CPU  "
+              f"{result[f'step_s_kdci{sfx}'] * ms:8.1f} ms wall   "
+              f"CPU {100 * result[f'cpu_time_overhead{sfx}']:+.2f}% "
+              f"(±{100 * (result[f'cpu_time_overhead{sfx}_ci95'] or math.nan):.2f}), wall "
+              f"{100 * result[f'wall_time_overhead{sfx}']:+.2f}% "
+              f"(±{100 * (result[f'wall_time_overhead{sfx}_ci95'] or math.nan):.2f}); refresh "
+              f"{result[f'cpu_refresh_s{sfx}'] * ms:.1f} ms CPU, amortised")
+    measure = result["time_overhead_measure"]
+    ci = result["time_overhead_ci95"]
+    print(f"  KDCI's own calls, timed apart: {result['cpu_own_s'] * ms:.2f} ms CPU "
+          f"({result['own_s'] * ms:.2f} ms wall) per step + refresh/{result['refresh_every']}"
+          f" = {100 * result['time_overhead_isolated']:+.3f}% ({measure})")
+    print(f"  first refresh (scores {result['refresh_n']} images, once per training): "
+          f"{result['cpu_first_refresh_s']:.2f} s CPU")
+    lo, hi = PAPER_TIME
+    ok = "meets" if result["time_overhead"] <= TARGET else "MISSES"
+    if ci is not None and result["time_overhead"] - ci <= TARGET < result["time_overhead"] + ci:
+        ok += f" (but its 95% interval, ±{100 * ci:.2f}%, straddles it)"
+    print(f"  time overhead ({measure}, default mode) {100 * result['time_overhead']:+.2f}%: "
+          f"{ok} the <= {100 * TARGET:.0f}% target (paper: +{100 * lo:.1f} to +{100 * hi:.1f}%)")
+    ok = "meets" if result["time_overhead_isolated"] <= TARGET else "MISSES"
+    print(f"  time overhead of KDCI's own work ({measure}) "
+          f"{100 * result['time_overhead_isolated']:+.3f}%: {ok} the target")
+    print(f"  peak memory ({result['mem_measure']}): vanilla {result['peak_mem_mb_vanilla']:.1f}"
+          f" MB (set-up {_mb(result['base_mem_mb'])} + KD steps {_mb(result['step_mem_mb'])})")
+    for label, sfx in rows:
+        print(f"  {label + ':':16s} {result[f'peak_mem_mb_kdci{sfx}']:8.1f} MB "
+              f"({result[f'mem_added_mb{sfx}']:+.1f} MB, "
+              f"{100 * result[f'mem_overhead{sfx}']:+.2f}%); its first refresh peaks at "
+              f"set-up + {_mb(result[f'first_refresh_mem_mb{sfx}'])} MB")
+    lo, hi = PAPER_MEMORY
+    ok = "meets" if result["mem_overhead"] <= TARGET else "MISSES"
+    print(f"  memory overhead (default mode) {100 * result['mem_overhead']:+.2f}%: {ok} the "
+          f"<= {100 * TARGET:.0f}% target (paper: +{100 * lo:.2f} to +{100 * hi:.2f}%)")
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    threads = limit_threads()  # one thread unless OMP_NUM_THREADS says otherwise
+    device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
+    if not args._memory and device.type == "cpu" and args.time_malloc == "keep":
+        if not keep_freed_memory():
+            args.time_malloc = "default"  # not glibc: its defaults, recorded as such
+    if args._memory:
+        print(json.dumps(memory_child(args, device)))
+        return None
+    result = run(args, argv, device, threads)
+    report(result)
+    if device.type == "cpu" and threads != 1:
+        print(f"  note: {threads} threads: CPU time sums them (set OMP_NUM_THREADS=1)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"  wrote {args.json}")
+    return result
 
 
 if __name__ == "__main__":

@@ -24,9 +24,13 @@ from kdci_ray.methods.cmi import (
 from kdci_ray.methods.fast import Fast, FastConfig
 from kdci_ray.methods.hooks import (
     BNMomentum,
+    bn_inputs,
     bn_statistics,
     bn_statistics_momentum,
     count_forward_hooks,
+    feature_dim,
+    instance_means,
+    stage_inputs,
 )
 from kdci_ray.models import create_model
 from kdci_ray.train.task import Collect, distill
@@ -210,9 +214,11 @@ def test_cmi_round_reinitialises_the_generator_and_grows_a_bounded_bank(
     assert set(logs) >= {"bn", "oh", "adv", "cr", "loss"} and logs["bn"] > 0
     assert len(method.pool) == 16 and len(method.bank) == 16
     assert method.bank.data.device == method.ctx.device
-    assert method.bank.data.shape[1] == 2 * sum(  # [local | global] instance means
-        m.num_features for m in method.ctx.teacher.modules()
-        if isinstance(m, torch.nn.BatchNorm2d))
+    # [local | global] instance means of tiny_cnn's stage inputs: the convs after its two max
+    # pools (8 + 16 channels), not every BN input (8 + 16 + 16)
+    convs = [m for m in method.ctx.teacher.features if isinstance(m, torch.nn.Conv2d)]
+    assert method.feature_modules == convs[1:]
+    assert method.bank.data.shape[1] == 2 * (8 + 16)
     assert not torch.allclose(_params(method.head), head)  # the head trains
     assert count_forward_hooks(method.ctx.teacher) == hooks
     method.synthesize(1)
@@ -222,6 +228,72 @@ def test_cmi_round_reinitialises_the_generator_and_grows_a_bounded_bank(
     assert count_forward_hooks(method.ctx.teacher) == hooks
     assert torch.equal(_params(method.ctx.teacher), teacher)
     assert method.sample(8).shape == (8, 1, 16, 16)
+
+
+def test_cmi_reads_resnet34_layer_inputs_512d() -> None:
+    """CMI's contrastive feature for a ResNet-34 teacher: the spatial means of the *inputs* of
+    layer1..layer4 (64 + 64 + 128 + 256 = 512), not every BN input (8512) nor the outputs."""
+    torch.manual_seed(0)
+    teacher = create_model("resnet34", 10).eval()
+    ctx = MethodContext(teacher=teacher, student=create_model("tiny_cnn", 10), num_classes=10,
+                        channels=3, image_size=32, device=torch.device("cpu"), seed=0, rounds=1,
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    cfg = CMIConfig(latent_dim=8, width=4, batch_size=2, g_steps=1, head_dim=8, bank_size=8,
+                    n_neg=4)
+    method = CMI(cfg, ctx)
+    layers = [teacher.layer1, teacher.layer2, teacher.layer3, teacher.layer4]
+    assert method.feature_modules == layers
+    assert method.head.head[0].in_features == 512
+    assert count_forward_hooks(teacher) == 0  # the dimension probe left no hook behind
+
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].mean((2, 3))))
+               for m in layers]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad(), instance_means(teacher, method.feature_modules) as feats:
+        teacher(x)
+        got = feats.features()
+    for h in handles:
+        h.remove()
+    assert got.shape == (3, 512) and [t.shape[1] for t in seen] == [64, 64, 128, 256]
+    assert torch.allclose(got, torch.cat(seen, dim=1))
+
+    method.synthesize(0)  # one round: the bank stores [local | global] 512-d features
+    assert method.bank.data.shape == (2, 1024)
+    assert count_forward_hooks(teacher) == 0
+
+# the stage inputs of each teacher family: hooked modules (by name) and the feature width
+STAGES = {
+    "resnet34": (["layer1", "layer2", "layer3", "layer4"], 64 + 64 + 128 + 256),
+    "wrn_40_2": (["block1", "block2", "block3"], 16 + 32 + 64),
+    "vgg11_bn": (["block1", "block2", "block3", "block4"], 64 + 128 + 256 + 512),
+    "digits_cnn": (["features.7", "features.14"], 32 + 64),  # the convs after the 2 pools
+}
+
+
+@pytest.mark.parametrize("arch", sorted(STAGES))
+def test_stage_inputs_per_teacher_family(arch: str) -> None:
+    channels, size = (1, 16) if arch == "digits_cnn" else (3, 32)
+    model = create_model(arch, 10, channels).eval()
+    names = {m: n for n, m in model.named_modules()}
+    modules = stage_inputs(model)
+    expected, dim = STAGES[arch]
+    assert [names[m] for m in modules] == expected
+    assert feature_dim(model, modules, channels, size) == dim
+    every_bn = sum(m.num_features for m in bn_inputs(model))
+    assert feature_dim(model, bn_inputs(model), channels, size) == every_bn > dim
+    assert count_forward_hooks(model) == 0
+
+
+def test_cmi_features_option_and_unknown_models(tiny_settings) -> None:
+    method = _cmi(tiny_settings, features="bn")  # the reference's choice for non-ResNet-34
+    assert method.feature_modules == bn_inputs(method.ctx.teacher)
+    assert method.head.head[0].in_features == 8 + 16 + 16
+    with pytest.raises(ValueError, match="cmi.features must be stages or bn"):
+        _cmi(tiny_settings, features="all")
+    flat = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="set cmi.features=bn"):
+        stage_inputs(flat)
 
 
 def test_feature_bank_is_a_bounded_ring() -> None:

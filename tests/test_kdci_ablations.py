@@ -320,8 +320,8 @@ def test_dictionary_command_builds_once_then_reuses(tiny_settings, tmp_path, cap
 
 
 @pytest.mark.parametrize(("name", "trials", "varying"), [
-    ("ablation_prior", 10, {"kdci.enabled", "kdci.random_lambda", "kdci.random_z",
-                            "kdci.uniform_p", "seed"}),
+    ("ablation_prior", 12, {"kdci.enabled", "kdci.random_lambda", "kdci.random_z",
+                            "kdci.without_p", "kdci.uniform_p", "seed"}),
     ("dictionary_source", 6, {"kdci.source", "kdci.source_arch", "seed"}),
     ("dictionary_size", 4, {"kdci.k"}),
 ])

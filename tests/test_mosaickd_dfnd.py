@@ -76,7 +76,8 @@ def test_dfnd_selects_the_most_confident_once_and_caches(tmp_path) -> None:
     n_pool, n = 300, 40
     images = _id_images(n_pool)
     teacher = StubTeacher(n_pool)
-    cfg = DFNDConfig(select_n=n, teacher_acc=0.9, augment_pad=0, augment_flip=False)
+    cfg = DFNDConfig(select_n=n, teacher_acc=0.9, augment_pad=0, augment_flip=False,
+                     class_weights=True)
     method = DFND(cfg, _ctx(teacher, TensorPool(images), tmp_path))
     logs = method.synthesize(0)
     p_max = torch.softmax(teacher.table, 1).max(1).values
@@ -104,7 +105,8 @@ def test_dfnd_selects_the_most_confident_once_and_caches(tmp_path) -> None:
 
 def test_noise_adaptation_loss_equals_an_independent_computation(tmp_path) -> None:
     acc, n_pool = 0.8, 50
-    method = DFND(DFNDConfig(select_n=20, teacher_acc=acc, kd_temperature=3.0),
+    method = DFND(DFNDConfig(select_n=20, teacher_acc=acc, kd_temperature=3.0,
+                             class_weights=True),
                   _ctx(StubTeacher(n_pool), TensorPool(_id_images(n_pool)), tmp_path))
     method.synthesize(0)
     g = torch.Generator().manual_seed(3)

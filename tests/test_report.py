@@ -21,7 +21,7 @@ from kdci_ray.tune.report import (
     trial_curve,
     write_report,
 )
-from kdci_ray.tune.table import rows_from_sweep, write_tables
+from kdci_ray.tune.table import rows_from_sweep, summarize, write_tables
 
 ROUNDS = 4
 # final test accuracy per (method, kdci) and seed 0, 1, 2 of the finished trials
@@ -306,3 +306,91 @@ def test_headline_margin_outside_noise() -> None:
     assert text.startswith("Winner (highest mean acc): **a**, KDCI off with 90.50 ± 0.71 %")
     assert "margin 10.00 pp. That margin is larger than the seed noise" in text
     assert "no KDCI gain to report" in text
+
+
+# ----------------------------------------------------------------------------- shift benchmark
+
+SHIFT_J = (-0.01, 0.0, 0.01)  # per-seed jitter of every arm's raw acc: differences sd 1 pp
+SHIFT_WITHIN = {"control": lambda level: 0.04, "scaled": lambda level: 0.03 * (level > 1)}
+SHIFT_RAW = {"control": 0.0, "scaled": 0.01}
+SHIFT_MISSING = ("fast", 64, "scaled", 2)  # never ran
+
+
+def _shift_reports(method: str, level: int, case: str, seed: int) -> list[dict]:
+    acc = {"dfnd": 0.80, "fast": 0.85}[method] - 0.001 * level + 0.01 * seed
+    report = {"round": 1, "step": 10, "eval/teacher_acc": 0.95, "finished": 1.0,
+              "eval/recall_rare": acc - 0.2}
+    if level > 1:
+        report["eval/recall_min"] = acc - 0.3  # reported at one level only
+    if case != "vanilla":
+        acc += SHIFT_RAW[case] + SHIFT_J[seed]
+        acc_kdci = acc + SHIFT_WITHIN[case](level)
+        report.update({"eval/acc_kdci": acc_kdci, "eval/recall_rare_kdci": acc_kdci - 0.1,
+                       "eval/prior_ratio": 0.2, "kdci/prior_ratio": 0.3})
+    return [{**report, "eval/acc": acc, "eval/recall_rare": acc - 0.2}]
+
+
+@pytest.fixture(scope="module")
+def shift_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kdci_shift.yaml's shape: method x shift.imbalance x cases (vanilla / control / scaled) x
+    seeds 0-2; config.yaml holds each trial's resolved KDCI setting."""
+    root = tmp_path_factory.mktemp("shift") / "sweep"
+    for method in ("dfnd", "fast"):
+        for level in (1, 64):
+            for case in ("vanilla", "control", "scaled"):
+                for seed in range(3):
+                    if (method, level, case, seed) == SHIFT_MISSING:
+                        continue
+                    trial = _trial(root, {"method": method, "shift.imbalance": level,
+                                          "cases": case, "seed": seed},
+                                   _shift_reports(method, level, case, seed))
+                    (trial / "config.yaml").write_text(
+                        f"method: {method}\nseed: {seed}\nkdci.enabled: {case != 'vanilla'}\n")
+    rows = rows_from_sweep(root)
+    write_report(root, rows, write_tables(rows, root, "shift"), "shift")
+    return root
+
+
+def test_shift_rows_have_the_new_metrics(shift_sweep: Path) -> None:
+    rows = rows_from_sweep(shift_sweep)
+    assert len(rows) == 35
+    on, off = rows[rows["kdci"]], rows[~rows["kdci"]]
+    assert on["prior_ratio"].eq(0.2).all() and on["prior_ratio_train"].eq(0.3).all()
+    for col in ("acc_kdci", "recall_rare_kdci", "prior_ratio", "prior_ratio_train"):
+        assert off[col].isna().all()
+    assert (rows["recall_rare"] - rows["acc"] + 0.2).abs().max() < 1e-9
+    assert rows.loc[rows["shift.imbalance"] == 1, "recall_min"].isna().all()
+    assert rows.loc[rows["shift.imbalance"] == 64, "recall_min"].notna().all()
+    summary = summarize(rows)
+    assert summary["prior_ratio_train_mean"].dropna().eq(0.3).all()
+    assert summary["recall_rare_kdci_mean"].notna().sum() == 8  # the KDCI-on groups
+
+
+def test_shift_report_gains_ship_and_pivot(shift_sweep: Path) -> None:
+    text = (shift_sweep / "report.md").read_text()
+    lines = text.splitlines()
+    assert "Paired by seed, winner − runner-up: " in lines[2]
+    assert "(paired: +1.00 pp, 95% CI [-1.48, +3.48] pp, n = 3)" in lines[2]  # best KDCI gain
+    section = lines[lines.index("## KDCI arms, paired by seed"):lines.index("## Summary")]
+    # raw gain: J (sd 1 pp, half 4.303 / sqrt(3) = 2.48 pp); compensated: +4 pp + J
+    assert ("| dfnd | 1 | control | 3 | 0 | +0.00 pp | [-2.48, +2.48] | no | +4.00 pp | "
+            "[+1.52, +6.48] | yes |") in section
+    # fast · 64 · scaled lacks seed 2: raw differences 0.0, 1.0 pp, half 12.706 · 0.707 / √2
+    assert ("| fast | 64 | scaled | 2 | 1 | +0.50 pp | [-5.85, +6.85] | no | +3.50 pp | "
+            "[-2.85, +9.85] | no |") in section
+    ships = section[section.index("### Raw or compensated prediction"):]
+    assert any(ln.startswith("| dfnd | 1 | scaled | 3 |") and "| either (no difference) |" in ln
+               for ln in ships)
+    assert any(ln.startswith("| dfnd | 64 | control | 3 |") and "| compensated |" in ln
+               and ln.endswith("| 0.200 / 0.300 |") for ln in ships)
+    pivot = section[section.index("### Compensated gain vs shift.imbalance"):]
+    assert pivot.count("| KDCI arm | shift.imbalance=1 | shift.imbalance=64 |") == 2
+    fast = pivot[pivot.index("**fast**"):]
+    assert "| control | +4.0 pp [+1.5, +6.5]* | +4.0 pp [+1.5, +6.5]* |" in fast
+    # scaled at 64: seeds 0, 1 only -> 3.0 and 4.0 pp, t(0.975, 1) = 12.706
+    half = 12.706 * statistics.stdev([0.03, 0.04]) / math.sqrt(2)
+    assert (f"| scaled | +1.0 pp [-1.5, +3.5] | +3.5 pp [{100 * (0.035 - half):+.1f}, "
+            f"{100 * (0.035 + half):+.1f}] |") in fast
+    summary = text.split("### KDCI − vanilla", 1)[1]
+    # Δ acc over all trials (2 vs 3 seeds) differs from the paired Δ over the 2 common seeds
+    assert "| 64 | scaled | fast | +0.00 pp | +0.50 pp | [-5.85, +6.85] | no | 2 | 1 |" in summary

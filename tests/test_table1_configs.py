@@ -1,8 +1,9 @@
-"""The KDCI Table 1 grids (tune_configs/cifar{10,100}_table1.yaml), ``cases`` and ``--only``."""
+"""The KDCI Table 1 grids (tune_configs/cifar{10,100}_table1.yaml): grid, defaults, smoke."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -11,18 +12,18 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from kdci_ray.cli import build_parser, main, parse_args
-from kdci_ray.config import SMOKE, ConfigError
+from kdci_ray.cli import main
+from kdci_ray.config import SMOKE, resolve
 from kdci_ray.methods import METHODS
-from kdci_ray.tune.cases import RESERVED_COLUMNS, case_lookup, config_layer, expand, parse_cases
+from kdci_ray.methods.base import MethodContext
+from kdci_ray.models import create_model
 from kdci_ray.tune.driver import plan_sweep
 from kdci_ray.tune.naming import trial_dirname
-from kdci_ray.tune.space import build_param_space, count_trials, grid_points
+from kdci_ray.tune.space import build_param_space, count_trials
 from kdci_ray.tune.table import (
-    ROW_COLUMNS,
-    SUMMARY_COLUMNS,
     rows_from_sweep,
     summarize,
     to_markdown,
@@ -63,7 +64,8 @@ def test_table1_expands_to_the_full_grid(table1) -> None:
     assert {m for _, _, m, _ in cells} == SIX
     assert len(build_param_space(plan.search)) == 3  # cases.pair, cases.schedule, kdci.enabled
     for c in cfgs:
-        assert c.data.name == dataset and c.preset == "paper" and c.run.use_gpu
+        assert c.data.name == dataset and c.run.use_gpu
+        assert c.preset == ("cmi_harness" if c.method == "deepinv" else "paper")
         assert (c.pool.source, c.pool.size) == ("npz", 600_000)
         assert Path(c.teacher.checkpoint).name == f"{c.teacher.arch}.pth"
         assert f"/{dataset}/" in c.teacher.checkpoint
@@ -79,11 +81,98 @@ def test_table1_uses_each_methods_paper_schedule(table1) -> None:
     assert rounds == {"dafl": (240_000, 1, 1024, 0.1), "deepinv": (200, 400, 256, 0.1),
                       "fast": (220, 400, 256, 0.2), "cmi": (200, 400, 256, 0.1),
                       "mosaickd": (39_200, 5, 512, 0.1), "dfnd": (200, 2344, 256, 0.1)}
-    for method in ("cmi", "deepinv", "mosaickd"):  # paper preset: the Config defaults
+    for method in ("cmi", "mosaickd", "fast", "dfnd", "dafl"):  # paper preset: Config defaults
+        assert by_method[method].preset == "paper"
+    for method in ("cmi", "mosaickd"):  # no per-case method keys either
         assert by_method[method].method_config == METHODS[method].Config()
+    harness = resolve({"method": "deepinv", "preset": "cmi_harness"}).method_config
+    assert by_method["deepinv"].preset == "cmi_harness"
+    assert by_method["deepinv"].method_config == harness != METHODS["deepinv"].Config()
     assert by_method["dafl"].methods["dafl"].oh == (0.5 if dataset == "cifar100" else 0.05)
     vgg_fast = next(c for c in plan.configs if c.method == "fast" and c.teacher.arch == "vgg11_bn")
     assert vgg_fast.methods["fast"].adv == 1.0
+
+
+def _by_method(plan, method: str) -> list:
+    return [c for c in plan.configs if c.method == method]
+
+
+def test_table1_dfnd_is_t4_without_class_weights(table1) -> None:
+    """DFND at KD temperature 4 without class weights (the reference's current loss)."""
+    _, plan = table1
+    for c in _by_method(plan, "dfnd"):
+        assert (c.method_config.kd_temperature, c.method_config.class_weights) == (4.0, False)
+
+
+def test_table1_fast_is_fast10(table1) -> None:
+    """Fast-10 of Fast-Datafree scripts/fast_cifar.sh (--g_steps 10 --lr_z 0.01 --lr_g 2e-3)
+    with the script's shared settings and per-teacher adv / oh."""
+    _, plan = table1
+    adv_oh = {"resnet34": (1.33, 0.5), "vgg11_bn": (1.0, 0.5), "wrn_40_2": (1.1, 0.4)}
+    for c in _by_method(plan, "fast"):
+        f = c.method_config
+        assert (f.g_steps, f.lr_g, f.lr_z) == (10, 2e-3, 0.01)
+        assert (f.adv, f.oh) == adv_oh[c.teacher.arch]
+        assert (f.bn, f.bn_mmt, f.warmup, f.reset_l0, f.meta) == (10.0, 0.9, 20, True, "fomaml")
+        assert (f.batch_size, f.kd_temperature) == (256, 20.0)
+        assert (c.train.rounds, c.train.kd_steps, c.train.lr) == (220, 400, 0.2)
+
+
+def test_table1_deepinv_runs_the_cmi_harness(table1) -> None:
+    """zju-vipa/CMI scripts/deepinv_cifar10.sh: adv 1, BN 10, one-hot 1 (fixed), TV 1e-3 and
+    l2 0 (datafree_kd.py), synthesis lr 0.1, 1000 iterations, batch 256, T 20."""
+    _, plan = table1
+    for c in _by_method(plan, "deepinv"):
+        d = c.method_config
+        assert c.preset == "cmi_harness"
+        assert (d.comp, d.bn, d.tv, d.l2, d.lr) == (1.0, 10.0, 1e-3, 0.0, 0.1)
+        assert (d.iterations, d.batch_size, d.kd_temperature) == (1000, 256, 20.0)
+        assert (d.comp_temperature, d.jitter, d.flip, d.clip) == (3.0, 4, True, True)
+        assert (d.beta1, d.beta2, d.augment_pad) == (0.5, 0.99, 4)
+        assert (c.train.rounds, c.train.kd_steps, c.train.lr) == (200, 400, 0.1)
+
+
+def test_cmi_harness_clips_the_pixels(tiny_settings) -> None:
+    """The harness clamps the optimised pixels to the valid image range after every step."""
+    from kdci_ray.methods.deepinv import DeepInversion
+    from kdci_ray.train.teacher import load_data, load_teacher
+
+    cfg = resolve(tiny_settings, {"method": "deepinv", "preset": "cmi_harness",
+                                  "deepinv.iterations": 4})
+    data = load_data(cfg)
+    ctx = MethodContext(teacher=load_teacher(cfg, data, torch.device("cpu")),
+                        student=create_model("tiny_cnn", 10, 1), num_classes=10, channels=1,
+                        image_size=16, device=torch.device("cpu"), seed=0, rounds=1,
+                        mean=data.mean, std=data.std)
+
+    def batch(clip: bool) -> torch.Tensor:
+        method = DeepInversion(dataclasses.replace(cfg.method_config, clip=clip), ctx)
+        method.synthesize(0)
+        return method.last_batch - method.lo, method.hi - method.last_batch
+
+    below, above = batch(True)
+    assert below.min() >= -1e-6 and above.min() >= -1e-6
+    below, above = batch(False)
+    assert min(below.min(), above.min()) < -0.1  # the same seed leaves the range unclipped
+
+
+def test_table1_cmi_stage_features_and_k32(table1) -> None:
+    _, plan = table1
+    cmis = _by_method(plan, "cmi")
+    assert {c.kdci.enabled for c in cmis} == {False, True}
+    for c in cmis:
+        assert c.method_config.features == "stages"
+        assert (c.kdci.k or METHODS[c.method].kdci_k) == 32  # the K that KDCI builds with
+        assert c.method_config.batch_size >= 32  # K = 32 fits one round's batch
+
+
+def test_table1_dafl_loss_weights(table1) -> None:
+    """Information entropy 5 on CIFAR-10, activation 0.1 (and one-hot 0.5) on CIFAR-100."""
+    dataset, plan = table1
+    for c in _by_method(plan, "dafl"):
+        d = c.method_config
+        assert d.ie == 5.0
+        assert (d.oh, d.a) == ((0.5, 0.1) if dataset == "cifar100" else (0.05, 0.01))
 
 
 def test_table1_smoke_resolves_tiny_schedules() -> None:
@@ -102,171 +191,6 @@ def test_table1_trial_names_are_short() -> None:
     trial = SimpleNamespace(trial_id="a1b2_00007", evaluated_params={
         "cases.pair": "wrn_40_2-wrn_16_1", "cases.schedule": "dfnd", "kdci.enabled": True})
     assert trial_dirname(trial) == "wrn_40_2-wrn_16_1_dfnd_kdci_00007"
-
-
-# ----------------------------------------------------------------------------- cases
-
-
-def test_cases_list_multiplies_with_grid_keys() -> None:
-    search = {"cases": [{"name": "big", "teacher.arch": "resnet34", "student.arch": "resnet18"},
-                        {"teacher.arch": "wrn_40_2", "teacher.checkpoint": "/c/w.pth",
-                         "student.arch": "wrn_16_1"}],
-              "kdci.enabled": [False, True], "train.lr": {"uniform": [0.01, 0.1]}}
-    points = grid_points(search)
-    assert count_trials(search) == len(points) == 4
-    names = [p["cases"]["name"] for p in points]
-    assert names == ["big", "big", "wrn_40_2-wrn_16_1", "wrn_40_2-wrn_16_1"]  # paths left out
-    assert config_layer(points[3]) == {"teacher.arch": "wrn_40_2", "teacher.checkpoint": "/c/w.pth",
-                                       "student.arch": "wrn_16_1", "kdci.enabled": True}
-    space = build_param_space(search)
-    assert space["cases"] == {"grid_search": ["big", "wrn_40_2-wrn_16_1"]}  # Tune sees names
-    params = {"cases": "big", "kdci.enabled": False, "train.lr": 0.05}
-    layer = config_layer(expand(params, case_lookup(search)))
-    assert layer == {"teacher.arch": "resnet34", "student.arch": "resnet18",
-                     "kdci.enabled": False, "train.lr": 0.05}
-
-
-def test_case_groups_multiply_and_nested_sections_flatten() -> None:
-    groups = parse_cases({"pair": [{"name": "p", "teacher": {"arch": "resnet34"}}],
-                          "schedule": [{"method": "dafl", "train.rounds": 3},
-                                       {"method": "cmi", "train.rounds": 4}]})
-    assert list(groups) == ["cases.pair", "cases.schedule"]
-    assert groups["cases.pair"] == [{"name": "p", "teacher.arch": "resnet34"}]
-    assert [c["name"] for c in groups["cases.schedule"]] == ["dafl-rounds3", "cmi-rounds4"]
-    assert count_trials({"cases": {"a": [{"seed": 1}, {"seed": 2}], "b": [{"method": "cmi"}]},
-                         "kdci.enabled": [False, True]}) == 4
-
-
-@pytest.mark.parametrize(
-    ("cases", "fragment"),
-    [
-        (3, "must be a list of mappings or a mapping"),
-        ({}, "must be a list of mappings or a mapping"),
-        ([], "expands to zero trials"),
-        ({"pair": []}, "expands to zero trials"),
-        ({"pair": {"a": 1}}, "must be a list of mappings"),
-        ([3], "case 1 must be a mapping"),
-        ([{"name": "x"}], "sets no config key"),
-        ([{"train.lr": {"grid": [0.1, 0.2]}}], "one fixed value"),
-        ([{"train.lr": [0.1, 0.2]}], "one fixed value"),
-        ([{"name": "a", "seed": 1}, {"name": "a", "seed": 2}], "both named 'a'"),
-        ([{"seed": 1}, {"seed": 1}], "both named 'seed1'"),
-        ([{"name": "a b", "seed": 1}], "name 'a b'"),
-        ([{"name": True, "seed": 1}], "name True"),
-        ({"pair list": [{"seed": 1}]}, "must be a word"),
-        ({"method": [{"seed": 1}]}, "clashes with a results-table column"),
-    ],
-)
-def test_bad_cases_shape_is_a_clear_error(cases: object, fragment: str) -> None:
-    for func in (grid_points, count_trials, build_param_space):
-        with pytest.raises(ConfigError, match="cases") as info:
-            func({"cases": cases})
-        assert fragment in str(info.value)
-
-
-def test_case_keys_are_checked_and_may_vary_in_one_place_only(tmp_path: Path) -> None:
-    bad = _write(tmp_path / "bad.yaml", "search:\n  cases:\n    - {seed: 0}\n"
-                                        "    - {teacher.ach: resnet34}\n")
-    with pytest.raises(ConfigError) as info:
-        plan_sweep(bad)
-    msg = str(info.value)
-    assert "teacher.ach" in msg and str(bad) in msg and "case 2" in msg
-    assert "did you mean 'teacher.arch'" in msg
-    with pytest.raises(ConfigError, match="'seed' is set both by search 'cases' and by search key"):
-        grid_points({"cases": [{"seed": 1}], "seed": [0, 1]})
-    with pytest.raises(ConfigError, match="'seed' is set both by search 'cases.b'"):
-        grid_points({"cases": {"a": [{"seed": 1}], "b": [{"seed": 2}]}})
-    with pytest.raises(ConfigError, match=r"write case groups as `cases: \{pair: \[...\]\}`"):
-        grid_points({"cases.pair": [{"seed": 1}]})
-    # a file without cases still goes through config.load_experiment's own checks
-    typo = _write(tmp_path / "typo.yaml", "search:\n  kdci.enable: [false, true]\n")
-    with pytest.raises(ConfigError, match="kdci.enable'.*search section"):
-        plan_sweep(typo)
-
-
-def test_reserved_group_names_cover_the_table_columns() -> None:
-    assert set(ROW_COLUMNS) | set(SUMMARY_COLUMNS) <= set(RESERVED_COLUMNS)
-
-
-# ----------------------------------------------------------------------------- --only
-
-
-def _only(*items: str, smoke: bool = False) -> list:
-    return plan_sweep(CONFIGS["cifar10"], smoke=smoke, only=list(items)).configs
-
-
-def test_only_or_within_a_key_and_across_keys() -> None:
-    assert {c.method for c in _only("method=dafl")} == {"dafl"} and len(_only("method=dafl")) == 10
-    two = _only("method=dafl", "method=dfnd")
-    assert len(two) == 20 and {c.method for c in two} == {"dafl", "dfnd"}
-    sub = _only("cases.pair=wrn_40_2-wrn_16_1", "method=dafl", "method=dfnd")
-    assert [(c.student.arch, c.method, c.kdci.enabled) for c in sub] == [
-        ("wrn_16_1", "dafl", False), ("wrn_16_1", "dafl", True),
-        ("wrn_16_1", "dfnd", False), ("wrn_16_1", "dfnd", True)]
-    assert len(_only("teacher.arch=wrn_40_2")) == 36  # three pairs share the teacher
-    assert len(_only("kdci.enabled=true", "train.kd_steps=400")) == 15  # typed like overrides
-    assert len(_only("dafl.oh=0.05")) == 10  # another method's key never matches
-
-
-def test_only_cuts_the_search_that_tune_runs(tmp_path: Path) -> None:
-    plan = plan_sweep(CONFIGS["cifar10"], output=str(tmp_path / "o"),
-                      only=["cases.pair=resnet34-resnet18", "method=cmi", "kdci.enabled=true"])
-    assert len(plan.configs) == 1 and plan.grid_size == 60
-    assert count_trials(plan.search) == 1
-    space = build_param_space(plan.search)
-    assert space == {"cases.pair": {"grid_search": ["resnet34-resnet18"]},
-                     "cases.schedule": {"grid_search": ["cmi"]},
-                     "kdci.enabled": {"grid_search": [True]}}
-    again = plan_sweep(_write(tmp_path / "cut.yaml", yaml.safe_dump(
-        {**plan.settings, "search": plan.search})))  # the cut search is a valid search
-    assert len(again.configs) == 1 and again.configs[0].method == "cmi"
-
-
-@pytest.mark.parametrize(
-    ("items", "fragment"),
-    [
-        (["method=dafel"], "--only method=dafel matches no grid point; method takes: cmi, dafl"),
-        # the values as configured, not smoke mode's (which sets every train.rounds to 2)
-        (["train.rounds=2"], "train.rounds takes: 200, 220, 240000, 39200"),
-        (["cases.pair=r34"], "cases.pair takes: resnet34-resnet18, vgg11_bn-resnet18"),
-        (["cases.teacher=x"], "no case group 'cases.teacher' (case groups: cases.pair, cases"),
-        (["method=dafl", "method=cmi", "train.lr=0.2"], "no point matches all of them"),
-        (["teacher.ach=resnet34"], "did you mean 'teacher.arch'"),
-        (["method"], "must look like key=value"),
-        (["seed=x"], "config key 'seed' expects int"),
-    ],
-)
-def test_only_errors(items: list[str], fragment: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        _only(*items, smoke=True)
-    assert fragment in str(info.value)
-
-
-def test_only_refuses_sampled_keys_and_non_grids(tmp_path: Path) -> None:
-    sampled = _write(tmp_path / "s.yaml", "search:\n  method: [dafl]\n"
-                                          "  train.lr: {uniform: [0.01, 0.1]}\n")
-    with pytest.raises(ConfigError, match="'train.lr' is sampled"):
-        plan_sweep(sampled, only=["train.lr=0.05"])
-    # train.rounds=10 holds for (short, dafl), (short, deepinv), (preset, deepinv): not a grid
-    mixed = _write(tmp_path / "m.yaml", "preset: embedded\nsearch:\n  cases:\n"
-                                        "    - {name: short, train.rounds: 10}\n"
-                                        "    - {name: preset, seed: 0}\n"
-                                        "  method: [dafl, deepinv]\n")
-    with pytest.raises(ConfigError, match="keep 3 grid points that do not form a sub-grid"):
-        plan_sweep(mixed, only=["train.rounds=10"])
-
-
-def test_cli_only_error_and_overrides_after_options(tmp_path: Path, capsys) -> None:
-    args = parse_args(build_parser(), ["sweep", "c.yaml", "--smoke", "--only", "method=dafl",
-                                       "data.root=/x", "--only", "seed=0", "seed=1"])
-    assert args.only == ["method=dafl", "seed=0"] and args.overrides == ["data.root=/x", "seed=1"]
-    code = main(["sweep", str(CONFIGS["cifar10"]), "--only", "method=nope",
-                 "--output", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert code == 2 and "method takes: cmi, dafl, deepinv, dfnd, fast, mosaickd" in err
-    assert not (tmp_path / "out").exists()
-    with pytest.raises(SystemExit):
-        parse_args(build_parser(), ["report", "dir", "x=1"])
 
 
 # ----------------------------------------------------------------------------- tables

@@ -268,3 +268,61 @@ def test_rows_from_real_tune_sweep(ray_session: None, tmp_path: Path) -> None:
     assert (rows["teacher_acc"] == 0.97).all() and (rows["seed"] == 3).all()
     assert rows["finished"].all() and (rows["rounds_done"] == 2).all()
     assert (rows["checkpoint"] == "").all()
+
+
+# ----------------------------------------------------------------------------- case arms
+
+ABLATION = {  # tune_configs/ablation_prior.yaml's cases; final acc per seed 0, 1, 2
+    "vanilla": (False, {}, [0.80, 0.82, 0.81]),
+    "kdci": (True, {}, [0.84, 0.85, 0.86]),
+    "random_lambda": (True, {"kdci.random_lambda": True}, [0.80, 0.83, 0.81]),
+    "random_z": (True, {"kdci.random_z": True}, [0.79, 0.80, None]),  # seed 2: no result
+    "uniform_p": (True, {"kdci.uniform_p": True}, [0.82, 0.84, 0.82]),
+}
+
+
+def _ablation_sweep(root: Path) -> Path:
+    """A finished sweep whose arms are cases, as ablation_prior.yaml runs it: the trials'
+    params.json hold only the case's name and the seed (the cases come from sweep.yaml)."""
+    cases = [{"name": name, "kdci.enabled": kdci, **extra}
+             for name, (kdci, extra, _) in ABLATION.items()]
+    root.mkdir(parents=True)
+    search = {"cases": cases, "seed": [0, 1, 2]}
+    (root / "sweep.yaml").write_text(yaml.safe_dump({"name": "ablation", "search": search}))
+    for name, (kdci, _, accs) in ABLATION.items():
+        for seed, acc in enumerate(accs):
+            reports = [] if acc is None else [_report(1, acc, finished=1.0, **(
+                {"eval/acc_kdci": acc + 0.01} if kdci else {}))]
+            _trial(root, f"{name}_{seed}", {"cases": name, "seed": seed}, reports,
+                   {"config.yaml": "method: dfnd\n"})
+    return root
+
+
+def test_case_arms_are_compared_with_the_vanilla_case(tmp_path: Path) -> None:
+    """The bug: with cases as arms every row of "KDCI − vanilla" was "–" (each case ran with one
+    KDCI setting, so no case had both sides). Each KDCI case is now compared with the vanilla
+    case, paired by seed."""
+    rows = rows_from_sweep(_ablation_sweep(tmp_path / "sweep"))
+    assert rows.groupby("case")["kdci"].first().to_dict() == {
+        name: kdci for name, (kdci, _, _) in ABLATION.items()}
+    summary = summarize(rows).set_index("case")
+    vanilla = statistics.mean(ABLATION["vanilla"][2])
+    assert math.isnan(summary.loc["vanilla", "delta_acc"])  # the reference itself
+    for name in ("kdci", "random_lambda", "uniform_p"):
+        expected = statistics.mean(ABLATION[name][2]) - vanilla
+        assert summary.loc[name, "delta_acc"] == pytest.approx(expected)
+
+    text = write_tables(rows, tmp_path / "out", "ablation")
+    table = text.split("### KDCI − vanilla", 1)[1].splitlines()
+    body = [ln for ln in table if ln.startswith("| ") and not ln.startswith("| case")]
+    assert [ln.split(" | ")[0] for ln in body] == [
+        "| kdci", "| random_lambda", "| random_z", "| uniform_p"]  # no row for vanilla itself
+    assert not any(ln.count("| – |") for ln in body)
+    # kdci − vanilla per seed: 0.04, 0.03, 0.05 -> mean 4.00, sd 1.00, half 4.303 / sqrt(3)
+    assert "| kdci | dfnd | +4.00 pp | +4.00 pp | [+1.52, +6.48] | yes | 3 | 0 |" in body
+    # random_z has no result for seed 2: 2 pairs (-1.0, -2.0 pp), 1 unpaired seed
+    half = 12.706 * statistics.stdev([-0.01, -0.02]) / math.sqrt(2)
+    mean_all = statistics.mean([0.79, 0.80]) - vanilla
+    line = (f"| random_z | dfnd | {100 * mean_all:+.2f} pp | -1.50 pp | "
+            f"[{100 * (-0.015 - half):+.2f}, {100 * (-0.015 + half):+.2f}] | no | 2 | 1 |")
+    assert line in body

@@ -38,6 +38,7 @@ from kdci_ray.config.sections import (
     KDCIConfig,
     PoolConfig,
     RunConfig,
+    ShiftConfig,
     StudentConfig,
     TeacherConfig,
     TrainConfig,
@@ -47,7 +48,7 @@ from kdci_ray.methods import METHODS
 
 __all__ = [
     "CHOICES", "SECTIONS", "SMOKE", "TOP_LEVEL", "ConfigError", "DataConfig", "Experiment",
-    "ExperimentConfig", "KDCIConfig", "PoolConfig", "RunConfig", "StudentConfig",
+    "ExperimentConfig", "KDCIConfig", "PoolConfig", "RunConfig", "ShiftConfig", "StudentConfig",
     "TeacherConfig", "TrainConfig", "apply", "check_keys", "flatten", "load_experiment",
     "parse_overrides", "resolve", "save_resolved", "to_flat", "unknown_key_error",
     "valid_keys", "validate",

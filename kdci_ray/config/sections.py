@@ -78,9 +78,32 @@ class KDCIConfig:
     source_checkpoint: str = ""  # source=model: its weights; empty = cached embedded one
     random_lambda: bool = False  # ablation (Table 4): random attention weights, not learned
     random_z: bool = False  # ablation (Table 4): random prototypes, P(z) kept
-    uniform_p: bool = False  # ablation (Table 4): P(z_i) = 1/K
+    uniform_p: bool = False  # P(z_i) = 1/K: NOT Table 4's "w/o P(z)" (clustering gives ~1/K
+    #   anyway); kept as the ablation this project ran before without_p
+    without_p: bool = False  # ablation (Table 4's "w/o P(z)"): P removed from Eq. 4, P(z_i) = 1
+    fusion: str = "softmax"  # how lambda and P(z) form the prior (kdci_ray/kdci/intervention.py):
+    #   softmax | expectation | scaled (bounded learned scale) | log_prior (the positive control:
+    #   a fixed log class prior of the dictionary, no attention)
+    projection: bool = False  # a learned C x C output projection of the prior (identity start)
+    space: str = "logits"  # dictionary features: logits | log_probs (log-softmax of the logits)
+    tau: float = 1.0  # log_prior only: the adjustment is tau * centred log class prior (1: the
+    #   substitution prior added; -1: removed, favouring the classes the substitution data lacked)
+    train_through: bool = True  # the KD loss sees the adjusted logits (the paper); false (only
+    #   with log_prior): post-hoc, the student trains as vanilla and only predictions are adjusted
     cache: bool = True  # build-once dictionaries are saved and shared across trials
     lr_scale: float = 1.0  # attention learning rate = lr_scale * train.lr
+
+
+@dataclass
+class ShiftConfig:
+    """A controlled distribution shift of the substitution data (the kdci_shift benchmark)."""
+
+    # class imbalance ratio r of the substitution data; 0 = off (the method's own data). With
+    # r >= 1 the i-th most common class has share proportional to r^(-i/(C-1)) (the rarest is r
+    # times rarer than the most common): generation-based methods draw their conditional targets
+    # so (class 0 most common); sampling-based methods select per-class quotas of the pool by the
+    # teacher's arg-max (classes ranked by how many pool images the teacher gives them)
+    imbalance: float = 0.0
 
 
 @dataclass
@@ -121,6 +144,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "kdci": KDCIConfig,
     "pool": PoolConfig,
+    "shift": ShiftConfig,
     "run": RunConfig,
 }
 
@@ -130,6 +154,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kdci.algorithm": ("auto", "full", "minibatch"),
     "kdci.source": ("teacher", "model", "random"),
     "kdci.features": ("observed", "source"),
+    "kdci.fusion": ("softmax", "expectation", "scaled", "log_prior"),
+    "kdci.space": ("logits", "log_probs"),
     "pool.source": ("embedded", "folder", "npz"),
     "pool.transform": ("none", "edges"),
 }
@@ -150,7 +176,8 @@ SMOKE: dict[str, Any] = {
 class ExperimentConfig:
     name: str = "experiment"
     method: str = "dafl"
-    preset: str = "paper"  # paper | embedded (method-specific schedule for the embedded data)
+    preset: str = "paper"  # paper | embedded (method-specific schedule for the embedded data) |
+    #   a method's own (deepinv: cmi_harness, the CMI harness's settings for Table 1)
     seed: int = 0
     smoke: bool = False
     data: DataConfig = field(default_factory=DataConfig)
@@ -159,6 +186,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     kdci: KDCIConfig = field(default_factory=KDCIConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
     run: RunConfig = field(default_factory=RunConfig)
     methods: dict[str, Any] = field(
         default_factory=lambda: {name: cls.Config() for name, cls in METHODS.items()}

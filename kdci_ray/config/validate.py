@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 
 from kdci_ray.config.sections import CHOICES, ConfigError, ExperimentConfig
 from kdci_ray.methods import METHODS
@@ -33,6 +34,17 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key '{key}' must be in [0, {top:g}), got {value}")
     _check_archs(cfg)
     _check_run(cfg)
+    _check_shift(cfg)
+    if not cfg.kdci.train_through and cfg.kdci.fusion != "log_prior":
+        raise ConfigError(
+            f"kdci.train_through=false (a post-hoc adjustment) needs kdci.fusion=log_prior: the "
+            f"{cfg.kdci.fusion} fusion's attention learns only through the KD loss")
+    if not (math.isfinite(cfg.kdci.tau) and cfg.kdci.tau != 0):
+        raise ConfigError(f"config key 'kdci.tau' must be a finite non-zero factor, got "
+                          f"{cfg.kdci.tau}")
+    if cfg.kdci.uniform_p and cfg.kdci.without_p:
+        raise ConfigError("kdci.uniform_p (P = 1/K) and kdci.without_p (P = 1, Table 4's "
+                          "'w/o P(z)') contradict each other: set one of them")
     if cfg.kdci.k < 0:
         raise ConfigError(
             f"config key 'kdci.k' must be >= 0 (0 = method default), got {cfg.kdci.k}"
@@ -74,6 +86,17 @@ def validate(cfg: ExperimentConfig) -> None:
             "kdci.backend=cuml runs full k-means only; use kdci.algorithm=auto or full with "
             "cuml, or kdci.backend=sklearn for the mini-batch path"
         )
+
+
+def _check_shift(cfg: ExperimentConfig) -> None:
+    r = cfg.shift.imbalance
+    if not (r == 0 or 1 <= r < float("inf")):
+        raise ConfigError(f"config key 'shift.imbalance' must be 0 (off) or a ratio >= 1, got {r}")
+    if r and not (METHODS[cfg.method].needs_open_world or METHODS[cfg.method].conditional):
+        raise ConfigError(
+            f"shift.imbalance needs substitution data with classes to skew: '{cfg.method}' has "
+            f"no conditional targets and no pool; use a sampling-based method (dfnd, mosaickd) "
+            f"or one with targets (fast, cmi, deepinv), or set shift.imbalance: 0")
 
 
 def _check_archs(cfg: ExperimentConfig) -> None:

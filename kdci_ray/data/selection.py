@@ -83,8 +83,10 @@ def _load_cached(npy: Path, n: int, length: int) -> np.ndarray | None:
 
 
 def score_pool(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], criterion: str,
-               batch_size: int = 1024, progress: bool = False) -> np.ndarray:
-    """Score every image of the pool once, in index order and batches of ``batch_size``."""
+               batch_size: int = 1024, progress: bool = False,
+               labels: np.ndarray | None = None) -> np.ndarray:
+    """Score every image of the pool once, in index order and batches of ``batch_size``;
+    ``labels`` (length of the pool), when given, receives the teacher's arg-max classes."""
     total = len(pool)
     scores = np.empty(total, dtype=np.float64)
     started, last = time.monotonic(), -1
@@ -96,6 +98,8 @@ def score_pool(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], criter
             raise ValueError(f"score_fn must return (batch, classes) logits, got "
                              f"{tuple(logits.shape)} for a batch of {stop - start}")
         scores[start:stop] = scores_from_logits(logits, criterion)
+        if labels is not None:
+            labels[start:stop] = logits.argmax(dim=1).cpu().numpy()
         tenth = stop * 10 // total
         if progress and tenth != last:
             last = tenth
@@ -107,8 +111,14 @@ def score_pool(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], criter
 def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, criterion: str,
            cache_dir: Path | None, key_extra: str = "", batch_size: int = 1024,
            progress: bool = False,
-           pool_scores: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
+           pool_scores: Callable[[str], np.ndarray] | None = None,
+           imbalance: float = 0.0, strict: bool = True) -> np.ndarray:
     """The ``n`` pool indices the teacher prefers under ``criterion``, sorted (int64).
+
+    ``imbalance`` > 0 (a controlled shift, ``kdci_ray.data.shift``): per-class quotas of the
+    teacher's arg-max with that imbalance ratio, the criterion ranking within each class; the
+    pool is then scored in this process (``pool_scores`` gives no classes) and the ratio is part
+    of the cache key; ``strict=False`` caps a quota the pool cannot fill (smoke mode).
 
     ``score_fn`` maps a uint8 ``(B, C, H, W)`` batch to the teacher's ``(B, K)`` logits (the
     caller normalises and runs the teacher). With ``cache_dir`` the result is stored as
@@ -129,6 +139,9 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     n = int(n)
     fingerprint = pool.fingerprint
+    if imbalance:
+        key_extra = f"{key_extra}|imbalance={float(imbalance)!r}|strict={strict}"
+        pool_scores = None
     key = selection_key(criterion, n, fingerprint, key_extra)
     npy = json_path = None
     if cache_dir is not None:
@@ -143,9 +156,17 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
         scores = np.asarray(pool_scores(criterion), dtype=np.float64)
         if scores.shape != (total,):
             raise ValueError(f"pool_scores returned {scores.shape} scores for a pool of {total}")
+    elif imbalance:
+        from kdci_ray.data.shift import quota_select
+
+        labels = np.empty(total, dtype=np.int64)
+        scores = score_pool(pool, score_fn, criterion, int(batch_size), progress, labels)
+        num_classes = int(score_fn(pool.get(np.arange(1))).shape[1])
+        indices = quota_select(scores, labels, n, float(imbalance), num_classes, strict)
     else:
         scores = score_pool(pool, score_fn, criterion, int(batch_size), progress)
-    indices = top_n(scores, n)
+    if not imbalance:
+        indices = top_n(scores, n)
 
     if npy is not None and json_path is not None:
         npy.parent.mkdir(parents=True, exist_ok=True)

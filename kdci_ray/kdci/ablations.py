@@ -5,7 +5,11 @@ leaves the rest as trained:
 
 - ``random_z`` (Table 4): prototypes drawn from a Gaussian with the per-dimension mean and
   standard deviation of the features they replace; ``P(z)`` stays the clustered one.
-- ``uniform_p`` (Table 4): ``P(z_i) = 1/K``; prototypes stay the clustered ones.
+- ``without_p`` (Table 4's "w/o P(z)"): ``P`` removed from Eq. 4, i.e. ``P(z_i) = 1`` (a prior
+  about K times larger than with the clustered ``P``); prototypes stay the clustered ones.
+- ``uniform_p``: ``P(z_i) = 1/K``. This was this project's "w/o P(z)" until the Table 4 reading
+  was fixed; clustering already gives ``P ~ 1/K``, so it changes almost nothing. Kept as its own
+  ablation, under its honest name.
 - random lambda (Table 4) lives in the attention module (``BackdoorAdjustment``): weights drawn
   per sample instead of computed.
 - ``random_dictionary`` (Table 5's "random" source): no clustering at all; K random prototypes
@@ -51,11 +55,14 @@ def random_dictionary(features: Tensor, k: int, generator: torch.Generator) -> C
 
 
 def apply_ablations(dictionary: ConfounderDictionary, features: Tensor, *, random_z: bool,
-                    uniform_p: bool, generator: torch.Generator) -> ConfounderDictionary:
+                    uniform_p: bool, generator: torch.Generator,
+                    without_p: bool = False) -> ConfounderDictionary:
     """The Table 4 switches applied to a built dictionary (a new object; the input is kept)."""
     out = dictionary
     if random_z:
         out = out.with_(prototypes=random_prototypes(features, out.k, generator))
     if uniform_p:
         out = out.with_(proportions=torch.full((out.k,), 1.0 / out.k))
+    if without_p:
+        out = out.with_(proportions=torch.ones(out.k))
     return out

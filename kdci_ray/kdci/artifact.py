@@ -44,6 +44,7 @@ class DictionarySpec:
     algorithm: str  # the kdci.algorithm setting (auto | full | minibatch)
     n_init: int
     seed: int
+    space: str = "logits"  # the features clustered: logits | log_probs
 
     @property
     def key(self) -> str:

@@ -11,18 +11,54 @@ Two variants the paper's ablations need:
 - ``random_lambda`` (Table 4): ``lambda(x)`` is ``softmax`` of standard normal noise drawn per
   sample from the module's own generator (seeded; other random streams are untouched) and the
   attention weights are frozen.
+
+How lambda and ``P(z)`` combine (``fusion``) is the paper's open point (Eq. 5 computes lambda by
+additive attention ``a_i(x) = v^T tanh(W_s s(x) + W_z z_i)`` and does not say it is normalised);
+with ``alpha = softmax(a)``:
+
+- ``softmax`` (this project's first reading): ``prior = sum_i alpha_i P(z_i) z_i``. The weights
+  sum to 1 and ``P ~ 1/K``, so the prior is capped near ``1/K`` of a logit vector.
+- ``expectation`` (the backdoor expectation without the 1/K factor):
+  ``prior = sum_i w_i z_i`` with ``w_i = alpha_i P(z_i) / sum_j alpha_j P(z_j)``
+  (= ``softmax(a + log P)``): a convex combination of prototypes, up to a full logit vector.
+- ``scaled`` (Eq. 5 unnormalised, made trainable): ``prior = g * sum_i alpha_i P(z_i) z_i`` with a
+  learned, bounded scale ``g = K * sigmoid(rho)`` in (0, K), ``rho`` initialised so ``g = 1``
+  (today's ``softmax`` at the start). Plain ``exp(a)`` weights diverged in a probe (11% accuracy).
+- ``log_prior`` (the positive control, no attention): the fixed logit adjustment
+  ``prior = tau * (log(pi + 1e-3) - mean_c log(pi_c + 1e-3))`` where ``pi_c = sum_{i: argmax
+  z_i = c} P(z_i)`` is the substitution data's class prior read off the dictionary. ``tau = 1``
+  is the probe of issue 14 (the KD loss sees ``s + log pi``; the compensated student carries the
+  substitution prior); ``tau = -1`` removes it instead (``s - log pi``: the compensated student
+  favours the classes the substitution data lacked, as post-hoc logit adjustment does).
+
+``projection`` adds a learned output map ``prior -> W prior + b`` (identity, zero start) to any
+attention fusion (comparable causal-intervention modules project after their softmax).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 
 
 class BackdoorAdjustment(nn.Module):
+    FUSIONS = ("softmax", "expectation", "scaled", "log_prior")
+
     def __init__(self, num_classes: int, k: int, hidden: int = 256, source_dim: int | None = None,
-                 random_lambda: bool = False, seed: int = 0) -> None:
+                 random_lambda: bool = False, seed: int = 0, fusion: str = "softmax",
+                 projection: bool = False, tau: float = 1.0) -> None:
         super().__init__()
+        self.tau = float(tau)
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"unknown KDCI fusion {fusion!r}: choose one of "
+                             f"{', '.join(self.FUSIONS)}")
+        self.fusion = fusion
+        self.scale_logit: nn.Parameter | None = None
+        if fusion == "scaled":  # g = K * sigmoid(rho) starts at 1
+            start = -math.log(max(k, 2) - 1.0)
+            self.scale_logit = nn.Parameter(torch.tensor(start))
         dim = num_classes if source_dim is None else int(source_dim)
         self.w_s = nn.Linear(num_classes, hidden, bias=False)
         self.w_z = nn.Linear(num_classes, hidden, bias=True)
@@ -34,10 +70,18 @@ class BackdoorAdjustment(nn.Module):
                 with torch.no_grad():
                     self.map.weight.copy_(torch.eye(num_classes))
                     self.map.bias.zero_()
+        # created after the attention layers: the same seed gives the same attention with or
+        # without it
+        self.projection: nn.Linear | None = None
+        if projection and fusion != "log_prior":
+            self.projection = nn.Linear(num_classes, num_classes)
+            with torch.no_grad():
+                self.projection.weight.copy_(torch.eye(num_classes))
+                self.projection.bias.zero_()
         self.random_lambda = bool(random_lambda)
         self._seed = int(seed)
         self._generator: torch.Generator | None = None
-        if self.random_lambda:
+        if self.random_lambda or fusion == "log_prior":  # no learned attention
             for layer in (self.w_s, self.w_z, self.v):
                 layer.requires_grad_(False)
         self.register_buffer("prototypes", torch.zeros(k, dim))
@@ -84,8 +128,46 @@ class BackdoorAdjustment(nn.Module):
         h = torch.tanh(self.w_s(logits).unsqueeze(1) + self.w_z(z).unsqueeze(0))
         return torch.softmax(self.v(h).squeeze(-1), dim=1)
 
-    def forward(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+    def scale(self) -> float:
+        """The ``scaled`` fusion's current output scale ``g`` (1 for the other fusions)."""
+        if self.scale_logit is None:
+            return 1.0
+        return float(self.prototypes.shape[0] * torch.sigmoid(self.scale_logit.detach()))
+
+    def class_prior(self, z: Tensor | None = None) -> Tensor:
+        """``(C,)`` the dictionary's class prior ``pi_c``: the ``P(z_i)`` of the prototypes whose
+        arg-max is ``c``, summed."""
+        z = self.mapped_prototypes() if z is None else z
+        owner = z.detach().argmax(dim=1)
+        return torch.zeros(z.shape[1], device=z.device).index_add_(0, owner, self.proportions)
+
+    def log_prior(self, z: Tensor | None = None) -> Tensor:
+        """The positive control's fixed ``(C,)`` adjustment: ``tau`` times the centred
+        ``log(pi + 1e-3)``."""
+        log_pi = torch.log(self.class_prior(z) + 1e-3)
+        return self.tau * (log_pi - log_pi.mean())
+
+    def prior(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C)`` prior added to the student's logits, and ``(B, K)`` weights on the
+        prototypes (for ``log_prior``: ``P(z)`` per sample)."""
         z = self.mapped_prototypes()
+        p = self.proportions
+        if self.fusion == "log_prior":
+            weights = p.unsqueeze(0).expand(logits.shape[0], -1)
+            return self.log_prior(z).unsqueeze(0).expand_as(logits), weights
         lam = self.attention(logits, z)
-        prior = lam @ (z * self.proportions.unsqueeze(1))
+        if self.fusion == "expectation":
+            weighted = lam * p.unsqueeze(0)
+            weights = weighted / weighted.sum(1, keepdim=True).clamp_min(1e-12)
+            prior = weights @ z
+        else:
+            prior = lam @ (z * p.unsqueeze(1))
+            if self.scale_logit is not None:
+                prior = prior * (z.shape[0] * torch.sigmoid(self.scale_logit))
+        if self.projection is not None:
+            prior = self.projection(prior)
+        return prior, lam
+
+    def forward(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        prior, lam = self.prior(logits)
         return logits + prior, lam

@@ -36,15 +36,23 @@ class KDCISettings:
     source: str = "teacher"  # teacher | model | random (which logits / dictionary)
     random_lambda: bool = False
     random_z: bool = False
-    uniform_p: bool = False
+    uniform_p: bool = False  # P = 1/K (not Table 4's w/o P(z): that is without_p)
+    without_p: bool = False  # P = 1 (Table 4's "w/o P(z)": P removed from Eq. 4)
+    fusion: str = "softmax"  # softmax | expectation | scaled | log_prior (intervention.py)
+    projection: bool = False
+    space: str = "logits"  # logits | log_probs: the feature space of the prototypes
+    tau: float = 1.0  # log_prior fusion: the adjustment is tau * centred log(pi + 1e-3)
     # per-round refreshes: "observed" clusters the teacher logits the loop's KD steps computed
     # since the last refresh (free; the first refresh, before any KD step, scores); "source"
     # scores the method's kdci_source() with the model at every refresh
     features: str = "observed"
+    # images per teacher pass when a refresh scores images: no larger than the KD batch, so a
+    # refresh never holds more activations than a KD step (peak memory unchanged by KDCI)
+    score_batch: int = 256
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, images: Tensor, batch_size: int = 1024) -> Tensor:
+def teacher_logits(teacher: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     return torch.cat([teacher(images[i:i + batch_size]).logits
                       for i in range(0, len(images), batch_size)])
 
@@ -80,17 +88,27 @@ class KDCI:
         if settings.source == "model" and source_model is None:
             raise ValueError("KDCI source 'model' needs the other model (source_model)")
         self.settings = settings
+        self.num_classes = int(num_classes)
+        self._source_dim = source_dim if settings.source == "model" else None
         self.source_model = source_model
         self.store = store
         self.module = BackdoorAdjustment(
             num_classes, settings.k, settings.hidden,
             source_dim=source_dim if settings.source == "model" else None,
-            random_lambda=settings.random_lambda, seed=settings.seed).to(device)
+            random_lambda=settings.random_lambda, seed=settings.seed, fusion=settings.fusion,
+            projection=settings.projection, tau=settings.tau).to(device)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.dictionary: ConfounderDictionary | None = None
         self.refreshes = 0
         self._model_key: str | None = None
         self._observed: list[Tensor] = []
+
+    def module_spec(self) -> dict[str, Any]:
+        """The arguments that rebuild the attention module (``kdci_ray.kdci.deploy``)."""
+        s = self.settings
+        return {"num_classes": self.num_classes, "k": s.k, "hidden": s.hidden,
+                "source_dim": self._source_dim, "random_lambda": s.random_lambda,
+                "seed": s.seed, "fusion": s.fusion, "projection": s.projection, "tau": s.tau}
 
     def observe(self, teacher_logits: Tensor) -> None:
         """Keep a KD step's teacher logits for the next refresh (``features: observed`` with the
@@ -105,7 +123,7 @@ class KDCI:
         s = self.settings
         return DictionarySpec(data_key=data_key, model_key=self._model_key, source=s.source,
                               k=s.k, pca_dim=s.pca_dim, algorithm=s.algorithm,
-                              n_init=s.n_init, seed=0)
+                              n_init=s.n_init, seed=0, space=s.space)
 
     def _dictionary(self, model: nn.Module, feats: Tensor,
                     data_key: str | None) -> tuple[ConfounderDictionary, bool]:
@@ -136,10 +154,12 @@ class KDCI:
         elif self._observed and data_key is None:  # reuse what the KD steps already computed
             local = torch.cat(self._observed)
         elif images is not None:
-            local = teacher_logits(model, images).float().cpu()
+            local = teacher_logits(model, images, self.settings.score_batch).float().cpu()
         else:
             raise ValueError("KDCI.refresh needs images to score or precomputed logits")
         self._observed = []
+        if self.settings.space == "log_probs":
+            local = torch.log_softmax(local, dim=1)
         feats = _gather(local)
         distributed = dist.is_available() and dist.is_initialized()
         cached = False
@@ -147,6 +167,7 @@ class KDCI:
             built, cached = self._dictionary(model, feats, data_key)
             self.dictionary = apply_ablations(built, feats, random_z=self.settings.random_z,
                                               uniform_p=self.settings.uniform_p,
+                                              without_p=self.settings.without_p,
                                               generator=self.generator)
             protos, props = self.dictionary.prototypes, self.dictionary.proportions
         else:
@@ -159,6 +180,7 @@ class KDCI:
         self.module.set_dictionary(protos.to(device), props.to(device))
         self.refreshes += 1
         metrics = {"kdci/refresh_s": time.perf_counter() - start,
+                   "kdci/scale": self.module.scale(),
                    "kdci/prop_max": float(props.max()), "kdci/samples": float(len(feats)),
                    "kdci/cached": float(cached)}
         d = self.dictionary
@@ -191,6 +213,12 @@ class KDCI:
         self.refreshes = int(state["refreshes"])
         observed = state["observed"]
         self._observed = [] if observed is None else [observed]
+
+
+def prior_ratio(raw: Tensor, adjusted: Tensor) -> float:
+    """Mean over samples of ``||prior|| / ||s||`` (how much the adjustment moves the logits)."""
+    prior = (adjusted - raw).detach().float()
+    return float((prior.norm(dim=1) / raw.detach().float().norm(dim=1).clamp_min(1e-12)).mean())
 
 
 def attention_entropy(lam: Tensor) -> float:

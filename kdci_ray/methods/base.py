@@ -48,6 +48,19 @@ class MethodContext:
     std: tuple[float, ...] = (1.0,)
     open_world: Any = None  # OpenWorldPool for sampling-based methods (built by the loop)
     cache_dir: Path | None = None  # where selections of the open-world pool are cached
+    # controlled shift (``shift.imbalance``, 0 = off): the class imbalance ratio of the
+    # substitution data (conditional targets, or per-class quotas of a pool selection)
+    imbalance: float = 0.0
+    strict_shift: bool = True  # False in smoke mode: quotas a tiny pool cannot fill are capped
+
+    @property
+    def class_profile(self) -> Tensor | None:
+        """Target class shares under the shift (class 0 most common), None without one."""
+        if not self.imbalance:
+            return None
+        from kdci_ray.data.shift import class_profile
+
+        return class_profile(self.num_classes, self.imbalance)
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 or [0, 1] float ``(B, C, H, W)`` -> the teacher's input space, on ``device``."""
@@ -70,6 +83,7 @@ class Method:
     kdci_k: ClassVar[int] = 8  # default KDCI dictionary size for this method
     kdci_refresh: ClassVar[str] = "round"  # "round": rebuild each synthesis round; "once"
     needs_open_world: ClassVar[bool] = False  # sampling-based methods read an unlabeled pool
+    conditional: ClassVar[bool] = False  # synthesis draws conditional targets (sample_targets)
 
     @classmethod
     def kdci_source_size(cls, cfg: Any, world_size: int = 1) -> int:
@@ -94,6 +108,14 @@ class Method:
     def sample(self, batch_size: int) -> Tensor:
         """A batch of substitution inputs for one KD step (no grad to the generator)."""
         raise NotImplementedError
+
+    def sample_targets(self, n: int) -> Tensor:
+        """``n`` conditional target classes (CPU): uniform draws by default; under a controlled
+        shift, draws from ``ctx.class_profile``."""
+        profile = self.ctx.class_profile
+        if profile is None:
+            return torch.randint(self.ctx.num_classes, (n,), generator=self.rng)
+        return torch.multinomial(profile.float().cpu(), n, replacement=True, generator=self.rng)
 
     def sample_pool(self, pool: ImagePool, batch_size: int) -> Tensor:
         """A batch from an in-memory pool of synthetic images: drawn with ``self.rng``,

@@ -1,15 +1,18 @@
-"""BatchNorm-statistics matching (DeepInversion, Yin et al. CVPR 2020, Eq. 3).
+"""Forward hooks on the teacher: BatchNorm-statistics matching (DeepInversion, Yin et al. CVPR
+2020, Eq. 3) and CMI's instance-mean features (Fang et al., IJCAI 2021).
 
 Hooks are registered only inside the ``bn_statistics`` context, so they are active only during
 synthesis and are always removed; entering it twice on one model is refused (hooks never stack).
 ``bn_statistics_momentum`` is Fast's variant (Fang et al., AAAI 2022): the batch statistics are
 blended with a memory (``BNMomentum``) that persists across synthesis calls; same hook rules.
+``instance_means`` follows the same rules for the modules ``stage_inputs`` or ``bn_inputs`` pick.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Protocol, TypeVar
 
 import torch
@@ -152,3 +155,101 @@ def bn_statistics_momentum(model: nn.Module,
 
 def count_forward_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- CMI features
+
+_FEATURES_FLAG = "_instance_means_active"  # set on a model while instance-mean hooks are on
+
+
+def bn_inputs(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm2d layer: the reference's ``feature_layers=None`` (all BN inputs)."""
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def stage_inputs(model: nn.Module) -> list[nn.Module]:
+    """The modules whose *inputs* are CMI's contrastive features: the input of each stage.
+
+    - CIFAR ResNets (``layer1..layer4``): those four, as zju-vipa/CMI ``datafree_kd.py`` does
+      for a ResNet-34 teacher; inputs 64 + 64 + 128 + 256 = 512 channels (ResNet-18/34);
+    - WRNs (``block1..block3``, no ``block0``): the three groups' inputs (stem output and the
+      outputs of groups 1-2; WRN-40-2: 16 + 32 + 64 = 112);
+    - VGGs (``block0..block4``): ``block1..block4``; ``block0``'s input is the image itself, as
+      a ResNet's stem is not a stage (VGG-11: 64 + 128 + 256 + 512 = 960);
+    - ``SmallCNN`` (``features``, stages separated by max pools; the digits models): the first
+      conv after each pool, i.e. the input of every stage but the first, whose input is the
+      image (``digits_cnn``: 32 + 64 = 96; ``tiny_cnn``: 8 + 16 = 24).
+
+    The final stage's output (the classifier's features) is never included, as in the reference.
+    """
+    have = {name for name, _ in model.named_children()}
+    resnet = ["layer1", "layer2", "layer3", "layer4"]
+    if set(resnet) <= have:
+        return [getattr(model, n) for n in resnet]
+    if {"block0", "block1", "block2", "block3", "block4"} <= have:
+        return [getattr(model, f"block{i}") for i in range(1, 5)]
+    if {"block1", "block2", "block3"} <= have:
+        return [getattr(model, f"block{i}") for i in range(1, 4)]
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        layers = list(features)
+        after_pool = [layers[i + 1] for i, m in enumerate(layers[:-1])
+                      if isinstance(m, nn.MaxPool2d)]
+        if after_pool:
+            return after_pool
+    raise ValueError(
+        f"no known stages in {type(model).__name__} (ResNet layer1..4, WRN block1..3, VGG "
+        "block0..4, or a features Sequential with max pools): set cmi.features=bn to use "
+        "every BatchNorm input instead"
+    )
+
+
+class InstanceMeans:
+    """Per hooked module, the spatial mean ``(B, C)`` of its input from the last forward."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        if not modules:
+            raise ValueError("instance means need at least one module to hook")
+        self.modules = list(modules)
+        self.means: list[Tensor | None] = [None] * len(self.modules)
+        self.handles = [m.register_forward_hook(partial(self._hook, i))
+                        for i, m in enumerate(self.modules)]
+
+    def _hook(self, i: int, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        self.means[i] = inputs[0].mean(dim=(2, 3))
+
+    def features(self) -> Tensor:
+        """``(B, sum of the hooked inputs' channels)``: the CMI feature of the last forward."""
+        if any(m is None for m in self.means):
+            raise RuntimeError("no input recorded for some hooked module: run a forward first")
+        return torch.cat(self.means, dim=1)  # type: ignore[arg-type]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def instance_means(model: nn.Module,
+                   modules: Sequence[nn.Module]) -> AbstractContextManager[InstanceMeans]:
+    """Instance-mean hooks on ``modules`` (of ``model``) active only inside the context, never
+    stacked on one model, always removed."""
+    return exclusive_hooks(model, lambda: InstanceMeans(modules), _FEATURES_FLAG, "instance-mean")
+
+
+@torch.no_grad()
+def feature_dim(model: nn.Module, modules: Sequence[nn.Module], channels: int,
+                image_size: int) -> int:
+    """Width of the ``instance_means`` feature: one probe forward of a zero image (the
+    reference's "CMI dims" probe); the model's train/eval mode is restored."""
+    param = next(model.parameters(), None)
+    probe = torch.zeros(1, channels, image_size, image_size,
+                        device=param.device if param is not None else None)
+    was_training = model.training
+    model.eval()
+    try:
+        with instance_means(model, modules) as feats:
+            model(probe)
+            return int(feats.features().shape[1])
+    finally:
+        model.train(was_training)

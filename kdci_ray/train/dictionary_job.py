@@ -35,7 +35,7 @@ def selection_identity(cfg: ExperimentConfig) -> tuple:
     """The config values a sampling-based method's pool selection depends on."""
     return ("selection", cfg.method,
             METHODS[cfg.method].open_world_selection(cfg.method_config), repr(cfg.data),
-            repr(cfg.teacher), repr(cfg.pool))
+            repr(cfg.teacher), repr(cfg.pool), repr(cfg.shift))
 
 
 def dictionary_identity(cfg: ExperimentConfig) -> tuple:
@@ -44,7 +44,7 @@ def dictionary_identity(cfg: ExperimentConfig) -> tuple:
     method_cls = METHODS[cfg.method]
     kc = cfg.kdci
     return (cfg.method, method_cls.open_world_selection(cfg.method_config),
-            repr(cfg.data), repr(cfg.teacher), repr(cfg.pool), cfg.run.workers,
+            repr(cfg.data), repr(cfg.teacher), repr(cfg.pool), repr(cfg.shift), cfg.run.workers,
             kc.k or method_cls.kdci_k, kc.pca_dim, kc.algorithm, kc.n_init,
             kc.source, kc.source_arch, kc.source_checkpoint)
 

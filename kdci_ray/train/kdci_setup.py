@@ -60,7 +60,10 @@ def build_kdci(cfg: ExperimentConfig, default_k: int, data: LabeledData,
     settings = KDCISettings(k=kc.k or default_k, pca_dim=kc.pca_dim, hidden=kc.hidden,
                             backend=kc.backend, algorithm=kc.algorithm, n_init=kc.n_init,
                             seed=cfg.seed, source=kc.source, random_lambda=kc.random_lambda,
-                            random_z=kc.random_z, uniform_p=kc.uniform_p, features=kc.features)
+                            random_z=kc.random_z, uniform_p=kc.uniform_p, features=kc.features,
+                            score_batch=cfg.train.batch_size, without_p=kc.without_p,
+                            fusion=kc.fusion, projection=kc.projection, space=kc.space,
+                            tau=kc.tau)
     source_model = None
     if kc.source == "model":
         source_model = load_source_model(cfg, data, device)

@@ -51,6 +51,7 @@ class Progress:
     step: int
     elapsed_s: float
     teacher_acc: float
+    class_counts: list[int] | None = None  # teacher arg-max counts over the KD batches so far
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,6 +77,7 @@ def capture(progress: Progress, *, rank: int, world_size: int, student: nn.Modul
     on does not change it (state dicts hold the live tensors)."""
     return copy.deepcopy({"format": FORMAT, "round": progress.round, "step": progress.step,
             "elapsed_s": progress.elapsed_s, "teacher_acc": progress.teacher_acc,
+            "class_counts": progress.class_counts,
             "rank": rank, "world_size": world_size, "student": student.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "kdci": None if kdci is None else kdci.state_dict(),
@@ -105,7 +107,8 @@ def restore(state: dict[str, Any], *, rank: int, world_size: int, student: nn.Mo
     set_rng_state(state["rng"])
     return Progress(round=int(state["round"]), step=int(state["step"]),
                     elapsed_s=float(state["elapsed_s"]),
-                    teacher_acc=float(state["teacher_acc"]))
+                    teacher_acc=float(state["teacher_acc"]),
+                    class_counts=state.get("class_counts"))
 
 
 def save_snapshot(directory: Path, snapshot: Snapshot, rank: int) -> None:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kdci_ray.config import ExperimentConfig
-from kdci_ray.kdci import KDCI, attention_entropy
+from kdci_ray.kdci import KDCI, attention_entropy, prior_ratio
 from kdci_ray.methods import METHODS, MethodContext
 from kdci_ray.models import create_model
 from kdci_ray.train.evaluate import accuracy, predict_logits
@@ -53,7 +53,8 @@ def method_context(cfg: ExperimentConfig, data, teacher: nn.Module, student: nn.
                          seed=cfg.seed * 1000 + rt.rank, rounds=cfg.train.rounds, rank=rt.rank,
                          world_size=rt.world_size, wrap=rt.wrap, mean=data.mean, std=data.std,
                          open_world=open_world(cfg, data) if method_cls.needs_open_world else None,
-                         cache_dir=cache_dir() / "selections")
+                         cache_dir=cache_dir() / "selections", imbalance=cfg.shift.imbalance,
+                         strict_shift=not cfg.smoke)
 
 
 class Reporter(Protocol):
@@ -166,6 +167,10 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
         progress = Progress(round=0, step=0, elapsed_s=0.0,
                             teacher_acc=accuracy(*predict_logits(teacher, data, rt.device)))
     teacher_acc, step = progress.teacher_acc, progress.step
+    # the teacher's arg-max over every KD batch so far: which class the substitution data lacks
+    class_counts = torch.zeros(data.num_classes, dtype=torch.long)
+    if progress.class_counts is not None:
+        class_counts += torch.tensor(progress.class_counts, dtype=torch.long)
     start, last_eval_step = time.perf_counter() - progress.elapsed_s, step
     final: dict[str, float] = {}
     sums: dict[str, float] = defaultdict(float)
@@ -191,12 +196,16 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
             x = method.sample(cfg.train.batch_size).to(rt.device)
             with torch.no_grad():
                 t_logits = teacher(x).logits
+            class_counts += torch.bincount(t_logits.argmax(1).cpu(), minlength=data.num_classes)
             s_logits = student_ddp(x).logits
             if kdci is not None:
                 if method_cls.kdci_refresh == "round":  # build-once dictionaries never reuse them
                     kdci.observe(t_logits)
-                s_logits, lam = kdci.compensate(s_logits, attention)
+                adjusted, lam = kdci.compensate(s_logits, attention)
                 sums["kdci/attn_entropy"] += attention_entropy(lam.detach())
+                sums["kdci/prior_ratio"] += prior_ratio(s_logits, adjusted)
+                if cfg.kdci.train_through:  # else post-hoc: only predictions are adjusted
+                    s_logits = adjusted
             losses = method.student_loss(s_logits, t_logits)
             values = {name: float(value.detach()) for name, value in losses.items()}
             bad = _nonfinite_loss(values["loss"], rt)
@@ -214,7 +223,8 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
         if (rnd + 1) % cfg.train.eval_every == 0 or last:
             if _nonfinite_weights(student, kdci.module if kdci is not None else None):
                 return stop(rnd, cfg.train.kd_steps)
-            metrics = _evaluate(student, kdci, data, rt)
+            rare = int(class_counts.argmin()) if cfg.shift.imbalance else None
+            metrics = _evaluate(student, kdci, data, rt, rare)
             n = max(1, step - last_eval_step)
             metrics.update({k: v / n for k, v in sums.items()})
             last_eval_step = step
@@ -227,8 +237,8 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
             snapshot = None
             if _checkpoint_round(cfg, rnd + 1):
                 done = Progress(round=rnd + 1, step=step, elapsed_s=metrics["time/elapsed_s"],
-                                teacher_acc=teacher_acc)
-                student_state = copy.deepcopy(_state(student, kdci, cfg))
+                                teacher_acc=teacher_acc, class_counts=class_counts.tolist())
+                student_state = copy.deepcopy(_state(student, kdci, cfg, data))
                 snapshot = Snapshot(student=student_state, resume=capture(done, **parts),
                                     final=last)
             report(metrics, step, snapshot)
@@ -236,19 +246,48 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
     return final
 
 
-def _evaluate(student: nn.Module, kdci: KDCI | None, data, rt: Runtime) -> dict[str, float]:
+def _recalls(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C,)`` per-class recall on the test split (NaN for a class with no test sample)."""
+    pred = logits.argmax(1)
+    hits = torch.bincount(labels[pred == labels], minlength=num_classes).double()
+    total = torch.bincount(labels, minlength=num_classes).double()
+    return torch.where(total > 0, hits / total.clamp_min(1), torch.nan)
+
+
+def _evaluate(student: nn.Module, kdci: KDCI | None, data, rt: Runtime,
+              rare: int | None = None) -> dict[str, float]:
+    """Raw student (``eval/acc``, the deployable model) and, with KDCI, the compensated one
+    (``eval/acc_kdci``: raw logits + the adjustment); lowest per-class recall; under a shift,
+    the recall of ``rare`` (the class the substitution data had least of)."""
     logits, labels = predict_logits(student, data, rt.device)
-    metrics = {"eval/acc": accuracy(logits, labels)}
+    outputs = {"": logits}
     if kdci is not None:
         with torch.no_grad():
             adjusted, _ = kdci.module(logits.to(rt.device))
-        metrics["eval/acc_kdci"] = accuracy(adjusted.cpu(), labels)
+        outputs["_kdci"] = adjusted.cpu()
+    metrics: dict[str, float] = {}
+    for suffix, out in outputs.items():
+        recalls = _recalls(out, labels, data.num_classes)
+        metrics[f"eval/acc{suffix}"] = accuracy(out, labels)
+        metrics[f"eval/recall_min{suffix}"] = float(recalls.nan_to_num(2.0).min())
+        if rare is not None:
+            metrics[f"eval/recall_rare{suffix}"] = float(recalls[rare])
+    if kdci is not None:
+        metrics["eval/prior_ratio"] = prior_ratio(logits, outputs["_kdci"])
+        metrics["kdci/scale"] = kdci.module.scale()
+    if rare is not None:
+        metrics["eval/rare_class"] = float(rare)
     return metrics
 
 
-def _state(student: nn.Module, kdci: KDCI | None, cfg: ExperimentConfig) -> dict[str, Any]:
+def _state(student: nn.Module, kdci: KDCI | None, cfg: ExperimentConfig,
+           data) -> dict[str, Any]:
+    """The deployable student (``student.pt``); with KDCI also the adjustment and what rebuilds
+    it, so ``kdci_ray.kdci.load_student(path, compensated=True)`` gives the compensated model."""
     state: dict[str, Any] = {"state_dict": student.state_dict(), "arch": cfg.student.arch,
-                             "method": cfg.method}
+                             "method": cfg.method, "num_classes": data.num_classes,
+                             "channels": data.channels}
     if kdci is not None:
         state["kdci"] = kdci.module.state_dict()
+        state["kdci_module"] = kdci.module_spec()
     return state

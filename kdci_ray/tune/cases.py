@@ -22,9 +22,13 @@ CASES = "cases"
 NAME = "name"
 # the results table's own columns (tune/table.py): a case group may not be named like one
 RESERVED_COLUMNS = ("trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
+                    "recall_min", "recall_min_kdci", "recall_rare", "recall_rare_kdci",
+                    "prior_ratio", "prior_ratio_train",
                     "rounds_done", "finished", "checkpoint", "resumes", "failures", "stopped", "n",
                     "acc_mean", "acc_std",
-                    "acc_kdci_mean", "acc_kdci_std", "delta_acc")
+                    "acc_kdci_mean", "acc_kdci_std", "delta_acc",
+                    "recall_min_mean", "recall_min_kdci_mean", "recall_rare_mean",
+                    "recall_rare_kdci_mean", "prior_ratio_mean", "prior_ratio_train_mean")
 _GROUP = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _NAME_OK = re.compile(r"[A-Za-z0-9_.=-]+")
 _MAX_DERIVED = 40

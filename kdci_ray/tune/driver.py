@@ -64,10 +64,20 @@ class SweepPlan:
     grid_size: int = 0  # grid points before --only
 
 
+def smoke_seed_filter(points: list[dict[str, Any]], only: list[str]) -> list[str]:
+    """Smoke mode runs the first seed of a searched ``seed`` axis (seeds add no code path):
+    ``["seed=<first>"]``, or ``[]`` without such an axis or when ``--only`` already picks seeds."""
+    if any(item.partition("=")[0].strip() == "seed" for item in only):
+        return []
+    seeds = [p["seed"] for p in points if "seed" in p]
+    return [f"seed={seeds[0]}"] if len(set(map(repr, seeds))) > 1 else []
+
+
 def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
                output: str | None = None, smoke: bool = False, single: bool = False,
                launch_dir: Path | None = None, only: list[str] | None = None) -> SweepPlan:
-    """Parse and validate a sweep without starting Ray; ``single`` ignores the search section.
+    """Parse and validate a sweep without starting Ray; ``single`` ignores the search section;
+    ``smoke`` keeps the first value of a searched ``seed`` axis (``smoke_seed_filter``).
 
     ``only`` (``["method=dafl", ...]``) keeps the grid points whose resolved configs match, see
     ``kdci_ray.tune.only``; data and checkpoints are not read here. ``config_path`` may also be
@@ -82,6 +92,9 @@ def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
     search = {} if single else exp.search
     points, configs = _resolve_grid(exp.settings, search, over, where)
     grid_size = len(points)
+    only = list(only or [])
+    if smoke:
+        only += smoke_seed_filter(points, only)
     if only:  # on the values as configured: --smoke must not change what a filter matches
         as_configured = configs if not smoke else [
             resolve(exp.settings, config_layer(p), {**over, "smoke": False}) for p in points]

@@ -72,7 +72,7 @@ def plot_vs(rows: pd.DataFrame, x: str, path: str | Path, y: str = "acc",
 def write_plots(rows: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """``acc_vs_<key>.png`` for every searched numeric column with at least 3 values (e.g. the
     dictionary size ``kdci.k``), one line per KDCI setting present; nothing otherwise."""
-    from kdci_ray.tune.table import searched_columns
+    from kdci_ray.tune.columns import searched_columns
 
     paths = []
     for col in searched_columns(rows):

@@ -10,8 +10,11 @@ writes next to ``summary.md``:
 - ``kdci_gain.png``: mean final acc with KDCI minus without, per method, error bar as defined in
   ``gain_error``; not written when no method ran both ways.
 - ``acc_vs_<key>.png``: ``kdci_ray.tune.plots.write_plots`` (numeric searched key, ≥ 3 values).
-- ``report.md``: a headline (winner, margin against seed noise, best/worst KDCI gain, noise), the
-  figures with captions, the summary table, a per-trial table and the unfinished trials.
+- ``report.md``: a headline (winner, margin against seed noise, best/worst KDCI gain, noise;
+  differences also paired by seed with a 95% interval, ``kdci_ray.tune.paired``), the figures
+  with captions, each KDCI arm against vanilla (raw / compensated gain, what to ship, gain vs a
+  numeric level: ``kdci_ray.tune.comparisons``), the summary table, a per-trial table and the
+  unfinished trials.
 """
 
 from __future__ import annotations
@@ -24,60 +27,29 @@ from typing import Any
 import pandas as pd
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.tune.plots import plot_curves, plot_gain, write_plots
-from kdci_ray.tune.table import (
+from kdci_ray.tune.columns import (
     DASH,
+    arm_columns,
     is_missing,
+    line_columns,
     markdown_table,
     pct,
     pp_delta,
     searched_columns,
     sorted_rows,
-    summarize,
     text_cell,
-    trial_reports,
 )
+from kdci_ray.tune.columns import label as _label
+from kdci_ray.tune.comparisons import comparison_section, select
+from kdci_ray.tune.paired import CELL_ALIGN, CELL_HEADER, cells, inline, paired_frames
+from kdci_ray.tune.plots import plot_curves, plot_gain, write_plots
+from kdci_ray.tune.table import summarize, trial_reports
 
 CURVE_COLUMNS = ["trial", "method", "kdci", "seed", "round", "step", "eval_acc", "eval_acc_kdci"]
-GAIN_COLUMNS = ["label", "method", "gain", "err", "paired", "n_on", "n_off"]
+GAIN_COLUMNS = ["label", "method", "gain", "err", "paired", "n_on", "n_off", "stat"]
 REPORT_FILE = "report.md"
 CURVES_FILE = "curves.png"
 GAIN_FILE = "kdci_gain.png"
-
-# ----------------------------------------------------------------------------- searched values
-
-
-def line_columns(rows: pd.DataFrame) -> list[str]:
-    """Searched columns that tell trials apart beyond method / KDCI / seed: those with more than
-    one value, except one that only repeats ``method`` (a case group named after its method)."""
-    method = rows["method"].astype(str).reset_index(drop=True)
-    out = []
-    for col in searched_columns(rows):
-        values = rows[col].astype(str).reset_index(drop=True)
-        if values.nunique() > 1 and not values.equals(method):
-            out.append(col)
-    return out
-
-
-def _label(values: pd.Series | dict[str, Any], columns: list[str]) -> str:
-    """``"kdci.k=8 · case=x"`` for the non-missing ``columns`` of one row; ``""`` for none."""
-    return " · ".join(f"{c}={values[c]}" for c in columns if not is_missing(values[c]))
-
-
-def arm_columns(rows: pd.DataFrame, columns: list[str]) -> list[str]:
-    """The ``columns`` that are variants of the KDCI arms rather than conditions to compare both
-    arms under: each value runs with one KDCI setting only and exactly one value runs without
-    (a case group ``vanilla`` / ``kdci`` / ``random_z`` ...). The gain of each of their KDCI-on
-    values is taken against that one vanilla value."""
-    kdci = rows["kdci"].astype(bool)
-    out = []
-    for col in columns:
-        settings = kdci.groupby(rows[col].astype(str)).nunique()
-        off_values = rows.loc[~kdci, col].astype(str).nunique()
-        if (settings == 1).all() and off_values == 1 and kdci.any():
-            out.append(col)
-    return out
-
 
 # ----------------------------------------------------------------------------- curves
 
@@ -164,13 +136,14 @@ def _gain_record(method: str, keys: dict[str, Any], on: pd.DataFrame,
     return {
         "label": f"{method}\n{series}" if series else method, "method": method, **keys,
         "gain": float(on_acc.mean() - off_acc.mean()), "err": err, "paired": paired,
-        "n_on": len(on_acc), "n_off": len(off_acc),
+        "n_on": len(on_acc), "n_off": len(off_acc), "stat": paired_frames(on, "acc", off, "acc"),
     }
 
 
 def kdci_gains(rows: pd.DataFrame) -> pd.DataFrame:
     """KDCI gain per method (and per value of the other searched columns): mean final ``acc``
-    with KDCI minus without, in accuracy units, with ``err`` from ``gain_error``.
+    with KDCI minus without, in accuracy units, with ``err`` from ``gain_error`` and ``stat``
+    the paired difference over seeds (``kdci_ray.tune.paired.Paired``).
 
     Only (method, values) that have measured trials in both arms get a row. Columns of
     ``arm_columns`` (a case group) do not have to match between the arms: each of their KDCI-on
@@ -230,10 +203,24 @@ def _winner_text(groups: pd.DataFrame, columns: list[str]) -> str:
                    f"is {100 * noise:.2f} pp).")
 
 
+def _winner_paired(rows: pd.DataFrame, groups: pd.DataFrame) -> str:
+    """Winner − runner-up paired by seed (``""`` without a runner-up)."""
+    if len(groups) < 2:
+        return ""
+    rows = rows.assign(kdci=rows["kdci"].astype(bool))
+    keys = [*searched_columns(rows), "method", "kdci"]
+    best, second = (select(rows, {c: g[c] for c in keys}) for g in (groups.iloc[0],
+                                                                    groups.iloc[1]))
+    stat = paired_frames(best, "acc", second, "acc")
+    verdict = {True: "; the interval excludes 0", False: "; the interval includes 0"}
+    return (f" Paired by seed, winner − runner-up: {inline(stat)}"
+            f"{verdict.get(stat.excludes_zero, '')}.")
+
+
 def _gain_item(row: pd.Series) -> str:
     series = row["label"].replace("\n", " (", 1) + ")" if "\n" in row["label"] else row["label"]
     err = "" if is_missing(row["err"]) else f" ± {100 * row['err']:.2f}"
-    return f"{series}, {100 * row['gain']:+.2f}{err} pp"
+    return f"{series}, {100 * row['gain']:+.2f}{err} pp (paired: {inline(row['stat'])})"
 
 
 def _gain_text(gains: pd.DataFrame) -> str:
@@ -258,14 +245,15 @@ def _noise_text(groups: pd.DataFrame) -> str:
 
 
 def headline(rows: pd.DataFrame, gains: pd.DataFrame) -> str:
-    """The report's opening paragraph: winner and margin against seed noise, best and worst KDCI
-    gain, median std across settings."""
+    """The report's opening paragraph: winner and margin against seed noise (and paired by seed),
+    best and worst KDCI gain (with their paired intervals), median std across settings."""
     groups = summarize(rows)
     groups = groups[groups["n"] > 0].sort_values("acc_mean", ascending=False, kind="stable")
     if groups.empty:
         return "No trial has reported a test accuracy yet."
     columns = line_columns(rows)
-    parts = [_winner_text(groups, columns), _gain_text(gains), _noise_text(groups)]
+    parts = [_winner_text(groups, columns) + _winner_paired(rows, groups), _gain_text(gains),
+             _noise_text(groups)]
     return " ".join(parts)
 
 
@@ -317,11 +305,12 @@ def _gain_table(gains: pd.DataFrame) -> list[str]:
     body = [
         [row["label"].replace("\n", " · "), pp_delta(row["gain"]),
          DASH if is_missing(row["err"]) else f"{100 * row['err']:.2f} pp",
-         f"{row['n_on']} / {row['n_off']}", "paired" if row["paired"] else "unpaired"]
+         f"{row['n_on']} / {row['n_off']}", "paired" if row["paired"] else "unpaired",
+         *cells(row["stat"])]
         for _, row in gains.iterrows()
     ]
-    return markdown_table(["comparison", "gain", "error bar", "n on / off", "seeds"],
-                  ["---", "---:", "---:", "---:", "---"], body)
+    return markdown_table(["comparison", "gain", "error bar", "n on / off", "seeds", *CELL_HEADER],
+                          ["---", "---:", "---:", "---:", "---", *CELL_ALIGN], body)
 
 
 GAIN_RULE = ("error bar: when both arms ran the same seeds, the sample std of the per-seed "
@@ -343,7 +332,8 @@ def _figures(paths: dict[str, Path | None], searched: list[Path], gains: pd.Data
     if paths["gain"] is not None:
         lines += _figure(paths["gain"], "KDCI gain",
                          f"KDCI gain = mean final acc with KDCI − without, in pp ({GAIN_RULE}).")
-        lines += _gain_table(gains) + [""]
+        lines += _gain_table(gains) + ["", "Paired Δ, 95% CI, sig., n, unpaired: as defined under "
+                                       "\"KDCI arms, paired by seed\" below.", ""]
     for path in searched:
         key = path.stem.removeprefix("acc_vs_")
         lines += _figure(path, f"accuracy vs {key}",
@@ -364,6 +354,7 @@ def report_markdown(title: str, rows: pd.DataFrame, summary_markdown: str, gains
     """The text of ``report.md``."""
     lines = [f"# {title}", "", headline(rows, gains), ""]
     lines += _figures(paths, searched, gains)
+    lines += comparison_section(rows)
     lines += _summary_section(summary_markdown)
     lines += ["## Trials", "", *trial_table(rows), ""]
     left = _unfinished_lines(rows)

@@ -1,69 +1,56 @@
 """Result tables of a sweep: per-trial rows, per-(searched values, method, KDCI) summary, Markdown.
 
-``rows_from_sweep`` reads a Ray Tune experiment directory directly (no Ray needed), so tables can
-be rebuilt from a finished or an interrupted sweep. Ray Tune 2.60 writes, per trial directory,
-``params.json`` (the trial's ``param_space`` values, top-level keys as given, e.g.
-``{"kdci.enabled": false, "method": "dafl"}``), ``params.pkl``, ``result.json`` (one JSON object
-per ``tune.report``, plus Tune's own fields and a ``config`` copy), ``progress.csv`` and a
-TensorBoard ``events.out.tfevents.*`` file. We add ``config.yaml`` (the resolved flat config)
-and ``student.pt``.
+``rows_from_sweep`` (``kdci_ray.tune.trials``) reads a Ray Tune experiment directory directly (no
+Ray needed), so tables can be rebuilt from a finished or an interrupted sweep; the columns and
+cell formats live in ``kdci_ray.tune.columns``. Both are re-exported here.
 
 Besides ``ROW_COLUMNS`` a row has one column per searched entry of the sweep other than
 ``method``, ``kdci.enabled`` and ``seed`` (already columns): a grid or sampled key under its
 dotted name (``kdci.k``), a case group under its column name (``case``, or the group's name such as
 ``pair``) holding the case's name. Any other column counts as such a searched column: the summary
 groups by them too, and the Markdown shows them first (except one that only repeats ``method``).
+
+When a searched column holds the KDCI arms (``columns.arm_columns``: a case group ``vanilla`` /
+``kdci`` / ``random_z``, each value with one KDCI setting and one value with KDCI off), each
+KDCI-on value is compared with that vanilla value at the same values of the other columns.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config import ConfigError, ExperimentConfig, KDCIConfig, flatten
-from kdci_ray.train.resume import FAILURES_FILE, METRICS_FILE, RESUMES_FILE
-from kdci_ray.train.run_logs import count_records, stopped_reason
-from kdci_ray.tune.cases import (
-    case_lookup,
-    case_name,
-    column_name,
-    config_layer,
-    expand,
-    is_case_key,
+from kdci_ray.tune.columns import (
+    DASH,
+    MEAN_METRICS,
+    ROW_COLUMNS,
+    SUMMARY_COLUMNS,
+    arm_columns,
+    group_key,
+    is_missing,
+    line_columns,
+    markdown_table,
+    pct,
+    pp_delta,
+    ratio,
+    searched_columns,
+    sort_frame,
+    sorted_rows,
+    text_cell,
 )
+from kdci_ray.tune.comparisons import vanilla_gain
+from kdci_ray.tune.paired import CELL_ALIGN, CELL_HEADER, RULE, cells
+from kdci_ray.tune.trials import rows_from_sweep, trial_reports
 
-ROW_COLUMNS = [
-    "trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
-    "rounds_done", "finished", "checkpoint", "resumes", "failures", "stopped",
+__all__ = [
+    "DASH", "ROW_COLUMNS", "SUMMARY_COLUMNS", "is_missing", "markdown_table", "pct", "pp_delta",
+    "rows_from_sweep", "searched_columns", "sorted_rows", "summarize", "text_cell",
+    "to_markdown", "trial_reports", "write_tables",
 ]  # fmt: skip
-SUMMARY_COLUMNS = [
-    "method", "kdci", "n", "acc_mean", "acc_std", "acc_kdci_mean", "acc_kdci_std",
-    "teacher_acc", "delta_acc",
-]  # fmt: skip
-DASH = "–"
-_STANDARD_PARAMS = ("method", "kdci.enabled", "seed")  # searched keys that have a column already
-
-
-def searched_columns(frame: pd.DataFrame) -> list[str]:
-    """The columns of a rows or summary frame beyond ``ROW_COLUMNS`` / ``SUMMARY_COLUMNS``: one
-    per searched key or case group."""
-    return [c for c in frame.columns if c not in ROW_COLUMNS and c not in SUMMARY_COLUMNS]
-
-
-def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Stable sort on ``keys``; columns that mix types (a grid of ``[1, "a"]``) sort as text."""
-    keys = [k for k in keys if k in frame.columns]
-    try:
-        return frame.sort_values(keys, kind="stable")
-    except TypeError:
-        return frame.sort_values(keys, kind="stable", key=lambda col: col.astype(str))
 
 # ----------------------------------------------------------------------------- summary
 
@@ -83,9 +70,15 @@ def _mean(values: pd.Series) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def _numbers(group: pd.DataFrame, column: str) -> pd.Series:
+    """``column`` as numbers (all NaN when the frame has no such column)."""
+    if column not in group.columns:
+        return pd.Series(math.nan, index=group.index, dtype=float)
+    return pd.to_numeric(group[column], errors="coerce")
+
+
 def _group_row(keys: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
-    acc = pd.to_numeric(group["acc"], errors="coerce")
-    acc_kdci = pd.to_numeric(group["acc_kdci"], errors="coerce")
+    acc, acc_kdci = _numbers(group, "acc"), _numbers(group, "acc_kdci")
     return {
         **keys,
         "n": int(acc.notna().sum()),
@@ -93,24 +86,39 @@ def _group_row(keys: dict[str, Any], group: pd.DataFrame) -> dict[str, Any]:
         "acc_std": _std(acc),
         "acc_kdci_mean": _mean(acc_kdci),
         "acc_kdci_std": _std(acc_kdci),
-        "teacher_acc": _mean(pd.to_numeric(group["teacher_acc"], errors="coerce")),
+        "teacher_acc": _mean(_numbers(group, "teacher_acc")),
+        **{f"{m}_mean": _mean(_numbers(group, m)) for m in MEAN_METRICS},
     }
 
 
-def _key(value: Any) -> Any:
-    """A group-key value that compares equal to itself (NaN -> None)."""
-    return None if is_missing(value) else value
+def _deltas(out: pd.DataFrame, extra: list[str]) -> list[float]:
+    """``delta_acc`` of each summary row (see ``summarize``)."""
+    by = extra + ["method", "kdci"]
+    side = {tuple(group_key(r[c]) for c in by): r["acc_mean"] for _, r in out.iterrows()}
+    arms = arm_columns(out, line_columns(out))
+    vanilla = {c: group_key(out.loc[~out["kdci"], c].iloc[0]) for c in arms}
+
+    def delta(r: pd.Series) -> float:
+        base = tuple(vanilla.get(c, group_key(r[c])) for c in extra + ["method"])
+        if arms:  # each KDCI arm against the vanilla one; the vanilla arm is their reference
+            return float(r["acc_mean"] - side.get((*base, False), math.nan)) if r["kdci"] \
+                else math.nan
+        return float(side.get((*base, True), math.nan) - side.get((*base, False), math.nan))
+
+    return [delta(r) for _, r in out.iterrows()]
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (searched columns..., method, kdci): ``n``, acc/acc_kdci mean and std, teacher
-    acc, delta_acc.
+    acc, delta_acc, and the means of ``MEAN_METRICS`` (``<metric>_mean``; NaN where unreported).
 
     ``n`` counts trials with a measured ``acc`` (trials without any result are left out of
     every statistic). Stds are sample stds (ddof=1) over those trials; a group of one trial
     gets std 0.0, a group with none NaN. ``delta_acc`` (same on both rows of a method) is
     mean acc with KDCI minus mean acc without, at the same searched values; NaN when either
-    side is missing.
+    side is missing. When a searched column holds the KDCI arms (``arm_columns``), each KDCI-on
+    row's ``delta_acc`` is its mean acc minus that of the vanilla arm at the same values of the
+    other columns, and the vanilla arm's own ``delta_acc`` is NaN.
     """
     extra = searched_columns(rows)
     columns = extra + SUMMARY_COLUMNS
@@ -122,45 +130,12 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         _group_row(dict(zip(by, values, strict=True)), group)
         for values, group in frame.groupby(by, sort=False, dropna=False)
     ]
-    out = _sort(pd.DataFrame.from_records(records), by)
-    side = {tuple(_key(r[c]) for c in by): r["acc_mean"] for _, r in out.iterrows()}
-
-    def delta(r: pd.Series) -> float:
-        base = tuple(_key(r[c]) for c in extra + ["method"])
-        return float(side.get((*base, True), math.nan) - side.get((*base, False), math.nan))
-
-    out["delta_acc"] = [delta(r) for _, r in out.iterrows()]
+    out = sort_frame(pd.DataFrame.from_records(records), by)
+    out["delta_acc"] = _deltas(out, extra)
     return out[columns].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- markdown
-
-
-def is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def pct(mean: Any, std: Any | None = None) -> str:
-    """``0.9741, 0.0035`` -> ``97.41 ± 0.35``; missing -> ``–``."""
-    if is_missing(mean):
-        return DASH
-    text = f"{100 * float(mean):.2f}"
-    if std is not None and not is_missing(std):
-        text += f" ± {100 * float(std):.2f}"
-    return text
-
-
-def pp_delta(delta: Any) -> str:
-    return DASH if is_missing(delta) else f"{100 * float(delta):+.2f} pp"
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(header: list[str], align: list[str], body: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
 
 
 def _shown_columns(summary: pd.DataFrame) -> list[str]:
@@ -168,10 +143,6 @@ def _shown_columns(summary: pd.DataFrame) -> list[str]:
     named after its method)."""
     method = summary["method"].astype(str)
     return [c for c in searched_columns(summary) if not summary[c].astype(str).equals(method)]
-
-
-def text_cell(value: Any) -> str:
-    return DASH if is_missing(value) else str(value)
 
 
 def _accuracy_cells(r: pd.Series) -> list[str]:
@@ -185,40 +156,73 @@ def _accuracy_cells(r: pd.Series) -> list[str]:
     ]
 
 
-def to_markdown(summary: pd.DataFrame, title: str) -> str:
+def _reported(summary: pd.DataFrame, columns: list[str]) -> bool:
+    return any(c in summary.columns and summary[c].notna().any() for c in columns)
+
+
+def _metric_columns(summary: pd.DataFrame) -> tuple[list[str], Any]:
+    """Headers and a row -> cells function for the recalls / prior ratio, where reported."""
+    recalls = [m for m in ("recall_min", "recall_rare")
+               if _reported(summary, [f"{m}_mean", f"{m}_kdci_mean"])]
+    prior = _reported(summary, ["prior_ratio_mean"])
+    header = [f"{m.replace('_', ' ')} (%) raw / comp." for m in recalls]
+    header += ["prior ratio"] if prior else []
+
+    def metric_cells(r: pd.Series) -> list[str]:
+        out = [pct(r[f"{m}_mean"]) + (f" / {pct(r[f'{m}_kdci_mean'])}" if r["kdci"] else "")
+               for m in recalls]
+        return out + ([ratio(r["prior_ratio_mean"])] if prior else [])
+
+    return header, metric_cells
+
+
+def _delta_rows(summary: pd.DataFrame, extra: list[str], arms: list[str]) -> pd.DataFrame:
+    """The rows of the "KDCI − vanilla" table: each KDCI arm when ``arms`` (the vanilla arm is
+    their reference), else one per (searched values, method)."""
+    if arms:
+        return summary[summary["kdci"].astype(bool)]
+    return summary.drop_duplicates(extra + ["method"])
+
+
+def to_markdown(summary: pd.DataFrame, title: str, rows: pd.DataFrame | None = None) -> str:
     """Markdown: a per-(searched values, method, KDCI) accuracy table and a "KDCI − vanilla" table.
 
     Accuracies are percentages (mean ± sample std over trials); deltas are percentage points.
+    With the per-trial ``rows`` the "KDCI − vanilla" table also has the paired difference over
+    seeds with its 95% Student-t interval (``kdci_ray.tune.paired``).
     """
     extra = _shown_columns(summary)
+    arms = arm_columns(summary, line_columns(summary)) if len(summary) else []
+    metric_header, metric_cells = _metric_columns(summary)
     lines = [f"## {title}", ""]
     lines += markdown_table(
-        extra + ["method", "KDCI", "n", "acc (%)", "acc_kdci (%)", "teacher acc (%)"],
-        ["---"] * len(extra) + ["---", "---", "---:", "---:", "---:", "---:"],
-        [[text_cell(r[c]) for c in extra] + _accuracy_cells(r) for _, r in summary.iterrows()],
+        extra + ["method", "KDCI", "n", "acc (%)", "acc_kdci (%)", "teacher acc (%)",
+                 *metric_header],
+        ["---"] * len(extra) + ["---", "---", "---:", "---:", "---:", "---:"]
+        + ["---:"] * len(metric_header),
+        [[text_cell(r[c]) for c in extra] + _accuracy_cells(r) + metric_cells(r)
+         for _, r in summary.iterrows()],
     )
-    deltas = summary.drop_duplicates(extra + ["method"])
+    paired = rows is not None and not rows.empty
+    body = []
+    for _, r in _delta_rows(summary, extra, arms).iterrows():
+        keys = {**{c: r[c] for c in extra}, "method": r["method"]}
+        stats = cells(vanilla_gain(rows, keys, arms)) if paired else []
+        body.append([text_cell(r[c]) for c in extra] + [r["method"], pp_delta(r["delta_acc"])]
+                    + stats)
     lines += ["", "### KDCI − vanilla", ""]
     lines += markdown_table(
-        extra + ["method", "Δ acc"],
-        ["---"] * len(extra) + ["---", "---:"],
-        [[text_cell(r[c]) for c in extra] + [r["method"], pp_delta(r["delta_acc"])]
-         for _, r in deltas.iterrows()],
+        extra + ["method", "Δ acc"] + (CELL_HEADER if paired else []),
+        ["---"] * len(extra) + ["---", "---:"] + (CELL_ALIGN if paired else []),
+        body,
     )
+    if paired:
+        lines += ["", "Δ acc: mean acc of the KDCI arm − mean acc of the vanilla arm, over all "
+                  "their trials with a result. " + RULE]
     return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def sorted_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per-trial rows sorted by searched columns, method, kdci, seed; ``acc_kdci`` blanked where
-    KDCI is off."""
-    rows = rows.copy()
-    rows["kdci"] = rows["kdci"].astype(bool)
-    rows["acc_kdci"] = pd.to_numeric(rows["acc_kdci"], errors="coerce").where(rows["kdci"])
-    keys = searched_columns(rows) + ["method", "kdci", "seed", "trial"]
-    return _sort(rows, keys).reset_index(drop=True)
 
 
 def write_tables(rows: pd.DataFrame, out_dir: Path, title: str) -> str:
@@ -226,171 +230,7 @@ def write_tables(rows: pd.DataFrame, out_dir: Path, title: str) -> str:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sorted_rows(rows)
-    markdown = to_markdown(summarize(rows), title)
+    markdown = to_markdown(summarize(rows), title, rows)
     atomic_write_text(out_dir / "summary.csv", rows.to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", markdown)
     return markdown
-
-
-# ----------------------------------------------------------------------------- reading a sweep
-
-
-def _load(path: Path, load) -> dict[str, Any] | None:
-    """A JSON / YAML mapping, or None (missing, or unreadable with a warning)."""
-    if not path.is_file():
-        return None
-    try:
-        data = load(path.read_text())
-    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
-        warnings.warn(f"{path}: unreadable ({exc}); ignored", stacklevel=4)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _case_lookup(sweep_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """The sweep's cases by name, from its ``sweep.yaml`` (``{}`` when there is none)."""
-    record = _load(sweep_dir / "sweep.yaml", yaml.safe_load) or {}
-    try:
-        return case_lookup(record.get("search") or {})
-    except ConfigError as exc:
-        warnings.warn(f"{sweep_dir / 'sweep.yaml'}: cases unreadable ({exc}); ignored",
-                      stacklevel=3)
-        return {}
-
-
-def _read_trial_config(trial_dir: Path, lookup: dict[str, dict[str, dict[str, Any]]]
-                       ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(config, params)``: ``params.json`` (Tune's sampled values; cases by name, looked up in
-    ``lookup``) overlaid with ``config.yaml`` (flat keys), and ``params.json`` itself; None if
-    the directory has neither file."""
-    paths = (trial_dir / "params.json", trial_dir / "config.yaml")
-    if not any(path.is_file() for path in paths):
-        return None
-    params = _load(paths[0], json.loads) or {}
-    try:
-        point = expand(params, lookup)
-    except ConfigError:  # a case renamed since: config.yaml still has the resolved values
-        point = params
-    merged = flatten(config_layer(point))
-    merged.update(flatten(_load(paths[1], yaml.safe_load) or {}))
-    return merged, params
-
-
-def _searched_values(params: dict[str, Any]) -> dict[str, Any]:
-    """``{column: value}`` for a trial's searched entries (case groups by their case's name)."""
-    values = {}
-    for key, value in params.items():
-        if is_case_key(key):
-            values[column_name(key)] = case_name(value)
-        elif key not in _STANDARD_PARAMS:
-            values[key] = value
-    return values
-
-
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file; a torn or corrupt line (interrupted write) is
-    skipped, a missing or unreadable file gives ``[]``."""
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    reports = []
-    for line in text.splitlines():
-        try:
-            report = json.loads(line) if line.strip() else None
-        except ValueError:
-            continue
-        if isinstance(report, dict):
-            reports.append(report)
-    return reports
-
-
-def trial_reports(trial_dir: Path) -> list[dict[str, Any]]:
-    """Every report of a trial, oldest first: ``metrics.jsonl`` (the run's own log, complete
-    across interruptions; a resumed run re-reports nothing, but a worker restarted between a
-    report and its checkpoint may repeat a round) when present, else Tune's ``result.json``
-    (which a resumed trial restarts: only its reports since the resume)."""
-    own = _json_lines(trial_dir / METRICS_FILE)
-    return own if own else _json_lines(trial_dir / "result.json")
-
-
-def _latest(reports: list[dict[str, Any]], key: str) -> float:
-    """The value of ``key`` in the last report that has it (evaluations may skip reports)."""
-    for report in reversed(reports):
-        value = report.get(key)
-        if _is_number(value):
-            return float(value)
-    return math.nan
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes", "on")
-    return bool(value)
-
-
-def _checkpoint(trial_dir: Path) -> str:
-    """``student.pt`` in the trial dir, else in its newest ``checkpoint_*`` dir, else ``""``."""
-    direct = trial_dir / "student.pt"
-    if direct.is_file():
-        return str(direct)
-    nested = sorted(trial_dir.glob("checkpoint_*/student.pt"))
-    return str(nested[-1]) if nested else ""
-
-
-def _trial_row(trial_dir: Path, cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    reports = trial_reports(trial_dir)
-    last = reports[-1] if reports else {}
-    kdci = _as_bool(cfg.get("kdci.enabled", KDCIConfig.enabled))
-    rounds = last.get("round")
-    stopped = stopped_reason(trial_dir)
-    scored = reports if not stopped else []  # a stopped trial has no result: no accuracy
-    return {
-        "trial": trial_dir.name,
-        **_searched_values(params),
-        "method": str(cfg.get("method", ExperimentConfig.method)),
-        "kdci": kdci,
-        "seed": int(cfg.get("seed", ExperimentConfig.seed)),
-        "acc": _latest(scored, "eval/acc"),
-        "acc_kdci": _latest(scored, "eval/acc_kdci") if kdci else math.nan,
-        "teacher_acc": _latest(reports, "eval/teacher_acc"),
-        "rounds_done": int(rounds) if _is_number(rounds) else 0,
-        "finished": _as_bool(last.get("finished", False)),
-        "checkpoint": _checkpoint(trial_dir),
-        "resumes": count_records(trial_dir / RESUMES_FILE),
-        "failures": count_records(trial_dir / FAILURES_FILE),
-        "stopped": stopped,
-    }
-
-
-def rows_from_sweep(sweep_dir: Path) -> pd.DataFrame:
-    """Per-trial rows of a Ray Tune experiment directory, finished or interrupted, without Ray.
-
-    Each subdirectory with ``params.json`` or ``config.yaml`` is a trial (``config.yaml`` wins
-    over ``params.json``; keys missing from both take the config defaults). Metrics are the
-    latest reported ``eval/acc``, ``eval/acc_kdci`` (KDCI on only), ``eval/teacher_acc``;
-    ``finished`` means the last report has ``finished == 1``. Trials without reports get NaN.
-    ``resumes`` / ``failures`` count the trial's continuations from a checkpoint and its worker
-    failures (``resumes.jsonl`` / ``failures.jsonl``, written by the Ray Train adapter);
-    ``stopped`` says why a trial stopped early (a non-finite loss; its accuracies are left
-    blank, so no summary counts it), empty when it did not.
-    The searched entries of ``params.json`` (other than method, KDCI, seed) become columns right
-    after ``trial``; case names are looked up in the sweep's ``sweep.yaml``.
-    """
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
-    lookup = _case_lookup(sweep_dir)
-    records = []
-    for trial_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        found = _read_trial_config(trial_dir, lookup)
-        if found is not None:
-            records.append(_trial_row(trial_dir, *found))
-    extra = list(dict.fromkeys(k for r in records for k in r if k not in ROW_COLUMNS))
-    frame = pd.DataFrame.from_records(records, columns=ROW_COLUMNS[:1] + extra + ROW_COLUMNS[1:])
-    frame = frame.astype({"acc": float, "acc_kdci": float, "teacher_acc": float})
-    return sorted_rows(frame) if len(frame) else frame
