@@ -280,7 +280,7 @@ def test_selection_cache_keys_differ_per_imbalance(tmp_path) -> None:
 
     pool = TensorPool(images.contiguous())
     plain = select(pool, score, 40, "confidence", tmp_path)
-    shifted = select(pool, score, 40, "confidence", tmp_path, imbalance=8.0)
+    shifted = select(pool, score, 40, "confidence", tmp_path, imbalance=8.0, num_classes=4)
     assert len(list(tmp_path.glob("*.npy"))) == 2
     counts = np.bincount(labels[torch.as_tensor(shifted)].numpy(), minlength=4)
     assert counts.max() / counts.min() >= 6 and len(plain) == 40

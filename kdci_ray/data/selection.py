@@ -112,13 +112,14 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
            cache_dir: Path | None, key_extra: str = "", batch_size: int = 1024,
            progress: bool = False,
            pool_scores: Callable[[str], np.ndarray] | None = None,
-           imbalance: float = 0.0, strict: bool = True) -> np.ndarray:
+           imbalance: float = 0.0, strict: bool = True, num_classes: int = 0) -> np.ndarray:
     """The ``n`` pool indices the teacher prefers under ``criterion``, sorted (int64).
 
     ``imbalance`` > 0 (a controlled shift, ``kdci_ray.data.shift``): per-class quotas of the
-    teacher's arg-max with that imbalance ratio, the criterion ranking within each class; the
-    pool is then scored in this process (``pool_scores`` gives no classes) and the ratio is part
-    of the cache key; ``strict=False`` caps a quota the pool cannot fill (smoke mode).
+    teacher's ``num_classes``-way arg-max with that imbalance ratio, the criterion ranking within
+    each class; the pool is then scored in this process (``pool_scores`` gives no classes) and
+    the ratio is part of the cache key; ``strict=False`` caps a quota the pool cannot fill
+    (smoke mode).
 
     ``score_fn`` maps a uint8 ``(B, C, H, W)`` batch to the teacher's ``(B, K)`` logits (the
     caller normalises and runs the teacher). With ``cache_dir`` the result is stored as
@@ -140,8 +141,9 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
     n = int(n)
     fingerprint = pool.fingerprint
     if imbalance:
+        if num_classes < 1:
+            raise ValueError("a selection with imbalance needs the teacher's num_classes")
         key_extra = f"{key_extra}|imbalance={float(imbalance)!r}|strict={strict}"
-        pool_scores = None
     key = selection_key(criterion, n, fingerprint, key_extra)
     npy = json_path = None
     if cache_dir is not None:
@@ -152,20 +154,20 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
             if cached is not None:
                 return cached
 
-    if pool_scores is not None:
-        scores = np.asarray(pool_scores(criterion), dtype=np.float64)
-        if scores.shape != (total,):
-            raise ValueError(f"pool_scores returned {scores.shape} scores for a pool of {total}")
-    elif imbalance:
+    if imbalance:
         from kdci_ray.data.shift import quota_select
 
         labels = np.empty(total, dtype=np.int64)
         scores = score_pool(pool, score_fn, criterion, int(batch_size), progress, labels)
-        num_classes = int(score_fn(pool.get(np.arange(1))).shape[1])
         indices = quota_select(scores, labels, n, float(imbalance), num_classes, strict)
     else:
-        scores = score_pool(pool, score_fn, criterion, int(batch_size), progress)
-    if not imbalance:
+        if pool_scores is not None:
+            scores = np.asarray(pool_scores(criterion), dtype=np.float64)
+            if scores.shape != (total,):
+                raise ValueError(f"pool_scores returned {scores.shape} scores for a pool of "
+                                 f"{total}")
+        else:
+            scores = score_pool(pool, score_fn, criterion, int(batch_size), progress)
         indices = top_n(scores, n)
 
     if npy is not None and json_path is not None:

@@ -100,7 +100,7 @@ class OpenWorldSubset:
             dist.barrier()  # wait for rank 0 to score the pool and cache the selection
         indices = select(pool, score, n, criterion, ctx.cache_dir, key_extra=teacher_key(ctx),
                          progress=progress, pool_scores=pool_scores, imbalance=ctx.imbalance,
-                         strict=ctx.strict_shift)
+                         strict=ctx.strict_shift, num_classes=ctx.num_classes)
         if distributed and dist.get_rank() == 0:
             dist.barrier()
         return np.asarray(indices, dtype=np.int64)
