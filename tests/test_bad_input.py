@@ -84,6 +84,12 @@ CASES: dict[str, tuple[Callable[[Path], dict], list[str], list[str]]] = {
                                     ["must not name 'GPU'", "run.gpus_per_worker"]),
     "non-positive start timeout": (lambda t: {"run.start_timeout_s": 0}, [],
                                    ["run.start_timeout_s", "must be > 0"]),
+    "one-process trainer with a worker group": (
+        lambda t: {"run.trainer": "tune_trial", "run.workers": 2}, [],
+        ["run.trainer' tune_trial", "run.workers is 2", "ray_train"]),
+    "trainers that differ between trials": (
+        lambda t: {"search": {"run.workers": [1, 2]}}, [],
+        ["different run.trainer values (ray_train, tune_trial)", "set run.trainer"]),
     "resume with nothing to resume": (lambda t: {}, ["--resume"],
                                       ["nothing to resume", "without --resume"]),
 }

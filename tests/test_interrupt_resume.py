@@ -1,7 +1,8 @@
 """A real sweep survives interruption: the driver is stopped mid-way (SIGINT, and separately
 SIGKILL), `kdci-ray sweep DIR --resume` continues it, finished trials are not rerun, the
 unfinished one continues from its last checkpoint, and the table covers every trial once. And a
-trial whose worker fails once is restarted from its checkpoint and the failure recorded."""
+trial whose worker fails once is restarted from its checkpoint and the failure recorded, by either
+trainer (``run.trainer``)."""
 
 from __future__ import annotations
 
@@ -178,12 +179,15 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["tune_trial", "ray_train"])
 def test_a_trial_that_fails_once_is_restarted_from_its_checkpoint_and_recorded(
-        tiny_settings, ray_session, tmp_path) -> None:
+        tiny_settings, ray_session, tmp_path, trainer: str) -> None:
+    """Ray Train restarts its worker group; Tune retries a ``tune_trial`` trial: both continue
+    from the latest checkpoint, and both record the failure the same way."""
     config = tmp_path / "fail.yaml"
     config.write_text(yaml.safe_dump({**tiny_settings, "method": "dafl", "train.rounds": 4,
-                                      "train.eval_every": 1, "run.inject_failure_round": 2},
-                                     sort_keys=False))
+                                      "train.eval_every": 1, "run.inject_failure_round": 2,
+                                      "run.trainer": trainer}, sort_keys=False))
     out = tmp_path / "sweep"
     plan = plan_sweep(config, output=str(out), single=True)
     check_inputs(plan, log=lambda m: None)

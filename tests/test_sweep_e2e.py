@@ -60,3 +60,35 @@ def test_sweep_writes_tables_tensorboard_configs_and_checkpoints(tiny_settings, 
     assert "![KDCI gain](kdci_gain.png)" in (out / "report.md").read_text()
     rebuilt = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(rebuilt, rows)
+
+
+@pytest.mark.slow
+def test_both_trainers_train_the_same_student(tiny_settings, ray_session, tmp_path) -> None:
+    """``run.trainer``: the loop in the Tune trial's own process and the loop on a one-worker
+    TorchTrainer are the same computation: bit-identical students and metrics, and the saved
+    config says which trainer ran (``auto`` resolves to ``tune_trial`` for one CPU worker)."""
+    import torch
+    import yaml
+
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text("method: dafl\nkdci.enabled: true\ntrain.rounds: 3\n")
+    students, accs = {}, {}
+    for trainer in ("auto", "ray_train"):
+        out = tmp_path / trainer
+        over = [f"{k}={v}" for k, v in tiny_settings.items()] + [f"run.trainer={trainer}"]
+        plan = plan_sweep(cfg, over, output=str(out), single=True)
+        check_inputs(plan, log=lambda m: None)
+        prepare_output(plan, overwrite=False)
+        assert run_sweep(plan).errors == []
+        (trial,) = [p for p in out.iterdir() if (p / "config.yaml").is_file()]
+        saved = yaml.safe_load((trial / "config.yaml").read_text())
+        ran = saved["run.trainer"]
+        assert ran == ("tune_trial" if trainer == "auto" else "ray_train")
+        assert (trial / "train").is_dir() is (trainer == "ray_train")  # Train's own storage
+        students[trainer] = torch.load(trial / "student.pt", weights_only=False)
+        accs[trainer] = pd.read_csv(out / "summary.csv").iloc[0][["acc", "acc_kdci"]].tolist()
+    assert accs["auto"] == accs["ray_train"]
+    one, two = (students[k]["state_dict"] for k in ("auto", "ray_train"))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert all(torch.equal(students["auto"]["kdci"][k], students["ray_train"]["kdci"][k])
+               for k in students["auto"]["kdci"])

@@ -43,7 +43,7 @@ from kdci_ray.config.sections import (
     TeacherConfig,
     TrainConfig,
 )
-from kdci_ray.config.validate import validate
+from kdci_ray.config.validate import resolved_trainer, validate
 from kdci_ray.methods import METHODS
 
 __all__ = [
@@ -87,5 +87,6 @@ def resolve(*layers: dict[str, Any], smoke: bool | None = None) -> ExperimentCon
         apply(cfg, SMOKE, "smoke mode")
         apply(cfg, {f"{cfg.method}.{k}": v for k, v in method.SMOKE.items()}, "smoke mode")
     validate(cfg)
+    cfg.run.trainer = resolved_trainer(cfg.run)  # the saved config says which one ran
     return cfg
 

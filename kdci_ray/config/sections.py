@@ -123,6 +123,9 @@ class RunConfig:
     """How a run is executed: Ray Train workers and where results go."""
 
     workers: int = 1  # Ray Train workers (DDP ranks) per trial
+    trainer: str = "auto"  # what runs a trial's loop: ray_train (a TorchTrainer worker group) |
+    #   tune_trial (the Tune trial's own process: one worker, no extra processes) | auto (resolved:
+    #   tune_trial for one CPU worker without worker_resources, else ray_train)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # with use_gpu; a fraction packs several workers on one GPU
@@ -158,6 +161,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kdci.space": ("logits", "log_probs"),
     "pool.source": ("embedded", "folder", "npz"),
     "pool.transform": ("none", "edges"),
+    "run.trainer": ("auto", "ray_train", "tune_trial"),
 }
 
 SMOKE: dict[str, Any] = {

@@ -167,6 +167,12 @@ def _check_run(cfg: ExperimentConfig) -> None:
             f"the cluster's nodes), got {run.start_timeout_s}"
         )
     parse_resources(run.worker_resources)  # raises a ConfigError naming the bad entry
+    if run.trainer == "tune_trial" and run.workers != 1:
+        raise ConfigError(
+            f"config key 'run.trainer' tune_trial runs the loop in the Tune trial's own process, "
+            f"one worker, but run.workers is {run.workers}: set run.workers: 1, or run.trainer: "
+            f"ray_train (or auto) for a worker group"
+        )
     every = run.checkpoint_every
     if every < 0 or (every and every % train.eval_every):
         raise ConfigError(
@@ -179,3 +185,12 @@ def _check_run(cfg: ExperimentConfig) -> None:
             f"config key 'run.inject_failure_round' must be between 0 (never) and train.rounds "
             f"({train.rounds}), got {run.inject_failure_round}"
         )
+
+
+def resolved_trainer(run) -> str:
+    """``run.trainer`` with ``auto`` decided: ``tune_trial`` for one CPU worker that asks for no
+    custom resources (a TorchTrainer adds only processes there), else ``ray_train``."""
+    if run.trainer != "auto":
+        return run.trainer
+    plain = run.workers == 1 and not run.use_gpu and not run.worker_resources.strip()
+    return "tune_trial" if plain else "ray_train"

@@ -1,4 +1,6 @@
-"""The Ray Train adapter: run the one loop on ``run.workers`` workers with a TorchTrainer.
+"""The Ray Train adapter (``run.trainer: ray_train``): run the one loop on ``run.workers``
+workers with a TorchTrainer. (One CPU worker runs in the Tune trial itself by default:
+``kdci_ray.train.tune_trial``; what happens around the loop is shared, ``run_reporter``.)
 
 Ray Train sets up the process group (gloo on CPU, NCCL on GPU); the loop sees torch.distributed
 and DDP-wraps what it trains. Rank 0 writes TensorBoard events (exact tags: ``eval/acc``,
@@ -15,11 +17,9 @@ cannot be placed yet (an autoscaling cluster booting nodes) waits up to ``run.st
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,86 +28,38 @@ import ray.train
 from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 
-from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config import ExperimentConfig, resolve, save_resolved
+from kdci_ray.config import ExperimentConfig, resolve
 from kdci_ray.train.placement import worker_bundle
-from kdci_ray.train.resume import (
-    FAILURES_FILE,
-    METRICS_FILE,
-    RESUMES_FILE,
-    STUDENT_FILE,
-    Snapshot,
-    load_resume_state,
-    save_snapshot,
+from kdci_ray.train.resume import FAILURES_FILE, STUDENT_FILE
+from kdci_ray.train.run_reporter import (
+    RunReporter,
+    append_record,
+    last_line,
+    record_stop,
+    resume_state,
 )
-
-INJECTED_MARK = ".injected_failure"
-
-
-class InjectedFailure(RuntimeError):
-    """Raised once by ``run.inject_failure_round`` (tests of the restart path)."""
-
-
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    """One JSON line, appended (a record per failure or resume, never rewritten)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
-def _resume_state(run_dir: Path, rank: int) -> dict[str, Any] | None:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as ckpt_dir:
-        state = load_resume_state(Path(ckpt_dir), rank)
-    if rank == 0:
-        append_record(run_dir / RESUMES_FILE, {"round": state["round"], "step": state["step"],
-                                               "time": time.time()})
-    return state
 
 
 def train_func(config: dict[str, Any]) -> None:
     """Per-worker entry point (``train_loop_per_worker``)."""
-    from tensorboardX import SummaryWriter
-
-    from kdci_ray.train.run_logs import STOPPED_FILE
-    from kdci_ray.train.task import distill, stop_reason
+    from kdci_ray.train.task import distill
 
     cfg = resolve(config["settings"])
     run_dir = Path(config["run_dir"])
     rank = ray.train.get_context().get_world_rank()
-    writer = SummaryWriter(str(run_dir), flush_secs=10) if rank == 0 else None
-    inject = cfg.run.inject_failure_round
 
-    def report(metrics: dict[str, float], step: int, snapshot: Snapshot | None) -> None:
-        if writer is not None:
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, step)
-            writer.flush()
-            append_record(run_dir / METRICS_FILE, {**metrics, "time": time.time()})
-        if snapshot is None:
-            ray.train.report(metrics)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_snapshot(Path(tmp), snapshot, rank)
-                if rank == 0:
-                    save_resolved(cfg, Path(tmp) / "config.yaml")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        mark = run_dir / INJECTED_MARK
-        if rank == 0 and inject and metrics["round"] >= inject and not mark.exists():
-            mark.touch()
-            raise InjectedFailure(f"run.inject_failure_round={inject}: failing once after "
-                                  f"round {int(metrics['round'])}")
+    def send(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        checkpoint = (None if checkpoint_dir is None
+                      else ray.train.Checkpoint.from_directory(checkpoint_dir))
+        ray.train.report(metrics, checkpoint=checkpoint)
 
+    report = RunReporter(cfg, run_dir, rank, send)
     try:
-        final = distill(cfg, report, resume=_resume_state(run_dir, rank))
+        final = distill(cfg, report, resume=resume_state(ray.train.get_checkpoint(), run_dir,
+                                                         rank))
     finally:
-        if writer is not None:
-            writer.close()
-    reason = stop_reason(final)
-    if rank == 0 and reason:  # a non-finite loss: stopped, not failed (a retry would repeat it)
-        atomic_write_text(run_dir / STOPPED_FILE, json.dumps(
-            {"reason": reason, "round": int(final["stopped_round"]), "time": time.time()}) + "\n")
+        report.close()
+    record_stop(final, run_dir, rank)
 
 
 class FailureRecorder(UserCallback):
@@ -118,16 +70,11 @@ class FailureRecorder(UserCallback):
         self.run_dir = Path(run_dir)
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        errors = {rank: _last_line(exc) for rank, exc in sorted(worker_exceptions.items())}
+        errors = {rank: last_line(exc) for rank, exc in sorted(worker_exceptions.items())}
         append_record(self.run_dir / FAILURES_FILE, {
             "ranks": list(errors), "error": next(iter(errors.values()), ""),
             "errors": errors, "time": time.time(),
             "traceback": str(next(iter(worker_exceptions.values()), ""))[-4000:]})
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
 
 
 def start_attempts(start_timeout_s: float) -> int:

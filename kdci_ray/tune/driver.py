@@ -101,6 +101,7 @@ def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
         keep = only_filter.select(only_filter.parse_only(only), search, points, as_configured)
         search = only_filter.restrict(search, [points[i] for i in keep], where)
         configs = [configs[i] for i in keep]
+    sweep_trainer(configs, where)
     first = configs[0]
     out = output or first.run.output
     base = launch_dir or Path.cwd()
@@ -164,16 +165,13 @@ def trial_fn(params: dict[str, Any], settings: dict[str, Any], overrides: dict[s
              cases: dict[str, dict[str, dict[str, Any]]] | None = None,
              sweep_dir: str | None = None) -> None:
     """One Tune trial: resolve its config (case names looked up in ``cases``), save it, train it
-    with Ray Train.
+    with its ``run.trainer``: in this process (``tune_trial``) or with Ray Train (``ray_train``).
 
-    The run's files (TensorBoard events, Train checkpoints, ``student.pt``) go straight to the
-    trial's directory in the sweep directory, not to Tune's per-session staging copy of it:
-    a trial resumed by a later driver (another Ray session) must find its checkpoints there. On
-    a multi-node cluster the sweep directory is on shared storage (``cluster.yaml``)."""
+    The run's files (TensorBoard events, checkpoints, ``student.pt``) go straight to the trial's
+    directory in the sweep directory, not to Tune's per-session staging copy of it: a trial
+    resumed by a later driver (another Ray session) must find its checkpoints there. On a
+    multi-node cluster the sweep directory is on shared storage (``cluster.yaml``)."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from kdci_ray.train.ray_train import fit
 
     context = tune.get_context()
     trial_dir = Path(sweep_dir) / context.get_trial_name() if sweep_dir else \
@@ -181,7 +179,30 @@ def trial_fn(params: dict[str, Any], settings: dict[str, Any], overrides: dict[s
     trial_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve(settings, config_layer(expand(params, cases or {})), overrides)
     save_resolved(cfg, trial_dir / "config.yaml")
+    if cfg.run.trainer == "tune_trial":
+        from kdci_ray.train.tune_trial import fit_in_trial
+
+        fit_in_trial(cfg, trial_dir)
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from kdci_ray.train.ray_train import fit
+
     fit(cfg, to_flat(cfg), trial_dir, callbacks=[TuneReportCallback()])
+
+
+def sweep_trainer(configs: list[ExperimentConfig], where: str = "the sweep") -> str:
+    """The one ``run.trainer`` of a sweep's trials. Mixed trainers are refused: Tune's trial
+    retries and resources are set per sweep, and a Train-driving trial must not be retried by
+    Tune on top of Ray Train's own restarts."""
+    kinds = {cfg.run.trainer for cfg in configs}
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"{where}: its trials resolve to different run.trainer values "
+            f"({', '.join(sorted(kinds))}; auto picks tune_trial only for one CPU worker without "
+            f"run.worker_resources): set run.trainer to one of them in the settings"
+        )
+    return kinds.pop()
 
 
 def _max_concurrent(cfg: ExperimentConfig) -> int:
@@ -248,13 +269,27 @@ class SweepOutcome:
 def _trainable(plan: SweepPlan) -> Any:
     from ray import tune
 
-    return tune.with_resources(
-        tune.with_parameters(trial_fn, settings=plan.settings, overrides=plan.overrides,
-                             cases=case_lookup(plan.search), sweep_dir=str(plan.out_dir)),
-        # no CPU (only its Train workers hold some), and on the head node: a trial's driver and
-        # its Train controller must not die with a preempted spot worker node
-        {"cpu": 0, "memory": 256 * 1024**2, HEAD_NODE_RESOURCE: 0.001},
-    )
+    fn = tune.with_parameters(trial_fn, settings=plan.settings, overrides=plan.overrides,
+                              cases=case_lookup(plan.search), sweep_dir=str(plan.out_dir))
+    if sweep_trainer(plan.configs) == "tune_trial":
+        from kdci_ray.train.tune_trial import trial_resources
+
+        return tune.with_resources(fn, trial_resources(plan.configs[0]))
+    # no CPU (only its Train workers hold some), and on the head node: a trial's driver and its
+    # Train controller must not die with a preempted spot worker node
+    return tune.with_resources(fn, {"cpu": 0, "memory": 256 * 1024**2, HEAD_NODE_RESOURCE: 0.001})
+
+
+def _tune_failures(plan: SweepPlan) -> dict[str, Any]:
+    """Tune's own trial retries and actor reuse: a ``tune_trial`` trial is retried by Tune (from
+    its latest checkpoint, ``run.max_failures`` times) and its process serves the next trial
+    (torch and kdci_ray imported once per slot); a ``ray_train`` trial is retried by Ray Train."""
+    from ray import tune
+
+    if sweep_trainer(plan.configs) != "tune_trial":
+        return {"failure": tune.FailureConfig(max_failures=0), "reuse_actors": False}
+    return {"failure": tune.FailureConfig(max_failures=plan.configs[0].run.max_failures),
+            "reuse_actors": True}
 
 
 def check_resources(plan: SweepPlan) -> None:
@@ -285,14 +320,18 @@ def run_sweep(plan: SweepPlan, resume: bool = False) -> SweepOutcome:
             tuner = tune.Tuner.restore(str(plan.out_dir), _trainable(plan),
                                        resume_unfinished=True, resume_errored=True)
         else:
+            retry = _tune_failures(plan)
             tuner = tune.Tuner(
                 _trainable(plan),
                 param_space=build_param_space(plan.search),
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=_max_concurrent(plan.configs[0]),
+                    reuse_actors=retry["reuse_actors"],
                     trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
                 run_config=tune.RunConfig(name=plan.out_dir.name,
                                           storage_path=str(plan.out_dir.parent),
+                                          failure_config=retry["failure"],
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                           callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                                           verbose=1),
             )
