@@ -232,7 +232,9 @@ def run_tune_trial(only: list[str], smoke: bool, out_dir: Path) -> dict[str, flo
     from kdci_ray.tune import driver, pretrial
     from kdci_ray.tune.sweep_dir import prepare_output
 
-    plan = driver.plan_sweep(QUICKSTART, smoke=smoke, output=str(out_dir), only=only)
+    # the Ray Train path (a one-CPU-worker trial would otherwise run in the trial: tune_trial)
+    plan = driver.plan_sweep(QUICKSTART, ["run.trainer=ray_train"], smoke=smoke,
+                             output=str(out_dir), only=only)
     pretrial.check_inputs(plan, log=lambda message: None)
     prepare_output(plan, overwrite=True)
     real_trial_fn, real_tables, tables_s = driver.trial_fn, driver.report, []

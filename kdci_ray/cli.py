@@ -33,13 +33,13 @@ def _log(msg: str) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
+    from kdci_ray.search.cases import load_sweep_file
     from kdci_ray.train.teacher import (
         cached_teacher_problem,
         check_cache_dir,
         teacher_path,
         train_teacher,
     )
-    from kdci_ray.tune.cases import load_sweep_file
 
     settings = load_sweep_file(args.config).settings if args.config else {}
     cfg = resolve(settings, parse_overrides(args.overrides))
@@ -56,8 +56,8 @@ def cmd_teacher(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace, single: bool) -> int:
+    from kdci_ray.search.only import describe, parse_only
     from kdci_ray.tune.driver import check_resources, init_ray, plan_sweep, run_sweep
-    from kdci_ray.tune.only import describe, parse_only
     from kdci_ray.tune.pretrial import check_inputs
     from kdci_ray.tune.sweep_dir import check_output, prepare_output
 
@@ -138,7 +138,7 @@ def cmd_cgn(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from kdci_ray.tune.driver import report
+    from kdci_ray.results import report
 
     written: list[str] = []
     print(report(Path(args.dir), log=written.append), flush=True)

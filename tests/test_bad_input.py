@@ -89,7 +89,7 @@ CASES: dict[str, tuple[Callable[[Path], dict], list[str], list[str]]] = {
         ["run.trainer' tune_trial", "run.workers is 2", "ray_train"]),
     "trainers that differ between trials": (
         lambda t: {"search": {"run.workers": [1, 2]}}, [],
-        ["different run.trainer values (ray_train, tune_trial)", "set run.trainer"]),
+        ["different run.trainer values (ray_train, tune_trial;", "set run.trainer"]),
     "resume with nothing to resume": (lambda t: {}, ["--resume"],
                                       ["nothing to resume", "without --resume"]),
 }

@@ -9,13 +9,13 @@ import yaml
 
 from kdci_ray.cli import build_parser, main, parse_args
 from kdci_ray.config import ConfigError
-from kdci_ray.tune.cases import RESERVED_COLUMNS, case_lookup, config_layer, expand, parse_cases
-from kdci_ray.tune.driver import plan_sweep
-from kdci_ray.tune.space import build_param_space, count_trials, grid_points
-from kdci_ray.tune.table import (
+from kdci_ray.results.table import (
     ROW_COLUMNS,
     SUMMARY_COLUMNS,
 )
+from kdci_ray.search.cases import RESERVED_COLUMNS, case_lookup, config_layer, expand, parse_cases
+from kdci_ray.search.space import build_param_space, count_trials, grid_points
+from kdci_ray.tune.driver import plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"cifar10": ROOT / "tune_configs" / "cifar10_table1.yaml",
@@ -128,7 +128,7 @@ def test_only_or_within_a_key_and_across_keys() -> None:
         ("wrn_16_1", "dfnd", False), ("wrn_16_1", "dfnd", True)]
     assert len(_only("teacher.arch=wrn_40_2")) == 36  # three pairs share the teacher
     assert len(_only("kdci.enabled=true", "train.kd_steps=400")) == 15  # typed like overrides
-    assert len(_only("dafl.oh=0.05")) == 10  # another method's key never matches
+    assert len(_only("dafl.onehot_weight=0.05")) == 10  # another method's key never matches
 
 
 def test_only_cuts_the_search_that_tune_runs(tmp_path: Path) -> None:

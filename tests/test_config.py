@@ -48,7 +48,7 @@ def test_defaults_come_from_dataclasses() -> None:
     assert cfg.student == StudentConfig()
     assert cfg.train == TrainConfig()
     assert cfg.kdci == KDCIConfig()
-    assert cfg.run == RunConfig()
+    assert cfg.run == RunConfig(trainer="tune_trial")  # auto, resolved: one CPU worker
     assert cfg.methods["dafl"] == DAFLConfig()
     assert cfg.methods["deepinv"] == DeepInversionConfig()
     default = ExperimentConfig()
@@ -118,11 +118,13 @@ def test_unknown_preset_names_method_and_preset() -> None:
 
 
 def test_nested_sections_flatten_to_dotted_keys(tmp_path: Path) -> None:
-    nested = write_yaml(tmp_path, "train:\n  rounds: 5\n  lr: 0.2\ndafl:\n  oh: 0.5\n", "a.yaml")
-    dotted = write_yaml(tmp_path, "train.rounds: 5\ntrain.lr: 0.2\ndafl.oh: 0.5\n", "b.yaml")
+    nested = write_yaml(tmp_path, "train:\n  rounds: 5\n  lr: 0.2\ndafl:\n  onehot_weight: 0.5\n",
+                        "a.yaml")
+    dotted = write_yaml(tmp_path, "train.rounds: 5\ntrain.lr: 0.2\ndafl.onehot_weight: 0.5\n",
+                        "b.yaml")
     a, b = load_experiment(nested), load_experiment(dotted)
     assert {k: v for k, v in a.settings.items() if k != "name"} == {
-        "train.rounds": 5, "train.lr": 0.2, "dafl.oh": 0.5}
+        "train.rounds": 5, "train.lr": 0.2, "dafl.onehot_weight": 0.5}
     assert a.settings["name"] == "a" and b.settings["name"] == "b"  # default name = file stem
     same_name = {"name": "x"}
     assert to_flat(resolve(a.settings, same_name)) == to_flat(resolve(b.settings, same_name))

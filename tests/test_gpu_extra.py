@@ -56,7 +56,7 @@ def test_torch_pin_is_the_cuda13_build() -> None:
 
 
 def test_tabulate_is_not_a_dependency() -> None:
-    """Nothing imports tabulate (the Markdown tables are written by kdci_ray.tune.table itself,
+    """Nothing imports tabulate (the Markdown tables are written by kdci_ray.results.table itself,
     not pandas' ``DataFrame.to_markdown``, which would need it)."""
     deps = PYPROJECT["project"]["dependencies"]
     assert not any(d.startswith("tabulate") for d in deps)

@@ -345,7 +345,7 @@ def test_write_plots_draws_numeric_axes_with_three_or_more_values(tmp_path) -> N
     import pandas as pd
     from PIL import Image
 
-    from kdci_ray.tune.plots import write_plots
+    from kdci_ray.results.plots import write_plots
 
     rows = pd.DataFrame({
         "trial": [f"t{i}" for i in range(8)], "kdci.k": [8, 8, 32, 32, 128, 128, 512, 512],

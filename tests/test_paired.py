@@ -1,5 +1,5 @@
-"""Paired statistics over seeds, and each KDCI arm against vanilla (kdci_ray.tune.paired /
-kdci_ray.tune.comparisons), checked against hand-computed numbers."""
+"""Paired statistics over seeds, and each KDCI arm against vanilla (kdci_ray.results.paired /
+kdci_ray.results.comparisons), checked against hand-computed numbers."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import math
 import pandas as pd
 import pytest
 
-from kdci_ray.tune.comparisons import (
+from kdci_ray.results.comparisons import (
     comparison_section,
     level_column,
     ship,
     split_columns,
     vanilla_comparisons,
 )
-from kdci_ray.tune.paired import (
+from kdci_ray.results.paired import (
     Paired,
     cells,
     compact_cell,

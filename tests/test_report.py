@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kdci_ray.tune.plots import plot_gain
-from kdci_ray.tune.report import (
+from kdci_ray.results.plots import plot_gain
+from kdci_ray.results.report import (
     gain_error,
     headline,
     kdci_gains,
@@ -21,7 +21,7 @@ from kdci_ray.tune.report import (
     trial_curve,
     write_report,
 )
-from kdci_ray.tune.table import rows_from_sweep, summarize, write_tables
+from kdci_ray.results.table import rows_from_sweep, summarize, write_tables
 
 ROUNDS = 4
 # final test accuracy per (method, kdci) and seed 0, 1, 2 of the finished trials

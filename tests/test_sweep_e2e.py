@@ -43,7 +43,8 @@ def test_sweep_writes_tables_tensorboard_configs_and_checkpoints(tiny_settings, 
         events = EventAccumulator(str(trial))
         events.Reload()
         tags = set(events.Tags()["scalars"])
-        assert {"eval/acc", "train/loss", "train/kd", "synth/loss"} <= tags
+        assert {"eval/acc", "train/loss", "train/kd", "synth/loss", "lr"} <= tags
+        assert not {"round", "step", "finished"} & tags  # bookkeeping: metrics.jsonl only
         assert any(t.startswith("kdci/") for t in tags) is bool(row["kdci"])
         assert ("eval/acc_kdci" in tags) is bool(row["kdci"])
         accs = [e.value for e in events.Scalars("eval/acc")]

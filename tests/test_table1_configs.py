@@ -20,14 +20,14 @@ from kdci_ray.config import SMOKE, resolve
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.base import MethodContext
 from kdci_ray.models import create_model
-from kdci_ray.tune.driver import plan_sweep
-from kdci_ray.tune.naming import trial_dirname
-from kdci_ray.tune.space import build_param_space, count_trials
-from kdci_ray.tune.table import (
+from kdci_ray.results.table import (
     rows_from_sweep,
     summarize,
     to_markdown,
 )
+from kdci_ray.search.space import build_param_space, count_trials
+from kdci_ray.tune.driver import plan_sweep
+from kdci_ray.tune.naming import trial_dirname
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"cifar10": ROOT / "tune_configs" / "cifar10_table1.yaml",
@@ -88,9 +88,10 @@ def test_table1_uses_each_methods_paper_schedule(table1) -> None:
     harness = resolve({"method": "deepinv", "preset": "cmi_harness"}).method_config
     assert by_method["deepinv"].preset == "cmi_harness"
     assert by_method["deepinv"].method_config == harness != METHODS["deepinv"].Config()
-    assert by_method["dafl"].methods["dafl"].oh == (0.5 if dataset == "cifar100" else 0.05)
+    assert by_method["dafl"].methods["dafl"].onehot_weight == \
+        (0.5 if dataset == "cifar100" else 0.05)
     vgg_fast = next(c for c in plan.configs if c.method == "fast" and c.teacher.arch == "vgg11_bn")
-    assert vgg_fast.methods["fast"].adv == 1.0
+    assert vgg_fast.methods["fast"].adversarial_weight == 1.0
 
 
 def _by_method(plan, method: str) -> list:
@@ -112,8 +113,9 @@ def test_table1_fast_is_fast10(table1) -> None:
     for c in _by_method(plan, "fast"):
         f = c.method_config
         assert (f.g_steps, f.lr_g, f.lr_z) == (10, 2e-3, 0.01)
-        assert (f.adv, f.oh) == adv_oh[c.teacher.arch]
-        assert (f.bn, f.bn_mmt, f.warmup, f.reset_l0, f.meta) == (10.0, 0.9, 20, True, "fomaml")
+        assert (f.adversarial_weight, f.onehot_weight) == adv_oh[c.teacher.arch]
+        assert (f.bn_weight, f.bn_mmt, f.warmup, f.reset_l0, f.meta) == \
+            (10.0, 0.9, 20, True, "fomaml")
         assert (f.batch_size, f.kd_temperature) == (256, 20.0)
         assert (c.train.rounds, c.train.kd_steps, c.train.lr) == (220, 400, 0.2)
 
@@ -125,7 +127,8 @@ def test_table1_deepinv_runs_the_cmi_harness(table1) -> None:
     for c in _by_method(plan, "deepinv"):
         d = c.method_config
         assert c.preset == "cmi_harness"
-        assert (d.comp, d.bn, d.tv, d.l2, d.lr) == (1.0, 10.0, 1e-3, 0.0, 0.1)
+        assert (d.competition_weight, d.bn_weight, d.tv_weight, d.l2_weight, d.lr) == \
+            (1.0, 10.0, 1e-3, 0.0, 0.1)
         assert (d.iterations, d.batch_size, d.kd_temperature) == (1000, 256, 20.0)
         assert (d.comp_temperature, d.jitter, d.flip, d.clip) == (3.0, 4, True, True)
         assert (d.beta1, d.beta2, d.augment_pad) == (0.5, 0.99, 4)
@@ -171,8 +174,9 @@ def test_table1_dafl_loss_weights(table1) -> None:
     dataset, plan = table1
     for c in _by_method(plan, "dafl"):
         d = c.method_config
-        assert d.ie == 5.0
-        assert (d.oh, d.a) == ((0.5, 0.1) if dataset == "cifar100" else (0.05, 0.01))
+        assert d.entropy_weight == 5.0
+        assert (d.onehot_weight, d.activation_weight) == \
+            ((0.5, 0.1) if dataset == "cifar100" else (0.05, 0.01))
 
 
 def test_table1_smoke_resolves_tiny_schedules() -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdci_ray.tune.table import rows_from_sweep, summarize, to_markdown, write_tables
+from kdci_ray.results.table import rows_from_sweep, summarize, to_markdown, write_tables
 
 NAN = math.nan
 

@@ -11,6 +11,7 @@ import torch
 from kdci_ray.cli import main
 from kdci_ray.config import ConfigError, resolve
 from kdci_ray.models import create_model, load_checkpoint, save_checkpoint
+from kdci_ray.search.cases import load_sweep_file
 from kdci_ray.train.kdci_setup import load_source_model, source_config
 from kdci_ray.train.teacher import (
     ensure_teacher,
@@ -19,7 +20,6 @@ from kdci_ray.train.teacher import (
     teacher_path,
     teacher_record,
 )
-from kdci_ray.tune.cases import load_sweep_file
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart.yaml"
 

@@ -6,7 +6,7 @@ import pytest
 from ray.tune.search import sample
 
 from kdci_ray.config import ConfigError
-from kdci_ray.tune.space import build_param_space, count_trials, grid_points
+from kdci_ray.search.space import build_param_space, count_trials, grid_points
 
 
 def test_each_spec_kind_maps_to_its_tune_domain() -> None:

@@ -26,8 +26,9 @@ from refusal import assert_refused
 from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import ConfigError, resolve, save_resolved
 from kdci_ray.config.files import parse_yaml
-from kdci_ray.tune.cases import case_lookup, config_layer, expand
-from kdci_ray.tune.driver import plan_sweep, report
+from kdci_ray.results import report
+from kdci_ray.search.cases import case_lookup, config_layer, expand
+from kdci_ray.tune.driver import plan_sweep
 from kdci_ray.tune.sweep_dir import (
     BadRecord,
     check_output,

@@ -1,27 +1,26 @@
 """SKDCGN experiment config: dataclass sections, flat dotted keys, a built-in smoke mode.
 
-Same conventions as the distillation configs (``kdci_ray.config``): defaults live in the
-dataclasses, a YAML file or ``key=value`` overrides set dotted keys (``student.width: 8``), an
+The same machinery as the distillation configs (``kdci_ray.config.schema``): defaults live in
+the dataclasses, a YAML file or ``key=value`` overrides set dotted keys (``student.width: 8``), an
 unknown key is one error naming it, values are type-checked, ``smoke: true`` shrinks every
 schedule so the whole pipeline runs in seconds.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kdci_ray.atomic import atomic_write_text
 from kdci_ray.cgn.counterfactuals import CompositionVariant
 from kdci_ray.cgn.data import VARIANTS
 from kdci_ray.cgn.student import StudentConfig
 from kdci_ray.cgn.teacher_fit import TeacherFitConfig
 from kdci_ray.config import ConfigError
-from kdci_ray.config.keys import coerce_value, field_type
+from kdci_ray.config.schema import Schema
 
 
 @dataclass
@@ -59,7 +58,6 @@ class CGNConfig:
 
 
 TOP_LEVEL = ("name", "seed", "smoke")
-SECTIONS = ("data", "teacher", "student", "queries", "composition", "classifier")
 SMOKE: dict[str, Any] = {
     "data.copies": 1, "teacher.steps": 20, "teacher.batch_size": 32, "student.steps": 20,
     "student.batch_size": 32, "queries.per_class": 20, "queries.heldout_per_class": 5,
@@ -67,56 +65,28 @@ SMOKE: dict[str, Any] = {
 }
 
 
-def valid_keys() -> list[str]:
-    keys = list(TOP_LEVEL)
-    for section in SECTIONS:
-        cls = type(getattr(CGNConfig(), section))
-        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
-    return keys
+CGN_SCHEMA = Schema(CGNConfig, TOP_LEVEL, {
+    "data": CGNDataConfig, "teacher": TeacherFitConfig, "student": StudentConfig,
+    "queries": QueryConfig, "composition": CompositionVariant, "classifier": ClassifierConfig,
+}, label="SKDCGN ", keys_hint="see kdci_ray/cgn/config.py")
+valid_keys = CGN_SCHEMA.valid_keys
+check_keys = CGN_SCHEMA.check_keys
+to_flat = CGN_SCHEMA.to_flat
 
 
-def check_keys(settings: dict[str, Any], where: str = "") -> None:
-    """One error naming the first unknown key (and the closest valid one)."""
-    keys = valid_keys()
-    for key in settings:
-        if key not in keys:
-            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else \
-                f"; valid keys: {', '.join(keys)}"
-            src = f" in {where}" if where else ""
-            raise ConfigError(f"unknown SKDCGN config key '{key}'{src}{hint}")
-
-
-def _set(cfg: CGNConfig, key: str, value: Any, where: str) -> None:
-    check_keys({key: value}, where)
-    section, _, name = key.rpartition(".")
-    target = getattr(cfg, section) if section else cfg
-    value = coerce_value(key, value, field_type(type(target), name))
-    setattr(target, name, value)
-
-
-def flatten(mapping: dict[str, Any]) -> dict[str, Any]:
+def flatten(mapping: dict[str, Any], where: str = "") -> dict[str, Any]:
     """``a.b: v`` and one level of nesting ``a: {b: v}`` -> dotted keys."""
-    flat = {}
-    for key, value in mapping.items():
-        if key in SECTIONS and isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[str(key)] = value
-    return flat
+    return CGN_SCHEMA.flatten(mapping, where)
 
 
 def resolve(*layers: dict[str, Any], where: str = "") -> CGNConfig:
     """The config of one run from dotted-key layers (file, sampled values, overrides)."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged.update(flatten(layer))
-    cfg = CGNConfig()
-    for key, value in merged.items():
-        _set(cfg, key, value, where)
+        merged.update(CGN_SCHEMA.flatten(layer, where))
+    cfg = CGN_SCHEMA.apply(CGNConfig(), merged, where)
     if cfg.smoke:
-        for key, value in SMOKE.items():
-            _set(cfg, key, value, "smoke mode")
+        CGN_SCHEMA.apply(cfg, SMOKE, "smoke mode")
     validate(cfg)
     return cfg
 
@@ -156,13 +126,6 @@ def validate(cfg: CGNConfig) -> None:
             f"student.width")
 
 
-def to_flat(cfg: CGNConfig) -> dict[str, Any]:
-    out = {k: getattr(cfg, k) for k in TOP_LEVEL}
-    for section in SECTIONS:
-        out.update({f"{section}.{k}": v for k, v in dataclasses.asdict(getattr(cfg, section))
-                    .items()})
-    return out
-
-
 def save(cfg: CGNConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_flat(cfg), sort_keys=False))
+    """The resolved config as flat YAML, written atomically."""
+    atomic_write_text(path, yaml.safe_dump(to_flat(cfg), sort_keys=False))

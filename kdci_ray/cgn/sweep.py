@@ -1,7 +1,7 @@
 """``kdci-ray cgn CONFIG``: an SKDCGN experiment file's grid as Ray Tune function trials.
 
 The file is flat YAML (``kdci_ray.cgn.config`` keys) with an optional ``search:`` section in the
-format of the distillation sweeps (``kdci_ray/tune/space.py``): grid keys, and ``cases`` bundles
+format of the distillation sweeps (``kdci_ray/search/space.py``): grid keys, and ``cases`` bundles
 such as the composition study's variants (a case group named ``variant`` becomes the table's
 ``variant`` column). A trial is a plain Tune function (no Ray Train: nothing is distributed
 within one trial), one CPU each; the trials of a sweep share teachers and students through the
@@ -25,7 +25,7 @@ import pandas as pd
 from kdci_ray.cgn import config as cgn_config
 from kdci_ray.config import ConfigError
 from kdci_ray.config.files import read_yaml
-from kdci_ray.tune.cases import CASES, case_lookup, column_name, config_layer, expand, is_case_key
+from kdci_ray.search.cases import CASES, case_lookup, column_name, config_layer, expand, is_case_key
 
 COLUMNS = ["variant", "seed", "acc_biased", "acc_teacher_cf", "acc_student_cf", "acc_oracle",
            "retained_gain", "param_ratio", "sample_speed_ratio"]
@@ -68,7 +68,7 @@ def plan(path: str | Path, overrides: list[str] | None = None, output: str | Non
          smoke: bool = False) -> CGNPlan:
     """Resolve every grid point now, so a bad value fails before Ray starts."""
     from kdci_ray.config import parse_overrides
-    from kdci_ray.tune.space import grid_points
+    from kdci_ray.search.space import grid_points
 
     settings, search = load(path)
     over = parse_overrides(overrides or [])
@@ -117,8 +117,8 @@ def run_sweep(p: CGNPlan, resume: bool = False) -> str:
     import ray
     from ray import tune
 
+    from kdci_ray.search.space import build_param_space
     from kdci_ray.tune.driver import init_ray
-    from kdci_ray.tune.space import build_param_space
 
     check = cgn_config.check_keys
     started = init_ray()

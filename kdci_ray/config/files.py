@@ -65,7 +65,7 @@ def read_yaml(path: str | Path) -> Any:
 
 @dataclass
 class Experiment:
-    """A parsed YAML file: fixed settings plus an optional search space (see tune/space.py)."""
+    """A parsed YAML file: fixed settings plus an optional search space (see search/space.py)."""
 
     path: Path | None
     settings: dict[str, Any]

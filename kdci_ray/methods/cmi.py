@@ -1,15 +1,18 @@
 """CMI: Contrastive Model Inversion for Data-Free Knowledge Distillation (Fang et al., IJCAI 2021).
 
 Each synthesis round re-initialises a generator and optimises it together with a fresh latent
-batch (Adam) for ``g_steps`` steps on: BN-statistics matching (``bn``), cross-entropy to sampled
-targets (``oh``), the decision-adversarial term (``adv``: maximise the teacher-student KL on the
-samples where their decisions still agree) and the contrastive term (``cr``, paper Eq. 9): the
+batch (Adam) for ``g_steps`` steps on: BN-statistics matching (``bn_weight``), cross-entropy to
+sampled targets (``onehot_weight``), the decision-adversarial term (``adversarial_weight``:
+maximise the teacher-student KL on the samples where their decisions still agree) and the
+contrastive term (``contrastive_weight``, paper Eq. 9): the
 teacher's instance-mean features (the inputs of its stages, averaged over space; ``features``) of a
 *local* view (random resized crop) and a *global* view (padded random crop) of each image go
 through a learned ``MLPHead``; each local view must pick its own global view among the batch and
 the negatives drawn from a memory bank of earlier rounds' features (InfoNCE at temperature
 ``cr_temperature``).
-The best batch goes into an in-memory pool the student samples from (augmented).
+The best batch goes into an in-memory pool the student samples from (augmented). The loss
+weights are the reference's ``--bn``, ``--oh``, ``--adv`` and ``--cr``; the view, adversarial
+and pool helpers are shared with Fast (``methods/inversion.py``).
 
 Reference: zju-vipa/CMI ``datafree/synthesis/contrastive.py`` (``CMISynthesizer``) and the
 ``--method cmi`` setup of its ``datafree_kd.py``; the settings are ``scripts/cmi_cifar10.sh``
@@ -61,6 +64,12 @@ from kdci_ray.methods.hooks import (
     instance_means,
     stage_inputs,
 )
+from kdci_ray.methods.inversion import (
+    decision_adversarial,
+    resized_crop,
+    shift_flip,
+    to_pool_images,
+)
 from kdci_ray.methods.pool import ImagePool
 
 
@@ -75,10 +84,10 @@ class CMIConfig:
     batch_size: int = 256  # synthesis batch (= the KD batch in the scripts)
     g_steps: int = 200  # generator + latent steps per round
     lr_g: float = 1e-3  # Adam for generator + latent (betas 0.5, 0.999) and head (0.9, 0.999)
-    bn: float = 1.0
-    oh: float = 1.0
-    adv: float = 0.5
-    cr: float = 0.8  # contrastive weight
+    bn_weight: float = 1.0  # BN-statistics matching (reference --bn)
+    onehot_weight: float = 1.0  # cross-entropy to the sampled targets (--oh)
+    adversarial_weight: float = 0.5  # decision-adversarial term (--adv)
+    contrastive_weight: float = 0.8  # contrastive term, paper Eq. 9 (--cr)
     cr_temperature: float = 0.2  # --cr_T
     features: str = "stages"  # contrastive features: stages (stage inputs) | bn (every BN input)
     head_dim: int = 256
@@ -91,59 +100,6 @@ class CMIConfig:
     augment_pad: int = 4  # student-side random translation, pixels
     augment_flip: bool = True
     kd_temperature: float = 20.0
-
-
-# ----------------------------------------------------------------------------- shared pieces
-
-
-def _affine(x: Tensor, sx: Tensor, sy: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
-    """Per-image axis-aligned affine resampling (bilinear, zero fill), differentiable in ``x``."""
-    theta = torch.zeros(x.shape[0], 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = sx, sy, tx, ty
-    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _flip_signs(n: int, rng: torch.Generator, flip: bool) -> Tensor:
-    if not flip:
-        return torch.ones(n)
-    return torch.where(torch.rand(n, generator=rng) < 0.5, -1.0, 1.0)
-
-
-def shift_flip(x: Tensor, rng: torch.Generator, pad: int, flip: bool = True) -> Tensor:
-    """``RandomCrop(size, padding=pad)`` + ``RandomHorizontalFlip``: a random integer shift in
-    ``[-pad, pad]`` with zero fill, then a flip with probability 1/2."""
-    b, _, h, w = x.shape
-    dx = torch.randint(-pad, pad + 1, (b,), generator=rng).float()
-    dy = torch.randint(-pad, pad + 1, (b,), generator=rng).float()
-    return _affine(x, _flip_signs(b, rng, flip), torch.ones(b), 2 * dx / w, 2 * dy / h)
-
-
-def resized_crop(x: Tensor, rng: torch.Generator, min_scale: float, flip: bool = True) -> Tensor:
-    """``RandomResizedCrop(size, scale=(min_scale, 1), ratio=(3/4, 4/3))`` + flip, bilinear."""
-    b = x.shape[0]
-    area = min_scale + (1 - min_scale) * torch.rand(b, generator=rng)
-    lo, hi = math.log(3 / 4), math.log(4 / 3)
-    ratio = torch.exp(lo + (hi - lo) * torch.rand(b, generator=rng))
-    cw, ch = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
-    cx = (1 - cw) * (2 * torch.rand(b, generator=rng) - 1)
-    cy = (1 - ch) * (2 * torch.rand(b, generator=rng) - 1)
-    return _affine(x, cw * _flip_signs(b, rng, flip), ch, cx, cy)
-
-
-def decision_adversarial(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-    """``-mean_b [KL(p_t || p_s) * 1(argmax s = argmax t)]``: push the images towards where the
-    student still agrees with the teacher but fits it poorly (CMI / Fast reference code)."""
-    log_s = F.log_softmax(student_logits, dim=1)
-    log_t = F.log_softmax(teacher_logits, dim=1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(dim=1)
-    agree = (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float()
-    return -(kl * agree).mean()
-
-
-def to_pool_images(images: Tensor) -> Tensor:
-    """[0, 1] generator output -> uint8, the compact pool format (the reference writes PNGs)."""
-    return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- CMI pieces
@@ -288,14 +244,14 @@ class CMI(Method):
                 ctx.teacher(local_view)
                 bn_stats.pop()  # only the global view's BN statistics count
                 local_feat = feats.features()
-                loss = cfg.bn * losses["bn"] + cfg.oh * losses["oh"]
-                if cfg.adv > 0:
+                loss = cfg.bn_weight * losses["bn"] + cfg.onehot_weight * losses["oh"]
+                if cfg.adversarial_weight > 0:
                     s_logits = ctx.student(global_view).logits
                     losses["adv"] = decision_adversarial(s_logits, t_logits)
-                    loss = loss + cfg.adv * losses["adv"]
-                if cfg.cr > 0:
+                    loss = loss + cfg.adversarial_weight * losses["adv"]
+                if cfg.contrastive_weight > 0:
                     losses["cr"] = self._contrastive(local_feat, global_feat)
-                    loss = loss + cfg.cr * losses["cr"]
+                    loss = loss + cfg.contrastive_weight * losses["cr"]
                 losses["loss"] = loss
                 if loss.item() < best_loss:
                     best_loss, best_images = loss.item(), images.detach().clone()

@@ -2,25 +2,29 @@
 
 Each synthesis round optimises a fresh batch of pixels (Gaussian init, Adam) for ``iterations``
 steps against the teacher: cross-entropy to the target labels, BN-statistics matching (Eq. 3,
-``bn``), the total-variation and l2 image priors (``tv``, ``l2``), and the adaptive competition term
-``comp * (1 - JS(teacher, student))`` that moves the images to where the student still disagrees
-(Eq. 8). Inputs are randomly jittered (``torch.roll``) every iteration. The batch with the lowest
-total loss is added to an in-memory pool the student samples from.
+weight ``bn_weight``), the total-variation and l2 image priors (``tv_weight``, ``l2_weight``), and
+the adaptive competition term ``competition_weight * (1 - JS(teacher, student))`` that moves the
+images to where the student still disagrees (Eq. 8). Inputs are randomly jittered
+(``torch.roll``) every iteration. The batch with the lowest total loss is added to an in-memory
+pool the student samples from (``BestBatch``, shared with Fast in ``methods/inversion.py``).
 
 The ``Config`` defaults are the DeepInversion paper's CIFAR-10 settings (NVlabs/DeepInversion,
 ``cifar10/deepinversion_cifar10.py`` and its README). The KDCI paper's Table 1 DeepInv row is the
 CMI harness's published number (61.32 on CIFAR-100, ResNet-34 -> ResNet-18), so the Table 1
 configs run the ``cmi_harness`` preset: zju-vipa/CMI ``scripts/deepinv_cifar10.sh`` (the same
 command is zju-vipa/Fast-Datafree ``scripts/deepinv_cifar.sh``): ``--adv 1 --bn 10 --oh 1
---lr_g 0.1 --g_steps 1000 --batch_size 256 --T 20``, with ``tv=0.001, l2=0.0`` from the
+--lr_g 0.1 --g_steps 1000 --batch_size 256 --T 20`` (``competition_weight``, ``bn_weight``, the
+fixed cross-entropy weight 1, ``lr``, ``iterations``, ``batch_size``, ``kd_temperature``), with
+``tv=0.001, l2=0.0`` (``tv_weight``, ``l2_weight``) from the
 ``DeepInvSyntheiszer`` call in zju-vipa/CMI ``datafree_kd.py`` (Fast-Datafree's copy passes
 ``tv=0.0``) and, from its ``datafree/synthesis/deepinversion.py``: Adam betas (0.5, 0.99), a
 random roll of up to 1/8 of the side (4 pixels at 32x32) plus a random horizontal flip per
 iteration, pixels clipped to the valid image range after every step, ``-JS`` at T = 3 as the
-adversarial term (= ``comp * (1 - JS)`` here, same gradient), and the CIFAR student transform
-``RandomCrop(32, padding=4)`` + flip (``augment_pad=4``). The harness's KD schedule (200 epochs x
-400 steps, SGD 0.1, wd 1e-4) is in the Table 1 YAMLs. Differences from the harness: its targets
-are uniform random labels (balanced columns here), and its TV prior reads the un-jittered pixels.
+adversarial term (= ``competition_weight * (1 - JS)`` here, same gradient), and the CIFAR
+student transform ``RandomCrop(32, padding=4)`` + flip (``augment_pad=4``). The harness's KD
+schedule (200 epochs x 400 steps, SGD 0.1, wd 1e-4) is in the Table 1 YAMLs. Differences from
+the harness: its targets are uniform random labels (balanced columns here), and its TV prior
+reads the un-jittered pixels.
 
 Deviations from the reference code (NVlabs/DeepInversion, ``cifar10/deepinversion_cifar10.py``):
 - the "best" batch is a copy taken at the best loss (the code keeps an alias of the live tensor,
@@ -44,6 +48,7 @@ from torch import Tensor
 
 from kdci_ray.methods.base import Method, MethodContext
 from kdci_ray.methods.hooks import bn_statistics
+from kdci_ray.methods.inversion import BestBatch
 from kdci_ray.methods.losses import js_divergence, total_variation
 from kdci_ray.methods.pool import ImagePool
 
@@ -56,10 +61,10 @@ class DeepInversionConfig:
     batch_size: int = 256
     iterations: int = 2000
     lr: float = 0.05
-    bn: float = 10.0  # BN-statistics weight (r_feature_weight)
-    tv: float = 2.5e-5  # total-variation weight (di_var_scale)
-    l2: float = 0.0  # l2 prior weight (di_l2_scale)
-    comp: float = 0.01  # Adaptive DeepInversion competition weight (competitive_scale)
+    bn_weight: float = 10.0  # BN-statistics matching, Eq. 3 (reference r_feature_weight)
+    tv_weight: float = 2.5e-5  # total-variation image prior (di_var_scale)
+    l2_weight: float = 0.0  # l2 image prior (di_l2_scale)
+    competition_weight: float = 0.01  # ADI competition term, Eq. 8 (competitive_scale)
     comp_temperature: float = 3.0
     jitter: int = 2  # max pixel shift of the random roll
     flip: bool = False  # random horizontal flip of the jittered input (the CMI harness flips)
@@ -72,20 +77,6 @@ class DeepInversionConfig:
     kd_temperature: float = 20.0
 
 
-class BestBatch:
-    """Keeps a *copy* of the pixels at the lowest loss seen (the reference keeps an alias)."""
-
-    def __init__(self) -> None:
-        self.loss = float("inf")
-        self.images: Tensor | None = None
-        self.logs: dict[str, float] = {}
-
-    def update(self, loss: float, images: Tensor, logs: dict[str, Tensor]) -> None:
-        if loss < self.loss:
-            self.loss, self.images = loss, images.detach().clone()
-            self.logs = {k: float(v.detach()) for k, v in logs.items()}
-
-
 class DeepInversion(Method):
     name = "deepinv"
     Config = DeepInversionConfig
@@ -95,7 +86,8 @@ class DeepInversion(Method):
     PRESETS = {
         "embedded": {
             "deepinv.batch_size": 100, "deepinv.iterations": 80, "deepinv.lr": 0.1,
-            "deepinv.bn": 1.0, "deepinv.tv": 1e-4, "deepinv.comp": 1.0, "deepinv.jitter": 1,
+            "deepinv.bn_weight": 1.0, "deepinv.tv_weight": 1e-4,
+            "deepinv.competition_weight": 1.0, "deepinv.jitter": 1,
             "deepinv.augment_pad": 1, "deepinv.augment_flip": False,
             "deepinv.kd_temperature": 4.0,
             "train.rounds": 10, "train.kd_steps": 30, "train.batch_size": 128,
@@ -105,7 +97,8 @@ class DeepInversion(Method):
         # tune_configs/cifar{10,100}_table1.yaml.
         "cmi_harness": {
             "deepinv.batch_size": 256, "deepinv.iterations": 1000, "deepinv.lr": 0.1,
-            "deepinv.bn": 10.0, "deepinv.tv": 1e-3, "deepinv.l2": 0.0, "deepinv.comp": 1.0,
+            "deepinv.bn_weight": 10.0, "deepinv.tv_weight": 1e-3, "deepinv.l2_weight": 0.0,
+            "deepinv.competition_weight": 1.0,
             "deepinv.comp_temperature": 3.0, "deepinv.jitter": 4, "deepinv.flip": True,
             "deepinv.beta1": 0.5, "deepinv.beta2": 0.99, "deepinv.clip": True,
             "deepinv.augment_pad": 4, "deepinv.augment_flip": True,
@@ -154,12 +147,12 @@ class DeepInversion(Method):
                 t_logits = ctx.teacher(xj).logits
                 losses = {"ce": F.cross_entropy(t_logits, targets), "bn": bn_stats.pop(),
                           "tv": total_variation(xj), "l2": xj.norm()}
-                loss = losses["ce"] + cfg.bn * losses["bn"] + cfg.tv * losses["tv"] + \
-                    cfg.l2 * losses["l2"]
-                if cfg.comp > 0:
+                loss = losses["ce"] + cfg.bn_weight * losses["bn"] + \
+                    cfg.tv_weight * losses["tv"] + cfg.l2_weight * losses["l2"]
+                if cfg.competition_weight > 0:
                     s_logits = ctx.student(xj).logits
                     losses["js"] = js_divergence(s_logits, t_logits, cfg.comp_temperature)
-                    loss = loss + cfg.comp * (1.0 - losses["js"])
+                    loss = loss + cfg.competition_weight * (1.0 - losses["js"])
                 losses["loss"] = loss
                 best.update(loss.item(), x, losses)
                 opt.zero_grad(set_to_none=True)

@@ -2,10 +2,13 @@
 
 A persistent *meta* generator is learned across rounds. Each synthesis round adapts a copy of it
 together with a fresh learnable latent batch for only ``g_steps`` Adam steps on: momentum
-BN-statistics matching (``bn``, ``bn_mmt``: the synthetic statistics are blended with a moving
-average over earlier rounds before they are matched), cross-entropy to sampled targets (``oh``)
-and the decision-adversarial term against the student (``adv``: maximise the teacher-student KL
-on the samples where the two still agree; on from the end of the warm-up). The persistent
+BN-statistics matching (``bn_weight``, ``bn_mmt``: the synthetic statistics are blended with a
+moving average over earlier rounds before they are matched), cross-entropy to sampled targets
+(``onehot_weight``) and the decision-adversarial term against the student
+(``adversarial_weight``: maximise the teacher-student KL on the samples where the two still
+agree; on from the end of the warm-up). The loss weights are the reference scripts' ``--bn``,
+``--oh`` and ``--adv``; the view, adversarial and pool helpers are shared with CMI and
+DeepInversion (``methods/inversion.py``). The persistent
 generator then takes one first-order meta step (Adam at ``lr_g * g_steps``): FOMAML, the sum of
 the adapted copy's gradients over the inner steps (``meta = "fomaml"``, the reference scripts'
 ``--is_maml 1``), or Reptile, the difference meta - adapted (``meta = "reptile"``). The best
@@ -50,10 +53,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdci_ray.methods.base import Method, MethodContext
-from kdci_ray.methods.cmi import decision_adversarial, shift_flip, to_pool_images
-from kdci_ray.methods.deepinv import BestBatch
 from kdci_ray.methods.generators import DatafreeGenerator, normal_init_
 from kdci_ray.methods.hooks import BNMomentum, bn_statistics_momentum
+from kdci_ray.methods.inversion import (
+    BestBatch,
+    decision_adversarial,
+    shift_flip,
+    to_pool_images,
+)
 from kdci_ray.methods.pool import ImagePool
 
 
@@ -70,9 +77,9 @@ class FastConfig:
     lr_g: float = 2e-3  # inner Adam(0.5, 0.999) for the generator copy; meta lr = lr_g * g_steps
     lr_z: float = 0.01  # inner Adam for the latent
     meta: str = "fomaml"  # fomaml (--is_maml 1) | reptile
-    bn: float = 10.0
-    oh: float = 0.5
-    adv: float = 1.33
+    bn_weight: float = 10.0  # momentum BN-statistics matching (reference --bn)
+    onehot_weight: float = 0.5  # cross-entropy to the sampled targets (--oh)
+    adversarial_weight: float = 1.33  # decision-adversarial term (--adv)
     bn_mmt: float = 0.9  # momentum of the BN-statistics memory
     warmup: int = 20  # rounds of synthesis only, before KD (and the adversarial term) start
     reset_l0: bool = True
@@ -153,7 +160,7 @@ class Fast(Method):
                                 {"params": [z], "lr": cfg.lr_z}], lr=cfg.lr_g, betas=(0.5, 0.999))
         # the reference's ep (1-based call count) >= warmup: the last warm-up round already
         # pushes against the (still untrained) student
-        adversarial = cfg.adv > 0 and round_idx + 1 >= cfg.warmup
+        adversarial = cfg.adversarial_weight > 0 and round_idx + 1 >= cfg.warmup
         meta_grads = [torch.zeros_like(p) for p in fast.parameters()]
         student_was_training = ctx.student.training
         ctx.student.eval()
@@ -164,10 +171,10 @@ class Fast(Method):
                 view = ctx.normalize(shift_flip(images, self.rng, cfg.view_pad, cfg.view_flip))
                 t_logits = ctx.teacher(view).logits
                 losses = {"bn": bn_stats.pop(), "oh": F.cross_entropy(t_logits, targets)}
-                loss = cfg.bn * losses["bn"] + cfg.oh * losses["oh"]
+                loss = cfg.bn_weight * losses["bn"] + cfg.onehot_weight * losses["oh"]
                 if adversarial:
                     losses["adv"] = decision_adversarial(ctx.student(view).logits, t_logits)
-                    loss = loss + cfg.adv * losses["adv"]
+                    loss = loss + cfg.adversarial_weight * losses["adv"]
                 losses["loss"] = loss
                 best.update(loss.item(), images, losses)
                 opt.zero_grad(set_to_none=True)

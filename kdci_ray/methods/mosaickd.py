@@ -6,14 +6,17 @@ student. Real *out-of-domain* (OOD) images teach D what natural local patches lo
 to mosaic such patches into images the teacher recognises. One synthesis round is ``g_steps``
 times:
 
-1. D step: ``local * (BCE(D(G(z)), 0) + BCE(D(x_ood), 1))``, summed over the patch grid and divided
-   by ``2B`` (the reference's scaling);
+1. D step: ``patch_adversarial_weight * (BCE(D(G(z)), 0) + BCE(D(x_ood), 1))``, summed over the
+   patch grid and divided by ``2B`` (the reference's scaling);
 2. G step (paper Eq. 3, 4, 7 and the appendix's balance term):
-   ``local * BCE(D(G(z)), 1)``  (locally authentic patches; patch sum / B)
-   ``+ align * H(t(G(z)))``  (label-space aligning: confident teacher predictions; the code's
-   choice, its comment names CE to the teacher's arg-max as the alternative)
-   ``- adv * KL(t(G(z)) || s(G(z)))``  (hard samples: maximise teacher-student disagreement)
-   ``+ balance * sum_y p(y) log2 p(y)``  (``p`` = batch-mean teacher prediction; no mode collapse).
+   ``patch_adversarial_weight * BCE(D(G(z)), 1)``  (locally authentic patches; patch sum / B)
+   ``+ align_weight * H(t(G(z)))``  (label-space aligning: confident teacher predictions; the
+   code's choice, its comment names CE to the teacher's arg-max as the alternative)
+   ``- adversarial_weight * KL(t(G(z)) || s(G(z)))``  (hard samples: maximise teacher-student
+   disagreement)
+   ``+ balance_weight * sum_y p(y) log2 p(y)``  (``p`` = batch-mean teacher prediction; no mode
+   collapse).
+   The weights are the reference's ``--local``, ``--align``, ``--adv`` and ``--balance``.
 
 The student then trains for the loop's ``kd_steps`` with KD (``kd_temperature``) on batches that
 are half synthetic (G under no_grad) and half OOD images (``sample`` concatenates them:
@@ -49,10 +52,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdci_ray.methods.base import Method, MethodContext
-from kdci_ray.methods.dfnd import OpenWorldSubset
 from kdci_ray.methods.discriminators import PatchDiscriminator
 from kdci_ray.methods.generators import DatafreeGenerator
 from kdci_ray.methods.losses import kd_loss
+from kdci_ray.methods.open_world import OpenWorldSubset
 
 
 @dataclass
@@ -69,10 +72,11 @@ class MosaicKDConfig:
     lr_d: float = 1e-3  # Adam, discriminator
     beta1: float = 0.5
     g_steps: int = 1  # G / D updates per synthesis round
-    local: float = 1.0  # patch-adversarial weight (also scales D's loss, as in the code)
-    align: float = 1.0  # teacher-entropy (label-space aligning) weight
-    adv: float = 1.0  # teacher-student disagreement weight
-    balance: float = 10.0  # class-balance weight
+    # patch-adversarial (locally authentic) term; also scales D's loss, as in the code (--local)
+    patch_adversarial_weight: float = 1.0
+    align_weight: float = 1.0  # teacher entropy, label-space aligning (--align)
+    adversarial_weight: float = 1.0  # teacher-student disagreement, hard samples (--adv)
+    balance_weight: float = 10.0  # class balance (the appendix's balance term; --balance)
     ood_subset: int = 50_000  # highest-entropy pool images kept; 0 = the whole pool
     synthetic_fraction: float = 0.5  # share of each student batch that is synthetic
     augment_pad: int = 4  # student-side OOD augmentation (RandomCrop(32, padding=4) + flip)
@@ -166,8 +170,9 @@ class MosaicKD(Method):
             "adv": -kd_loss(s_logits, t_logits, 1.0),
             "balance": class_balance(t_logits),
         }
-        losses["loss"] = cfg.local * losses["local"] + cfg.align * losses["align"] + \
-            cfg.adv * losses["adv"] + cfg.balance * losses["balance"]
+        losses["loss"] = cfg.patch_adversarial_weight * losses["local"] + \
+            cfg.align_weight * losses["align"] + cfg.adversarial_weight * losses["adv"] + \
+            cfg.balance_weight * losses["balance"]
         return losses
 
     def synthesize(self, round_idx: int) -> dict[str, float]:
@@ -183,8 +188,9 @@ class MosaicKD(Method):
         for _ in range(cfg.g_steps):
             fake = self._fake(cfg.batch_size)
             real = self.ood.sample(cfg.batch_size, self.rng)  # D's real patches: no augmentation
-            loss_d = cfg.local * 0.5 * (patch_bce(self.discriminator(fake.detach()), real=False)
-                                        + patch_bce(self.discriminator(real), real=True))
+            loss_d = cfg.patch_adversarial_weight * 0.5 * (
+                patch_bce(self.discriminator(fake.detach()), real=False)
+                + patch_bce(self.discriminator(real), real=True))
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()

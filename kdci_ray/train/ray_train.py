@@ -53,10 +53,11 @@ def train_func(config: dict[str, Any]) -> None:
                       else ray.train.Checkpoint.from_directory(checkpoint_dir))
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    report = RunReporter(cfg, run_dir, rank, send)
+    resume = resume_state(ray.train.get_checkpoint(), run_dir, rank)
+    report = RunReporter(cfg, run_dir, rank, send, searched=config.get("searched"),
+                         resume=resume)
     try:
-        final = distill(cfg, report, resume=resume_state(ray.train.get_checkpoint(), run_dir,
-                                                         rank))
+        final = distill(cfg, report, resume=resume)
     finally:
         report.close()
     record_stop(final, run_dir, rank)
@@ -87,16 +88,19 @@ def start_attempts(start_timeout_s: float) -> int:
 
 
 def fit(cfg: ExperimentConfig, settings: dict[str, Any], run_dir: Path,
-        callbacks: list | None = None) -> ray.train.Result:
+        callbacks: list | None = None,
+        searched: dict[str, Any] | None = None) -> ray.train.Result:
     """Train one configuration with Ray Train; the final student lands in ``run_dir/student.pt``.
 
     Run again with the same ``run_dir`` after an interruption, it continues from the latest
-    checkpoint there."""
+    checkpoint there. ``searched``: the trial's searched point (cases expanded), whose keys are
+    TensorBoard HParams (``RunReporter``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     run = cfg.run
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"settings": settings, "run_dir": str(run_dir)},
+        train_loop_config={"settings": settings, "run_dir": str(run_dir),
+                           "searched": searched or {}},
         scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu,
                                                resources_per_worker=worker_bundle(run)),
         run_config=ray.train.RunConfig(

@@ -20,13 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdci_ray.train.run_logs import FAILURES_FILE, METRICS_FILE, RESUMES_FILE  # noqa: F401
+
 STUDENT_FILE = "student.pt"  # the deployable student (+ KDCI attention), rank 0
 RANK_FILE = "train_state_rank{rank}.pt"  # everything one rank needs to continue
 FORMAT = 1
-# JSON-lines logs of a run, appended in its directory (read back by kdci_ray.tune.table)
-METRICS_FILE = "metrics.jsonl"  # every report (Tune's result.json restarts when a trial resumes)
-RESUMES_FILE = "resumes.jsonl"  # one record per continuation from a checkpoint
-FAILURES_FILE = "failures.jsonl"  # one record per worker failure
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Reading a run directory's own logs (no torch, no Ray: the results code reads them too).
 
-The Ray Train adapter (``kdci_ray.train.ray_train``) appends JSON-lines records
-(``metrics.jsonl``, ``resumes.jsonl``, ``failures.jsonl``: ``kdci_ray.train.resume``) and, when the
-loop stopped a run early on a non-finite loss, writes ``stopped.json`` with the reason.
+A trial's reporter (``kdci_ray.train.run_reporter``, under either trainer) appends JSON-lines
+records (``metrics.jsonl``, ``resumes.jsonl``, ``failures.jsonl``) and, when the loop stopped a
+run early on a non-finite loss, writes ``stopped.json`` with the reason.
 """
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-STOPPED_FILE = "stopped.json"  # why a run stopped early (the Ray Train adapter writes it)
+STOPPED_FILE = "stopped.json"  # why a run stopped early
+# JSON-lines logs of a run, appended in its directory (read back by kdci_ray.results)
+METRICS_FILE = "metrics.jsonl"  # every report (Tune's result.json restarts when a trial resumes)
+RESUMES_FILE = "resumes.jsonl"  # one record per continuation from a checkpoint
+FAILURES_FILE = "failures.jsonl"  # one record per worker failure
 
 
 def count_records(path: Path) -> int:

@@ -5,8 +5,14 @@ Both trainers (``run.trainer``) use this: ``ray_train`` (a TorchTrainer worker g
 ``kdci_ray.train.tune_trial``). Rank 0 writes TensorBoard events with exact tags (``eval/acc``,
 ``train/loss``, ``kdci/*``...) and appends every report to ``metrics.jsonl`` in the run directory;
 a continuation from a checkpoint is appended to ``resumes.jsonl``; a run stopped on a non-finite
-loss writes ``stopped.json``. Checkpoints are handed to the Ray layer's own ``report`` (Ray's
-pattern: a temporary directory it persists), which is the only thing the two trainers differ in.
+loss writes ``stopped.json``. Bookkeeping (``round``, ``step``, ``finished``, ``stopped_*``, flags)
+goes to ``metrics.jsonl`` and the Ray report but is no TensorBoard scalar. Each trial's event file
+holds a TensorBoard HParams session (``method``, ``kdci.enabled``, ``kdci.k``, ``seed`` and every
+searched key; metrics ``eval/acc``, ``eval/acc_kdci``), and a run continued from a checkpoint
+opens its writer with a purge step just past the checkpoint's, so TensorBoard hides what the
+earlier attempt logged after it (no duplicated or backwards steps). Checkpoints are handed to
+the Ray layer's own ``report`` (Ray's pattern: a temporary directory it persists), which is the
+only thing the two trainers differ in.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config import ExperimentConfig, save_resolved
+from kdci_ray.config import ExperimentConfig, save_resolved, to_flat
 from kdci_ray.train.resume import (
     METRICS_FILE,
     RESUMES_FILE,
@@ -32,6 +38,14 @@ INJECTED_MARK = ".injected_failure"
 
 # the Ray layer's report: (metrics, checkpoint directory or None) -> None
 SendReport = Callable[[dict[str, float], "str | None"], None]
+
+# report keys that are bookkeeping, not measurements: metrics.jsonl and the Ray report keep them
+# (the results tables read them there), TensorBoard's scalar charts do not
+NOT_SCALARS = frozenset({"round", "step", "finished", "eval/rare_class", "kdci/cached",
+                         "kdci/backend_cuml", "kdci/minibatch"})
+NOT_SCALAR_PREFIXES = ("stopped_",)
+ALWAYS_HPARAMS = ("method", "kdci.enabled", "kdci.k", "seed")
+HPARAM_METRICS = ("eval/acc", "eval/acc_kdci")  # the scalars of these tags are the metric values
 
 
 class InjectedFailure(RuntimeError):
@@ -57,21 +71,123 @@ def resume_state(checkpoint: Any, run_dir: Path, rank: int) -> dict[str, Any] | 
     return state
 
 
+def is_scalar(key: str) -> bool:
+    """Whether a report key is a TensorBoard scalar (a measurement, not a counter or a flag)."""
+    return key not in NOT_SCALARS and not key.startswith(NOT_SCALAR_PREFIXES)
+
+
+def hparam_value(value: Any) -> str | float | bool | None:
+    """An HParams value: str, float or bool (``None``: left out)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def searched_config_keys(searched: dict[str, Any]) -> list[str]:
+    """The config keys a trial's searched point sets: its own keys, with each case group
+    (``cases``/``cases.<group>``, expanded to its mapping) replaced by the case's keys."""
+    from kdci_ray.search.cases import NAME, is_case_key
+
+    keys: list[str] = []
+    for key, value in searched.items():
+        if not is_case_key(key):
+            keys.append(key)
+        elif isinstance(value, dict):
+            keys.extend(k for k in value if k != NAME)
+    return keys
+
+
+def trial_hparams(cfg: ExperimentConfig, searched: dict[str, Any] | None) -> dict[str, Any]:
+    """The trial's HParams: ``method``, ``kdci.enabled``, ``kdci.k``, ``seed`` and every key it
+    searched (``searched``: the Tune point with its cases expanded), values from the resolved
+    config; a case group is named by its Tune parameter (``cases``, ``cases.<group>``) with the
+    case's name as value, and each key the case sets is an hparam of its own."""
+    from kdci_ray.search.cases import case_name, is_case_key
+
+    searched = searched or {}
+    flat = to_flat(cfg)
+    out: dict[str, Any] = {}
+    for key in [*ALWAYS_HPARAMS, *searched]:
+        if is_case_key(key):
+            out[key] = case_name(searched[key])
+        else:
+            out[key] = flat[key] if key in flat else searched.get(key)
+    for key in searched_config_keys(searched):
+        out.setdefault(key, flat.get(key))
+    return {k: v for k, v in ((k, hparam_value(v)) for k, v in out.items()) if v is not None}
+
+
+def hparams_summaries(cfg: ExperimentConfig, searched: dict[str, Any] | None) -> tuple[Any, ...]:
+    """``(experiment, session_start, session_end)`` summaries of the trial's HParams session.
+
+    ``eval/acc_kdci`` is a metric when this trial runs KDCI or the sweep searches
+    ``kdci.enabled`` (every trial of a sweep then declares the same experiment: TensorBoard
+    takes the first run's)."""
+    from tensorboardX.summary import hparams
+
+    values, metrics = trial_hparams(cfg, searched), list(HPARAM_METRICS)
+    if not (values["kdci.enabled"] or "kdci.enabled" in searched_config_keys(searched or {})):
+        metrics.remove("eval/acc_kdci")
+    return hparams(values, {tag: 0.0 for tag in metrics})
+
+
+def session_end_summary(success: bool) -> Any:
+    """The HParams session-end summary with status ``STATUS_SUCCESS`` or ``STATUS_FAILURE``."""
+    from tensorboardX.proto.api_pb2 import Status
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
+    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+    status = Status.Value("STATUS_SUCCESS" if success else "STATUS_FAILURE")
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=status,
+                                                                end_time_secs=time.time()))
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+        plugin_name="hparams", content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=meta)])
+
+
 class RunReporter:
     """The loop's ``Reporter`` in a trial: TensorBoard and ``metrics.jsonl`` on rank 0, every
-    report (and checkpoint) to ``send``; ``close()`` when the loop is done."""
+    report (and checkpoint) to ``send``; ``close()`` when the loop is done.
+
+    ``searched``: the trial's searched point (Tune parameter -> value, cases expanded), whose
+    keys become HParams; ``resume``: the resume state the run continues from (``resume_state``),
+    whose step is where TensorBoard drops what an earlier attempt logged after the checkpoint.
+    The HParams session ends with the last report: success when it finishes the run, failure
+    when it stops it (a non-finite loss). A run that raises is left without an end: Ray may
+    retry it from a checkpoint, and TensorBoard keeps the first session end it reads."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, rank: int,
-                 send: SendReport) -> None:
-        from tensorboardX import SummaryWriter
-
+                 send: SendReport, searched: dict[str, Any] | None = None,
+                 resume: dict[str, Any] | None = None) -> None:
         self.cfg, self.run_dir, self.rank, self.send = cfg, Path(run_dir), rank, send
-        self.writer = SummaryWriter(str(run_dir), flush_secs=10) if rank == 0 else None
+        self.writer = None
+        if rank == 0:
+            from tensorboardX import SummaryWriter
+
+            # events of an earlier attempt at steps past the checkpoint's are purged; the suffix
+            # keeps an attempt started in the same second from reusing (truncating) the earlier
+            # attempt's file name (``events.out.tfevents.<seconds>.<host>``) and sorts after it
+            purge_step = suffix = None
+            if resume is not None:
+                purge_step = int(resume["step"]) + 1
+                suffix = f".resumed{int(resume['step']):012d}"
+            self.writer = SummaryWriter(str(run_dir), flush_secs=10, purge_step=purge_step,
+                                        filename_suffix=suffix or "")
+            file_writer = self.writer.file_writer
+            for summary in hparams_summaries(cfg, searched)[:2]:
+                file_writer.add_summary(summary)
+            self.writer.flush()
 
     def __call__(self, metrics: dict[str, float], step: int, snapshot: Snapshot | None) -> None:
         if self.writer is not None:
             for key, value in metrics.items():
-                self.writer.add_scalar(key, value, step)
+                if is_scalar(key):
+                    self.writer.add_scalar(key, value, step)
+            if metrics.get("finished") or metrics.get("stopped_nonfinite"):
+                self.writer.file_writer.add_summary(
+                    session_end_summary(success=bool(metrics.get("finished"))), step)
             self.writer.flush()
             append_record(self.run_dir / METRICS_FILE, {**metrics, "time": time.time()})
         if snapshot is None:

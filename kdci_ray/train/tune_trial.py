@@ -16,6 +16,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from kdci_ray.atomic import atomic_write
 from kdci_ray.config import ExperimentConfig
@@ -29,9 +30,11 @@ from kdci_ray.train.run_reporter import (
 )
 
 
-def fit_in_trial(cfg: ExperimentConfig, run_dir: Path) -> dict[str, float]:
+def fit_in_trial(cfg: ExperimentConfig, run_dir: Path,
+                 searched: dict[str, Any] | None = None) -> dict[str, float]:
     """Train one configuration in this (Tune trial) process; the final student lands in
-    ``run_dir/student.pt``. Returns the final metrics."""
+    ``run_dir/student.pt``. Returns the final metrics. ``searched``: the trial's searched point
+    (cases expanded), whose keys are TensorBoard HParams (``RunReporter``)."""
     from ray import tune
 
     from kdci_ray.train.task import distill
@@ -48,14 +51,17 @@ def fit_in_trial(cfg: ExperimentConfig, run_dir: Path) -> dict[str, float]:
                 atomic_write(run_dir / STUDENT_FILE, lambda dst: shutil.copyfileobj(src, dst))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
-    report = RunReporter(cfg, run_dir, 0, send)
+    report = None
     try:
-        final = distill(cfg, report, resume=resume_state(tune.get_checkpoint(), run_dir, 0))
+        resume = resume_state(tune.get_checkpoint(), run_dir, 0)
+        report = RunReporter(cfg, run_dir, 0, send, searched=searched, resume=resume)
+        final = distill(cfg, report, resume=resume)
     except Exception as exc:  # Tune retries the trial from its latest checkpoint
         record_failure(run_dir, exc)
         raise
     finally:
-        report.close()
+        if report is not None:
+            report.close()
     record_stop(final, run_dir, 0)
     return final
 

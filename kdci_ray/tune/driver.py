@@ -28,21 +28,18 @@ from kdci_ray.config import (
     save_resolved,
     to_flat,
 )
+from kdci_ray.results import report
+from kdci_ray.search import only as only_filter
+from kdci_ray.search.cases import case_lookup, config_layer, expand, load_sweep_file
+from kdci_ray.search.space import build_param_space, check_sampled, grid_points
 from kdci_ray.train.cluster_wait import watch_cluster
 from kdci_ray.train.run_logs import stopped_reason
-from kdci_ray.tune import only as only_filter
-from kdci_ray.tune.cases import case_lookup, config_layer, expand, load_sweep_file
 from kdci_ray.tune.naming import trial_dirname
-from kdci_ray.tune.report import write_report
-from kdci_ray.tune.space import build_param_space, check_sampled, grid_points
 from kdci_ray.tune.sweep_dir import (
     SWEEP_FILE,
     BadRecord,
-    check_writable,
     load_record,
-    read_record,
 )
-from kdci_ray.tune.table import rows_from_sweep, write_tables
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 LOCAL_RAY_ENV = {  # a Ray started on this machine (no RAY_ADDRESS): the defaults it runs with
@@ -80,7 +77,7 @@ def plan_sweep(config_path: str | Path, overrides: list[str] | None = None,
     ``smoke`` keeps the first value of a searched ``seed`` axis (``smoke_seed_filter``).
 
     ``only`` (``["method=dafl", ...]``) keeps the grid points whose resolved configs match, see
-    ``kdci_ray.tune.only``; data and checkpoints are not read here. ``config_path`` may also be
+    ``kdci_ray.search.only``; data and checkpoints are not read here. ``config_path`` may also be
     an existing sweep directory: the sweep recorded in its ``sweep.yaml`` (to resume it)."""
     if Path(config_path).expanduser().is_dir():
         return _plan_recorded(Path(config_path), overrides, output, smoke, only)
@@ -177,18 +174,19 @@ def trial_fn(params: dict[str, Any], settings: dict[str, Any], overrides: dict[s
     trial_dir = Path(sweep_dir) / context.get_trial_name() if sweep_dir else \
         Path(context.get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
-    cfg = resolve(settings, config_layer(expand(params, cases or {})), overrides)
+    point = expand(params, cases or {})  # its searched keys are the trial's TensorBoard HParams
+    cfg = resolve(settings, config_layer(point), overrides)
     save_resolved(cfg, trial_dir / "config.yaml")
     if cfg.run.trainer == "tune_trial":
         from kdci_ray.train.tune_trial import fit_in_trial
 
-        fit_in_trial(cfg, trial_dir)
+        fit_in_trial(cfg, trial_dir, searched=point)
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from kdci_ray.train.ray_train import fit
 
-    fit(cfg, to_flat(cfg), trial_dir, callbacks=[TuneReportCallback()])
+    fit(cfg, to_flat(cfg), trial_dir, callbacks=[TuneReportCallback()], searched=point)
 
 
 def sweep_trainer(configs: list[ExperimentConfig], where: str = "the sweep") -> str:
@@ -356,23 +354,3 @@ def _log_line(msg: str) -> None:
 def _last_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else repr(error)
-
-
-def report(sweep_dir: Path, title: str | None = None, log=None) -> str:
-    """Rebuild ``summary.csv`` / ``summary.md``, the PNG plots and ``report.md`` from a finished
-    or interrupted sweep directory; returns the summary Markdown (``log`` hears each file)."""
-    sweep_dir = Path(sweep_dir).resolve()
-    rows = rows_from_sweep(sweep_dir)
-    if rows.empty:
-        raise ConfigError(f"{sweep_dir} holds no trials (no trial directory with config.yaml)")
-    check_writable(sweep_dir, "the report is written into the sweep directory: make it "
-                              "writable, or copy the directory somewhere writable and run "
-                              "`kdci-ray report` on the copy")
-    if title is None:
-        title = (read_record(sweep_dir) or {}).get("name")
-    title = title or sweep_dir.name
-    markdown = write_tables(rows, sweep_dir, title)
-    for path in write_report(sweep_dir, rows, markdown, title):
-        if log is not None:
-            log(f"wrote {path}")
-    return markdown

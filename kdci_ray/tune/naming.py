@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kdci_ray.tune.cases import case_name, is_case_key
+from kdci_ray.search.cases import case_name, is_case_key
 
 
 def _short(key: str, value: Any) -> str:

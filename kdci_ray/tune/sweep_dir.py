@@ -31,7 +31,7 @@ import yaml
 from kdci_ray.atomic import NOT_A_DIRECTORY, atomic_write_text, write_problem
 from kdci_ray.config import ConfigError, resolve, to_flat
 from kdci_ray.config.files import DuplicateKeyError, UniqueKeyLoader, read_yaml
-from kdci_ray.tune.cases import case_lookup, config_layer, expand, is_case_key
+from kdci_ray.search.cases import case_lookup, config_layer, expand, is_case_key
 
 if TYPE_CHECKING:
     from kdci_ray.tune.driver import SweepPlan

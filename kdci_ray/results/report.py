@@ -9,11 +9,11 @@ writes next to ``summary.md``:
   ``read_curves``.
 - ``kdci_gain.png``: mean final acc with KDCI minus without, per method, error bar as defined in
   ``gain_error``; not written when no method ran both ways.
-- ``acc_vs_<key>.png``: ``kdci_ray.tune.plots.write_plots`` (numeric searched key, ≥ 3 values).
+- ``acc_vs_<key>.png``: ``kdci_ray.results.plots.write_plots`` (numeric searched key, ≥ 3 values).
 - ``report.md``: a headline (winner, margin against seed noise, best/worst KDCI gain, noise;
-  differences also paired by seed with a 95% interval, ``kdci_ray.tune.paired``), the figures
+  differences also paired by seed with a 95% interval, ``kdci_ray.results.paired``), the figures
   with captions, each KDCI arm against vanilla (raw / compensated gain, what to ship, gain vs a
-  numeric level: ``kdci_ray.tune.comparisons``), the summary table, a per-trial table and the
+  numeric level: ``kdci_ray.results.comparisons``), the summary table, a per-trial table and the
   unfinished trials.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.tune.columns import (
+from kdci_ray.results.columns import (
     DASH,
     arm_columns,
     is_missing,
@@ -39,11 +39,11 @@ from kdci_ray.tune.columns import (
     sorted_rows,
     text_cell,
 )
-from kdci_ray.tune.columns import label as _label
-from kdci_ray.tune.comparisons import comparison_section, select
-from kdci_ray.tune.paired import CELL_ALIGN, CELL_HEADER, cells, inline, paired_frames
-from kdci_ray.tune.plots import plot_curves, plot_gain, write_plots
-from kdci_ray.tune.table import summarize, trial_reports
+from kdci_ray.results.columns import label as _label
+from kdci_ray.results.comparisons import comparison_section, select
+from kdci_ray.results.paired import CELL_ALIGN, CELL_HEADER, cells, inline, paired_frames
+from kdci_ray.results.plots import plot_curves, plot_gain, write_plots
+from kdci_ray.results.table import summarize, trial_reports
 
 CURVE_COLUMNS = ["trial", "method", "kdci", "seed", "round", "step", "eval_acc", "eval_acc_kdci"]
 GAIN_COLUMNS = ["label", "method", "gain", "err", "paired", "n_on", "n_off", "stat"]
@@ -79,7 +79,7 @@ def read_curves(sweep_dir: Path, rows: pd.DataFrame | None = None) -> pd.DataFra
     of a repeated round, trials in ``sorted_rows`` order. ``eval_acc_kdci`` is NaN where KDCI is
     off. Trials without a readable report have no row."""
     if rows is None:
-        from kdci_ray.tune.table import rows_from_sweep
+        from kdci_ray.results.table import rows_from_sweep
 
         rows = rows_from_sweep(sweep_dir)
     extra = searched_columns(rows)
@@ -143,7 +143,7 @@ def _gain_record(method: str, keys: dict[str, Any], on: pd.DataFrame,
 def kdci_gains(rows: pd.DataFrame) -> pd.DataFrame:
     """KDCI gain per method (and per value of the other searched columns): mean final ``acc``
     with KDCI minus without, in accuracy units, with ``err`` from ``gain_error`` and ``stat``
-    the paired difference over seeds (``kdci_ray.tune.paired.Paired``).
+    the paired difference over seeds (``kdci_ray.results.paired.Paired``).
 
     Only (method, values) that have measured trials in both arms get a row. Columns of
     ``arm_columns`` (a case group) do not have to match between the arms: each of their KDCI-on

@@ -4,9 +4,10 @@ A grid point is kept when its *resolved* config (YAML, sampled grid values, comm
 overrides, smoke mode) has the value: ``--only method=dafl`` keeps every DAFL trial,
 ``--only teacher.arch=wrn_40_2`` every trial of the three WRN-40-2 pairs. Several ``--only`` on the
 same key are alternatives (OR), on different keys all must hold (AND). ``cases`` /
-``cases.<group>`` select cases by name (``--only cases.pair=r34-r18``). A key of another method's
-section (``dafl.oh`` for a CMI trial) is absent, so it never matches. Values are parsed per the
-key's type, like overrides (``kdci.enabled=true``, ``seed=0``).
+``cases.<group>`` select cases by name (``--only cases.pair=r34-r18``). A key of another
+method's section (``dafl.onehot_weight`` for a CMI trial) is absent, so it never matches. Values
+are parsed per the key's type, like overrides (``kdci.enabled=true``, ``seed=0``). Any experiment
+kind's keys (its ``Schema``).
 
 The kept points must form a sub-grid (each grid key and case group restricted to some of its
 values), since Tune runs products; filters on searched keys always do.
@@ -16,15 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdci_ray.config import TOP_LEVEL, ConfigError, ExperimentConfig, apply, check_keys
-from kdci_ray.methods import METHODS
-from kdci_ray.tune.cases import CASES, NAME, case_name, is_case_key, parse_cases
-from kdci_ray.tune.space import SPEC_KINDS, count_trials
+from kdci_ray.config import ConfigError
+from kdci_ray.config.keys import DFKD_SCHEMA
+from kdci_ray.config.schema import ABSENT, Schema, coerce_value, field_type
+from kdci_ray.search import Search
+from kdci_ray.search.cases import CASES, NAME, KeyCheck, case_name, is_case_key, parse_cases
+from kdci_ray.search.space import SPEC_KINDS
 
-_ABSENT = object()
 
-
-def parse_only(items: list[str]) -> dict[str, list[str]]:
+def parse_only(items: list[str], schema: Schema = DFKD_SCHEMA) -> dict[str, list[str]]:
     """``["method=dafl", "method=dfnd", "seed=0"]`` -> ``{"method": ["dafl", "dfnd"], ...}``."""
     filters: dict[str, list[str]] = {}
     for item in items:
@@ -33,30 +34,19 @@ def parse_only(items: list[str]) -> dict[str, list[str]]:
         if not sep or not key or not value:
             raise ConfigError(f"--only {item!r} must look like key=value, e.g. --only method=dafl")
         if not is_case_key(key):
-            check_keys({key: value}, "--only")
+            schema.check_keys({key: value}, "--only")
         filters.setdefault(key, []).append(value)
     return filters
 
 
-def config_value(cfg: ExperimentConfig, key: str) -> Any:
-    """The value of dotted ``key`` in a resolved config; absent for another method's section."""
-    if key in TOP_LEVEL:
-        return getattr(cfg, key)
-    head, _, tail = key.partition(".")
-    if head in METHODS:
-        return getattr(cfg.methods[head], tail) if cfg.method == head else _ABSENT
-    return getattr(getattr(cfg, head), tail)
-
-
-def _typed(key: str, raw: str) -> Any:
+def _typed(schema: Schema, key: str, raw: str) -> Any:
     """``raw`` parsed as ``key``'s type, the way a ``key=value`` override is."""
-    probe = apply(ExperimentConfig(), {key: raw}, "--only")
-    head, _, tail = key.partition(".")
-    return getattr(probe.methods[head], tail) if head in METHODS else config_value(probe, key)
+    obj, attr = schema.target(schema.root(), key)
+    return coerce_value(key, raw, field_type(type(obj), attr))
 
 
 def _show(values: list[Any]) -> str:
-    unique = sorted({str(v) for v in values if v is not _ABSENT})
+    unique = sorted({str(v) for v in values if v is not ABSENT})
     return ", ".join(unique) if unique else "nothing (the key belongs to a method not in the grid)"
 
 
@@ -64,19 +54,19 @@ class _Matcher:
     """Whether each grid point matches one ``--only`` key."""
 
     def __init__(self, search: dict[str, Any], points: list[dict[str, Any]],
-                 configs: list[ExperimentConfig]) -> None:
-        self.search, self.points, self.configs = search, points, configs
+                 configs: list[Any], schema: Schema) -> None:
+        self.search, self.points, self.configs, self.schema = search, points, configs, schema
 
     def values(self, key: str) -> list[Any]:
         if is_case_key(key):
             return [case_name(p.get(key)) for p in self.points]
-        return [config_value(cfg, key) for cfg in self.configs]
+        return [self.schema.value(cfg, key) for cfg in self.configs]
 
     def matches(self, key: str, raw: list[str]) -> list[bool]:
         self._check_searchable(key)
-        wanted = raw if is_case_key(key) else [_typed(key, v) for v in raw]
+        wanted = raw if is_case_key(key) else [_typed(self.schema, key, v) for v in raw]
         values = self.values(key)
-        hits = [v is not _ABSENT and v in wanted for v in values]
+        hits = [v is not ABSENT and v in wanted for v in values]
         if not any(hits):
             shown = ", ".join(f"{key}={v}" for v in raw)
             raise ConfigError(f"--only {shown} matches no grid point; {key} takes: "
@@ -96,9 +86,10 @@ class _Matcher:
 
 
 def select(filters: dict[str, list[str]], search: dict[str, Any],
-           points: list[dict[str, Any]], configs: list[ExperimentConfig]) -> list[int]:
+           points: list[dict[str, Any]], configs: list[Any],
+           schema: Schema = DFKD_SCHEMA) -> list[int]:
     """Indices of the grid points that match every filter (OR within a key, AND across keys)."""
-    matcher = _Matcher(search, points, configs)
+    matcher = _Matcher(search, points, configs, schema)
     columns = [matcher.matches(key, raw) for key, raw in filters.items()]
     kept = [i for i in range(len(points)) if all(col[i] for col in columns)]
     if not kept:
@@ -108,7 +99,8 @@ def select(filters: dict[str, list[str]], search: dict[str, Any],
     return kept
 
 
-def restrict(search: dict[str, Any], kept: list[dict[str, Any]], where: str = "") -> dict[str, Any]:
+def restrict(search: dict[str, Any], kept: list[dict[str, Any]], where: str = "",
+             check: KeyCheck = DFKD_SCHEMA.check_keys) -> dict[str, Any]:
     """The search section with each grid key and case group cut to the values in ``kept``.
 
     Raises a ConfigError when ``kept`` is not a whole sub-grid (Tune runs products only).
@@ -116,16 +108,17 @@ def restrict(search: dict[str, Any], kept: list[dict[str, Any]], where: str = ""
     out: dict[str, Any] = {}
     for key, spec in search.items():
         if key == CASES:
-            out[key] = _restrict_cases(spec, kept, where)
+            out[key] = _restrict_cases(spec, kept, where, check)
         elif _is_grid(spec):
             values = spec["grid"] if isinstance(spec, dict) else list(spec)
             out[key] = {"grid": [v for v in values if any(p.get(key) == v for p in kept)]}
         else:
             out[key] = spec
-    if count_trials(out, where=where) != len(kept):
+    trials = Search.parse(out, where, check).count()
+    if trials != len(kept):
         raise ConfigError(
             f"the --only filters keep {len(kept)} grid points that do not form a sub-grid (Tune "
-            f"runs every combination of the values left: {count_trials(out, where=where)}); "
+            f"runs every combination of the values left: {trials}); "
             "filter on searched keys or cases instead"
         )
     return out
@@ -135,8 +128,8 @@ def _is_grid(spec: Any) -> bool:
     return isinstance(spec, (list, tuple)) or (isinstance(spec, dict) and list(spec) == ["grid"])
 
 
-def _restrict_cases(spec: Any, kept: list[dict[str, Any]], where: str) -> Any:
-    groups = parse_cases(spec, where)
+def _restrict_cases(spec: Any, kept: list[dict[str, Any]], where: str, check: KeyCheck) -> Any:
+    groups = parse_cases(spec, where, check)
 
     def cut(key: str) -> list[dict[str, Any]]:
         names = {case_name(p.get(key)) for p in kept}

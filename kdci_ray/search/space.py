@@ -53,7 +53,7 @@ import math
 from typing import Any
 
 from kdci_ray.config import ConfigError, check_keys, resolve
-from kdci_ray.tune.cases import CASES, NAME, KeyCheck, config_layer, is_case_key, parse_cases
+from kdci_ray.search.cases import CASES, NAME, KeyCheck, config_layer, is_case_key, parse_cases
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 _EXAMPLE = "e.g. `{grid: [a, b]}`, `{uniform: [0.1, 1.0]}` or a bare list `[a, b]`"

@@ -38,7 +38,7 @@ def plot_vs(rows: pd.DataFrame, x: str, path: str | Path, y: str = "acc",
             group: str | None = None, title: str = "", log_x: bool = False) -> Path:
     """Mean ``y`` (error bars: sample std over seeds) against ``x``, one line per ``group``.
 
-    ``rows`` is the per-trial table of ``kdci_ray.tune.table``; trials without ``y`` are left
+    ``rows`` is the per-trial table of ``kdci_ray.results.table``; trials without ``y`` are left
     out. Accuracies in [0, 1] are drawn in percent. Raises ValueError for a missing column."""
     plt = _pyplot()
     for col in [x, y] + ([group] if group else []):
@@ -72,7 +72,7 @@ def plot_vs(rows: pd.DataFrame, x: str, path: str | Path, y: str = "acc",
 def write_plots(rows: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """``acc_vs_<key>.png`` for every searched numeric column with at least 3 values (e.g. the
     dictionary size ``kdci.k``), one line per KDCI setting present; nothing otherwise."""
-    from kdci_ray.tune.columns import searched_columns
+    from kdci_ray.results.columns import searched_columns
 
     paths = []
     for col in searched_columns(rows):

@@ -1,8 +1,8 @@
 """Result tables of a sweep: per-trial rows, per-(searched values, method, KDCI) summary, Markdown.
 
-``rows_from_sweep`` (``kdci_ray.tune.trials``) reads a Ray Tune experiment directory directly (no
+``rows_from_sweep`` (``kdci_ray.results.trials``) reads a Ray Tune experiment directory directly (no
 Ray needed), so tables can be rebuilt from a finished or an interrupted sweep; the columns and
-cell formats live in ``kdci_ray.tune.columns``. Both are re-exported here.
+cell formats live in ``kdci_ray.results.columns``. Both are re-exported here.
 
 Besides ``ROW_COLUMNS`` a row has one column per searched entry of the sweep other than
 ``method``, ``kdci.enabled`` and ``seed`` (already columns): a grid or sampled key under its
@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.tune.columns import (
+from kdci_ray.results.columns import (
     DASH,
     MEAN_METRICS,
     ROW_COLUMNS,
@@ -42,9 +42,9 @@ from kdci_ray.tune.columns import (
     sorted_rows,
     text_cell,
 )
-from kdci_ray.tune.comparisons import vanilla_gain
-from kdci_ray.tune.paired import CELL_ALIGN, CELL_HEADER, RULE, cells
-from kdci_ray.tune.trials import rows_from_sweep, trial_reports
+from kdci_ray.results.comparisons import vanilla_gain
+from kdci_ray.results.paired import CELL_ALIGN, CELL_HEADER, RULE, cells
+from kdci_ray.results.trials import rows_from_sweep, trial_reports
 
 __all__ = [
     "DASH", "ROW_COLUMNS", "SUMMARY_COLUMNS", "is_missing", "markdown_table", "pct", "pp_delta",
@@ -189,7 +189,7 @@ def to_markdown(summary: pd.DataFrame, title: str, rows: pd.DataFrame | None = N
 
     Accuracies are percentages (mean ± sample std over trials); deltas are percentage points.
     With the per-trial ``rows`` the "KDCI − vanilla" table also has the paired difference over
-    seeds with its 95% Student-t interval (``kdci_ray.tune.paired``).
+    seeds with its 95% Student-t interval (``kdci_ray.results.paired``).
     """
     extra = _shown_columns(summary)
     arms = arm_columns(summary, line_columns(summary)) if len(summary) else []

@@ -1,4 +1,4 @@
-"""Bundles of keys that vary together: the reserved ``cases`` search key (syntax: tune/space.py).
+"""Bundles of keys that vary together: the reserved ``cases`` search key (syntax: search/space.py).
 
 A *case* is one mapping of dotted config keys with fixed values (plus an optional ``name``); a
 *case group* is a list of cases and acts as one grid key whose values are its cases. Here

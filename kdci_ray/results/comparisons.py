@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdci_ray.tune.columns import (
+from kdci_ray.results.columns import (
     arm_columns,
     group_key,
     line_columns,
@@ -31,7 +31,7 @@ from kdci_ray.tune.columns import (
     ratio,
     text_cell,
 )
-from kdci_ray.tune.paired import (
+from kdci_ray.results.paired import (
     EMPTY,
     LEVEL,
     MARK,

@@ -1,0 +1,160 @@
+"""TensorBoard per trial: an HParams session (method x KDCI x K x seed and the searched keys),
+no bookkeeping among the scalars, and no duplicated or backwards steps after a resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from kdci_ray.config import resolve
+from kdci_ray.search.cases import config_layer
+from kdci_ray.train.run_reporter import RunReporter, is_scalar
+
+BOOKKEEPING = {"round", "step", "finished", "stopped_nonfinite", "stopped_round"}
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return events
+
+
+def _hparams(events: EventAccumulator) -> dict[str, plugin_data_pb2.HParamsPluginData]:
+    """The HParams plugin's summaries by kind: experiment, session_start_info, session_end_info."""
+    out = {}
+    for tag, content in events.PluginTagToContent("hparams").items():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        out[tag.removeprefix("_hparams_/")] = data
+    return out
+
+
+def _start_values(data: plugin_data_pb2.HParamsPluginData) -> dict:
+    out = {}
+    for name, value in data.session_start_info.hparams.items():
+        out[name] = getattr(value, value.WhichOneof("kind"))
+    return out
+
+
+def _metrics(rnd: int, step: int, acc: float, last: bool) -> dict[str, float]:
+    return {"eval/acc": acc, "eval/acc_kdci": acc + 0.01, "train/loss": 1.0 / rnd,
+            "kdci/cached": 1.0, "eval/rare_class": 3.0, "round": rnd, "step": step,
+            "lr": 0.1, "time/elapsed_s": float(rnd), "finished": float(last)}
+
+
+def test_bookkeeping_is_no_scalar() -> None:
+    for key in ("round", "step", "finished", "stopped_nonfinite", "stopped_kd_step",
+                "eval/rare_class", "kdci/cached"):
+        assert not is_scalar(key)
+    for key in ("eval/acc", "eval/acc_kdci", "train/loss", "lr", "time/elapsed_s",
+                "kdci/scale", "synth/loss"):
+        assert is_scalar(key)
+
+
+def test_resumed_reporter_hides_the_earlier_attempts_later_steps(tmp_path: Path) -> None:
+    """Attempt 1 reports rounds 1-3 (checkpoint at round 2, step 4) and dies; attempt 2 resumes
+    from that checkpoint and reports rounds 3-4: TensorBoard shows each step once, attempt 2's."""
+    searched = {"cases.batch": {"name": "b32", "train.batch_size": 32, "pool.size": 128},
+                "train.lr": 0.05, "kdci.enabled": True}  # a Tune point, its case expanded
+    cfg = resolve({"method": "dafl", "kdci.k": 4, "seed": 3}, config_layer(searched))
+    sent: list[dict] = []
+
+    def send(metrics, checkpoint_dir):
+        sent.append(metrics)
+
+    first = RunReporter(cfg, tmp_path, 0, send, searched=searched)
+    for rnd in (1, 2, 3):
+        first(_metrics(rnd, 2 * rnd, 0.1 * rnd, False), 2 * rnd, None)
+    first.close()  # (a failed attempt: no session end)
+    second = RunReporter(cfg, tmp_path, 0, send, searched=searched, resume={"step": 4})
+    for rnd in (3, 4):
+        second(_metrics(rnd, 2 * rnd, 0.5 + 0.1 * rnd, rnd == 4), 2 * rnd, None)
+    second.close()
+
+    events = _events(tmp_path)
+    tags = set(events.Tags()["scalars"])
+    assert {"eval/acc", "eval/acc_kdci", "train/loss", "lr", "time/elapsed_s"} <= tags
+    assert not tags & (BOOKKEEPING | {"kdci/cached", "eval/rare_class"})
+    accs = events.Scalars("eval/acc")
+    assert [e.step for e in accs] == [2, 4, 6, 8]
+    assert [e.value for e in accs] == pytest.approx([0.1, 0.2, 0.8, 0.9])  # round 3: attempt 2
+    # metrics.jsonl and the Ray report keep every report, bookkeeping included
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3, 3, 4] == [m["round"] for m in sent]
+    assert records[-1]["finished"] == 1.0 and "step" in sent[-1]
+
+    hp = _hparams(events)
+    assert set(hp) == {"experiment", "session_start_info", "session_end_info"}
+    values = _start_values(hp["session_start_info"])
+    assert values == {"method": "dafl", "kdci.enabled": True, "kdci.k": 4.0, "seed": 3.0,
+                      "cases.batch": "b32", "train.lr": 0.05, "train.batch_size": 32.0,
+                      "pool.size": 128.0}
+    experiment = hp["experiment"].experiment
+    assert {h.name for h in experiment.hparam_infos} == set(values)
+    assert [m.name.tag for m in experiment.metric_infos] == ["eval/acc", "eval/acc_kdci"]
+    assert hp["session_end_info"].session_end_info.status == api_pb2.STATUS_SUCCESS
+
+
+def test_a_stopped_run_ends_its_session_as_failed_and_vanilla_has_no_kdci_metric(
+        tmp_path: Path) -> None:
+    cfg = resolve({"method": "dafl", "seed": 1})
+    report = RunReporter(cfg, tmp_path, 0, lambda m, c: None)
+    report({"eval/teacher_acc": 0.9, "round": 1, "step": 2, "lr": 0.1, "time/elapsed_s": 1.0,
+            "finished": 0.0, "stopped_nonfinite": 1.0, "stopped_round": 1,
+            "stopped_kd_step": 2, "stopped_loss": float("nan")}, 2, None)
+    report.close()
+    events = _events(tmp_path)
+    assert set(events.Tags()["scalars"]) == {"eval/teacher_acc", "lr", "time/elapsed_s"}
+    hp = _hparams(events)
+    assert hp["session_end_info"].session_end_info.status == api_pb2.STATUS_FAILURE
+    assert [m.name.tag for m in hp["experiment"].experiment.metric_infos] == ["eval/acc"]
+    assert _start_values(hp["session_start_info"])["kdci.enabled"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["tune_trial", "ray_train"])
+def test_a_trial_restarted_from_its_checkpoint_shows_each_step_once_with_its_hparams(
+        tiny_settings, ray_session, tmp_path, trainer: str) -> None:
+    """Checkpoints every 2 rounds, a failure after round 3: Tune retries the trial (Ray Train
+    restarts its worker group) from round 2, which reports round 3 again; TensorBoard shows
+    round 3 once (the retry's)."""
+    from kdci_ray.tune.driver import plan_sweep, run_sweep
+    from kdci_ray.tune.pretrial import check_inputs
+    from kdci_ray.tune.sweep_dir import prepare_output
+
+    config = tmp_path / "fail.yaml"
+    config.write_text(yaml.safe_dump({
+        **tiny_settings, "method": "dafl", "train.rounds": 4, "train.eval_every": 1,
+        "run.checkpoint_every": 2, "run.inject_failure_round": 3, "run.trainer": trainer,
+        "search": {"train.kd_steps": [2]}}, sort_keys=False))
+    out = tmp_path / "sweep"
+    plan = plan_sweep(config, output=str(out))
+    check_inputs(plan, log=lambda m: None)
+    prepare_output(plan, overwrite=False)
+    outcome = run_sweep(plan)
+    assert outcome.errors == [] and not outcome.interrupted
+
+    (trial,) = [p for p in out.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
+    records = [json.loads(x) for x in (trial / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3, 3, 4]  # round 3 reported by both attempts
+    assert len(list(trial.glob("events.out.tfevents.*"))) == 2
+
+    events = _events(trial)
+    steps = [e.step for e in events.Scalars("eval/acc")]
+    assert steps == sorted(set(steps)) and len(steps) == 4  # strictly increasing, no duplicate
+    assert steps == [int(r["step"]) for r in records if r is not records[2]]
+    assert events.Scalars("eval/acc")[-1].value == pytest.approx(records[-1]["eval/acc"])
+    tags = set(events.Tags()["scalars"])
+    assert {"eval/acc", "train/loss", "lr", "time/elapsed_s"} <= tags
+    assert not tags & BOOKKEEPING
+
+    hp = _hparams(events)
+    values = _start_values(hp["session_start_info"])
+    assert values == {"method": "dafl", "kdci.enabled": False, "kdci.k": 4.0, "seed": 0.0,
+                      "train.kd_steps": 2.0}
+    assert [m.name.tag for m in hp["experiment"].experiment.metric_infos] == ["eval/acc"]
+    assert hp["session_end_info"].session_end_info.status == api_pb2.STATUS_SUCCESS
