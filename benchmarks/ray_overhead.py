@@ -29,7 +29,7 @@ from typing import Any
 
 # before torch and Ray are imported (in main): one thread per process, Ray's local-cluster settings
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-from kdci_ray.tune.driver import LOCAL_RAY_ENV  # noqa: E402 - after the thread setting
+from kdci_ray.engine import LOCAL_RAY_ENV  # noqa: E402 - after the thread setting
 
 for _key, _value in LOCAL_RAY_ENV.items():  # what kdci-ray's own local Ray runs with
     os.environ.setdefault(_key, _value)
@@ -209,15 +209,16 @@ def run_with_ray(cfg: Any, run_dir: Path) -> dict[str, float]:
 
 
 def timed_trial_fn(params: dict[str, Any], **kwargs: Any) -> None:
-    """``driver.trial_fn`` in the Tune trial's process, timing the fit() inside it."""
+    """``runner.trial_fn`` in the Tune trial's process, timing the fit() inside it."""
+    from kdci_ray.engine import runner as driver
     from kdci_ray.train import ray_train
-    from kdci_ray.tune import driver
 
     real_fit = ray_train.fit
 
-    def timed_fit(cfg: Any, settings: Any, run_dir: Path, callbacks: Any = None) -> Any:
+    def timed_fit(cfg: Any, settings: Any, run_dir: Path, callbacks: Any = None,
+                  searched: Any = None) -> Any:
         called = time.time()
-        result = real_fit(cfg, settings, run_dir, callbacks)
+        result = real_fit(cfg, settings, run_dir, callbacks, searched)
         stamps = {"fit_called": called, "fit_returned": time.time()}
         (Path(run_dir) / TRIAL_TIMING).write_text(json.dumps(stamps))
         return result
@@ -229,15 +230,16 @@ def timed_trial_fn(params: dict[str, Any], **kwargs: Any) -> None:
 
 def run_tune_trial(only: list[str], smoke: bool, out_dir: Path) -> dict[str, float]:
     """One trial through plan_sweep + run_sweep; its Tune share around the fit() inside."""
-    from kdci_ray.tune import driver, pretrial
-    from kdci_ray.tune.sweep_dir import prepare_output
+    import kdci_ray.results as results
+    from kdci_ray import engine
+    from kdci_ray.engine import runner as driver
 
     # the Ray Train path (a one-CPU-worker trial would otherwise run in the trial: tune_trial)
-    plan = driver.plan_sweep(QUICKSTART, ["run.trainer=ray_train"], smoke=smoke,
+    plan = engine.plan_sweep(QUICKSTART, ["run.trainer=ray_train"], smoke=smoke,
                              output=str(out_dir), only=only)
-    pretrial.check_inputs(plan, log=lambda message: None)
-    prepare_output(plan, overwrite=True)
-    real_trial_fn, real_tables, tables_s = driver.trial_fn, driver.report, []
+    engine.check_inputs(plan, log=lambda message: None)
+    engine.prepare_output(plan, overwrite=True)
+    real_trial_fn, real_tables, tables_s = driver.trial_fn, results.report, []
 
     def timed_tables(*args: Any, **kwargs: Any) -> str:
         start = time.perf_counter()
@@ -245,13 +247,13 @@ def run_tune_trial(only: list[str], smoke: bool, out_dir: Path) -> dict[str, flo
         tables_s.append(time.perf_counter() - start)
         return markdown
 
-    driver.trial_fn, driver.report = timed_trial_fn, timed_tables
+    driver.trial_fn, results.report = timed_trial_fn, timed_tables
     try:
         called = time.time()
         outcome = driver.run_sweep(plan)
         returned = time.time()
     finally:
-        driver.trial_fn, driver.report = real_trial_fn, real_tables
+        driver.trial_fn, results.report = real_trial_fn, real_tables
     if outcome.errors:
         raise RuntimeError(f"Tune trial failed: {outcome.errors}")
     (timing,) = out_dir.glob(f"*/{TRIAL_TIMING}")
@@ -335,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray.cloudpickle
 
     from kdci_ray.atomic import atomic_write_text
+    from kdci_ray.engine import plan_sweep
     from kdci_ray.train.runtime import limit_threads
     from kdci_ray.train.teacher import ensure_teacher
-    from kdci_ray.tune.driver import plan_sweep
 
     if __name__ != "__main__":  # imported (tests): ship this module's functions by value
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch and Ray are imported
-from kdci_ray.tune.driver import LOCAL_RAY_ENV  # noqa: E402 - after the thread setting
+from kdci_ray.engine import LOCAL_RAY_ENV  # noqa: E402 - after the thread setting
 
 for _key, _value in LOCAL_RAY_ENV.items():
     os.environ.setdefault(_key, _value)
@@ -66,13 +66,13 @@ def per_trial(wall_s: float, cpu_s: float, trials: int, slots: int,
 
 def run_way(way: str, args: argparse.Namespace, work: Path, tree_cpu: Any) -> tuple[float, float]:
     """One way over the selected trials: (wall s, CPU s of this process and its children)."""
-    from kdci_ray.tune import driver, pretrial
-    from kdci_ray.tune.sweep_dir import prepare_output
+    from kdci_ray import engine as driver
+    from kdci_ray.engine import prepare_output
 
     over = [] if way == "in_process" else [f"run.trainer={way}"]
     plan = driver.plan_sweep(QUICKSTART, over, smoke=not args.full, only=args.only,
                              output=str(work / way))
-    pretrial.check_inputs(plan, log=lambda message: None)
+    driver.check_inputs(plan, log=lambda message: None)
     with tree_cpu() as tree:
         start, cpu = time.perf_counter(), time.process_time()
         if way == "in_process":
@@ -90,10 +90,10 @@ def run_way(way: str, args: argparse.Namespace, work: Path, tree_cpu: Any) -> tu
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from kdci_ray.tune.driver import _max_concurrent, plan_sweep
+    from kdci_ray.engine import plan_sweep
 
     plan = plan_sweep(QUICKSTART, smoke=not args.full, only=args.only)
-    trials, slots = len(plan.configs), min(_max_concurrent(plan.configs[0]), len(plan.configs))
+    trials, slots = len(plan.configs), min(plan.kind.max_concurrent(plan), len(plan.configs))
     tree_cpu = _ray_overhead().ProcessTreeCPU
     runs: dict[str, list[tuple[float, float]]] = {way: [] for way in WAYS}
     for repeat in range(args.repeats):
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from kdci_ray.atomic import atomic_write_text
+    from kdci_ray.engine import plan_sweep
     from kdci_ray.train.runtime import limit_threads
     from kdci_ray.train.teacher import ensure_teacher
-    from kdci_ray.tune.driver import plan_sweep
 
     limit_threads()
     # the real teacher (as `make demo` trains it, cached), never a smoke one

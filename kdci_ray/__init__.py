@@ -22,3 +22,16 @@ def thread_env() -> dict[str, str]:
 
 
 os.environ.update(thread_env())
+
+
+def __getattr__(name: str):
+    """``kdci_ray.sweep`` / ``kdci_ray.SweepResult`` (``kdci_ray.api``), imported on first use so
+    that importing the package stays light (it pins the thread count before torch loads)."""
+    if name in ("sweep", "SweepResult"):
+        from kdci_ray import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kdci_ray' has no attribute {name!r}")
+
+
+__all__ = ["SweepResult", "sweep", "thread_env"]

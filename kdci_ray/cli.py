@@ -55,53 +55,36 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     _log(f"teacher {cfg.teacher.arch} on {cfg.data.name}: test acc {acc:.4f}, saved to {path}")
 
 
-def _sweep(args: argparse.Namespace, single: bool) -> int:
-    from kdci_ray.search.only import describe, parse_only
-    from kdci_ray.tune.driver import check_resources, init_ray, plan_sweep, run_sweep
-    from kdci_ray.tune.pretrial import check_inputs
-    from kdci_ray.tune.sweep_dir import check_output, prepare_output
+def _sweep(args: argparse.Namespace, single: bool, kind: str | None = None) -> int:
+    """``kdci-ray sweep`` / ``train`` / ``cgn``: ``kdci_ray.sweep`` and its exit code."""
+    from kdci_ray.api import sweep
 
     start = time.perf_counter()
-    only = getattr(args, "only", None) or []
-    plan = plan_sweep(args.config, args.overrides, args.output, args.smoke, single=single,
-                      only=only)
-    if only:
-        _log(describe(parse_only(only), len(plan.configs), plan.grid_size))
     resume = getattr(args, "resume", False)
-    check_output(plan, args.overwrite, resume=resume)
-    check_inputs(plan, _log)
-    started = init_ray()
-    try:
-        check_resources(plan)  # a trial the cluster can never place: refused, nothing written
-        prepare_output(plan, args.overwrite, resume=resume)
-        _log(f"{len(plan.configs)} trial(s) -> {plan.out_dir}" + (" (resumed)" if resume else ""))
-        outcome = run_sweep(plan, resume=resume)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    print(outcome.table, flush=True)
-    _log(f"wrote {plan.out_dir / 'report.md'}, summary.csv and summary.md; "
+    result = sweep(args.config, args.overrides, args.output, args.smoke, resume=resume,
+                   overwrite=args.overwrite, only=getattr(args, "only", None) or None,
+                   kind=kind, single=single, log=_log)
+    print(result.table, flush=True)
+    _log(f"wrote {result.directory / 'report.md'}, summary.csv and summary.md; "
          f"wall time {time.perf_counter() - start:.0f} s")
-    _log(f"compare the runs: tensorboard --logdir {plan.out_dir}")
-    for err in outcome.errors:
+    _log(f"compare the runs: tensorboard --logdir {result.directory}")
+    for err in result.errors:
         _log(f"trial failed: {err}")
-    for name, reason in outcome.stopped.items():
+    for name, reason in result.stopped.items():
         _log(f"trial stopped: {name}: {reason}")
-    if outcome.interrupted:
-        _log(f"interrupted: {len(outcome.unfinished)} trial(s) unfinished; continue with "
-             f"`kdci-ray sweep {plan.out_dir} --resume` (finished trials are kept, unfinished "
-             f"ones continue from their last checkpoint)")
+    if result.unfinished:
+        _log(f"interrupted: {len(result.unfinished)} trial(s) unfinished; continue with "
+             f"`kdci-ray sweep {result.directory} --resume` (finished trials are kept, "
+             f"unfinished ones continue from their last checkpoint)")
         return 130
-    return 1 if outcome.errors or outcome.stopped else 0
+    return 1 if result.errors or result.stopped else 0
 
 
 def cmd_dictionary(args: argparse.Namespace) -> int:
     """Build (or find) the build-once KDCI dictionaries of a config's grid, print their records."""
+    from kdci_ray.engine import check_resources, init_ray, plan_sweep
     from kdci_ray.train.cluster_wait import watch_cluster
     from kdci_ray.train.dictionary_job import build_all, default_scoring_workers, sampling_methods
-    from kdci_ray.tune.driver import check_resources, init_ray, plan_sweep
 
     plan = plan_sweep(args.config, args.overrides, smoke=args.smoke, only=args.only)
     configs = [c for c in plan.configs if c.method in sampling_methods()]
@@ -130,11 +113,8 @@ def cmd_dictionary(args: argparse.Namespace) -> int:
 
 
 def cmd_cgn(args: argparse.Namespace) -> int:
-    """SKDCGN: teacher CGN, black-box students, counterfactual classifiers, one row per trial."""
-    from kdci_ray.cgn.sweep import main as cgn_main
-
-    return cgn_main(args.config, args.overrides, args.output, args.smoke, _log,
-                    resume=args.resume, overwrite=args.overwrite)
+    """SKDCGN (an alias of ``sweep`` for ``kind: skdcgn`` files)."""
+    return _sweep(args, single=False, kind="skdcgn")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

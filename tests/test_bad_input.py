@@ -106,8 +106,8 @@ def test_bad_input_gets_one_clear_error_and_writes_nothing(tiny_settings, tmp_pa
 
 def _launched(tmp_path: Path, settings: dict, body: dict, name: str) -> tuple[Path, Path]:
     """A sweep directory as a launch leaves it (sweep.yaml written), without running trials."""
-    from kdci_ray.tune.driver import plan_sweep
-    from kdci_ray.tune.sweep_dir import prepare_output
+    from kdci_ray.engine import plan_sweep
+    from kdci_ray.engine.sweep_dir import prepare_output
 
     out = tmp_path / "out"
     config = _yaml(tmp_path, {**settings, **body}, name)

@@ -9,13 +9,13 @@ import yaml
 
 from kdci_ray.cli import build_parser, main, parse_args
 from kdci_ray.config import ConfigError
+from kdci_ray.engine import plan_sweep
 from kdci_ray.results.table import (
     ROW_COLUMNS,
     SUMMARY_COLUMNS,
 )
 from kdci_ray.search.cases import RESERVED_COLUMNS, case_lookup, config_layer, expand, parse_cases
 from kdci_ray.search.space import build_param_space, count_trials, grid_points
-from kdci_ray.tune.driver import plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"cifar10": ROOT / "tune_configs" / "cifar10_table1.yaml",

@@ -1,4 +1,5 @@
-"""SKDCGN configs, the sweep's table, and one smoke sweep through the CLI and Ray Tune."""
+"""SKDCGN configs, the sweep's table, and one smoke sweep through the one engine (``kdci-ray
+sweep`` of a ``kind: skdcgn`` file, and its ``kdci-ray cgn`` alias) on Ray Tune."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 import yaml
 
 from kdci_ray.cgn import config as cgn_config
-from kdci_ray.cgn.sweep import COLUMNS, plan, summary_markdown
 from kdci_ray.config import ConfigError
+from kdci_ray.engine import plan_sweep as plan
+from kdci_ray.results.skdcgn import COLUMNS, summary_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +41,8 @@ def test_composition_study_expands_to_variants_times_seeds() -> None:
     p = plan(REPO / "tune_configs" / "skdcgn_composition.yaml")
     assert len(p.configs) == 18
     by_variant: dict[str, list] = {}
-    for point, cfg in zip(p.points, p.configs, strict=True):
+    assert p.kind.name == "skdcgn"
+    for point, cfg in zip(p.parsed.points(), p.configs, strict=True):
         by_variant.setdefault(point["cases.variant"]["name"], []).append(cfg)
     assert list(by_variant) == ["baseline", "mask_noise", "transparent", "rotated", "mask_loss",
                                 "cf_per_mask_5"]
@@ -54,7 +57,7 @@ def test_composition_study_expands_to_variants_times_seeds() -> None:
 
 def test_a_case_with_an_unknown_key_names_it(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"search": {"cases": {"variant": [
+    bad.write_text(yaml.safe_dump({"kind": "skdcgn", "search": {"cases": {"variant": [
         {"name": "x", "composition.transparncy": 0.5}]}}}))
     with pytest.raises(ConfigError, match="composition.transparncy.*did you mean "
                                           "'composition.transparency'"):
@@ -74,11 +77,13 @@ def test_summary_states_each_variants_effect_on_the_same_seeds() -> None:
          "sample_speed_ratio": 5.0},
         {"variant": "noisy", "seed": 1, "acc_biased": 0.1, "acc_teacher_cf": 0.95,
          "acc_student_cf": 0.6, "acc_oracle": 0.95, "retained_gain": 0.5, "param_ratio": 0.2,
-         "sample_speed_ratio": 5.0}])[COLUMNS]
+         "sample_speed_ratio": 5.0}]).assign(trial="t")[COLUMNS]
     text = summary_markdown(frame, "study")
     assert "| baseline | 2 | 10.00 ± 0.00 | 85.00 ± 7.07 | 75.00 ± 7.07 |" in text
     # student CF: (0.6-0.7 + 0.6-0.8)/2 = -15 pp; teacher CF: (0 + 0.05)/2 = +2.5 pp
-    assert "| noisy | -15.00 pp | +2.50 pp |" in text
+    assert "| noisy | student CF | -15.00 pp | [-78.53, +48.53] | no | 2 | 0 |" in text
+    assert "| noisy | teacher CF | +2.50 pp |" in text
+    assert "| noisy | retained gain | -0.259 | [-1.734, +1.216] | no | 2 | 0 |" in text
 
 
 @pytest.mark.slow

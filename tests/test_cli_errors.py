@@ -9,11 +9,10 @@ import torch
 
 from kdci_ray.cli import main
 from kdci_ray.config import ConfigError, resolve
+from kdci_ray.engine import check_inputs, plan_sweep
+from kdci_ray.engine.sweep_dir import prepare_output
 from kdci_ray.models import CheckpointMismatchError, create_model, save_checkpoint
 from kdci_ray.train.teacher import load_data, load_teacher
-from kdci_ray.tune.driver import plan_sweep
-from kdci_ray.tune.pretrial import check_inputs
-from kdci_ray.tune.sweep_dir import prepare_output
 
 
 def _write(path: Path, text: str) -> Path:

@@ -47,7 +47,7 @@ def test_defaults_come_from_dataclasses() -> None:
     assert cfg.teacher == TeacherConfig()
     assert cfg.student == StudentConfig()
     assert cfg.train == TrainConfig()
-    assert cfg.kdci == KDCIConfig()
+    assert cfg.kdci == KDCIConfig(k=8)  # 0, resolved: the method's (dafl's) default K
     assert cfg.run == RunConfig(trainer="tune_trial")  # auto, resolved: one CPU worker
     assert cfg.methods["dafl"] == DAFLConfig()
     assert cfg.methods["deepinv"] == DeepInversionConfig()

@@ -18,9 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdci_ray.tune.driver import plan_sweep, run_sweep
-from kdci_ray.tune.pretrial import check_inputs
-from kdci_ray.tune.sweep_dir import prepare_output
+from kdci_ray.engine import check_inputs, plan_sweep, run_sweep
+from kdci_ray.engine.sweep_dir import prepare_output
 
 ROUNDS = 24
 GRID = {"method": "dafl", "train.rounds": ROUNDS, "train.eval_every": 1,

@@ -327,7 +327,7 @@ def test_dictionary_command_builds_once_then_reuses(tiny_settings, tmp_path, cap
 ])
 def test_ablation_sweeps_plan_and_vary_only_their_axis(repo_root, name, trials, varying) -> None:
     from kdci_ray.config import to_flat
-    from kdci_ray.tune.driver import plan_sweep
+    from kdci_ray.engine import plan_sweep
 
     path = repo_root / "tune_configs" / f"{name}.yaml"
     assert path.read_text().startswith(f"# kdci-ray sweep tune_configs/{name}.yaml")

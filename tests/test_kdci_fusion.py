@@ -246,7 +246,7 @@ def test_log_probs_space_clusters_log_probabilities(tiny_settings) -> None:
 
 
 def test_shift_benchmark_plans_levels_arms_seeds_and_smoke_runs_one_seed(repo_root) -> None:
-    from kdci_ray.tune.driver import plan_sweep
+    from kdci_ray.engine import plan_sweep
 
     path = repo_root / "tune_configs" / "kdci_shift.yaml"
     assert path.read_text().startswith("# kdci-ray sweep tune_configs/kdci_shift.yaml")

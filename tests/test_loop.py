@@ -7,11 +7,11 @@ import torch
 
 from kdci_ray.config import resolve
 from kdci_ray.kdci import KDCI
+from kdci_ray.kdci import hook as kdci_hook
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.deepinv import BestBatch
 from kdci_ray.methods.hooks import count_forward_hooks
 from kdci_ray.models import create_model
-from kdci_ray.train import kdci_setup
 from kdci_ray.train.task import Collect, distill
 from kdci_ray.train.teacher import load_data, load_teacher
 
@@ -101,12 +101,12 @@ def test_kdci_dictionary_refreshes_every_round_for_generators(tiny_settings, mon
 
 def test_method_default_k_is_used_when_kdci_k_is_zero(tiny_settings, monkeypatch) -> None:
     sizes = []
-    monkeypatch.setattr(kdci_setup, "KDCI",
+    monkeypatch.setattr(kdci_hook, "KDCI",
                         lambda s, *a, **kw: sizes.append(s.k) or KDCI(s, *a, **kw))
     settings = {**tiny_settings, "kdci.k": 0, "kdci.enabled": True, "train.rounds": 1,
                 "dafl.batch_size": 16}
     distill(resolve(settings, {"method": "dafl"}), Collect())
-    assert sizes == [METHODS["dafl"].kdci_k]
+    assert sizes == [METHODS["dafl"].substitution.default_clusters]
 
 
 def test_bn_hooks_are_removed_after_synthesis(tiny_settings) -> None:

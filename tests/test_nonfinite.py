@@ -37,12 +37,14 @@ def _nan_checkpoint(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("which", ["teacher", "kdci source model"])
 def test_a_nan_checkpoint_is_refused_before_ray_starts(tiny_settings, tmp_path, capsys,
                                                        monkeypatch, which) -> None:
-    import kdci_ray.tune.driver as driver
+    import kdci_ray.engine as engine
+    from kdci_ray.engine import runner
 
     def no_ray() -> bool:
         raise AssertionError("Ray started although the checkpoint is broken")
 
-    monkeypatch.setattr(driver, "init_ray", no_ray)
+    monkeypatch.setattr(engine, "init_ray", no_ray)
+    monkeypatch.setattr(runner, "init_ray", no_ray)
     nan = str(_nan_checkpoint(tmp_path))
     body = ({"teacher.checkpoint": nan} if which == "teacher" else
             {"kdci.enabled": True, "kdci.source": "model", "kdci.source_arch": "tiny_cnn",

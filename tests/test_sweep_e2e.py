@@ -7,10 +7,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kdci_ray.cli import main
+from kdci_ray.engine import check_inputs, plan_sweep, run_sweep
+from kdci_ray.engine.sweep_dir import prepare_output
 from kdci_ray.models import create_model, load_checkpoint
-from kdci_ray.tune.driver import plan_sweep, run_sweep
-from kdci_ray.tune.pretrial import check_inputs
-from kdci_ray.tune.sweep_dir import prepare_output
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ import yaml
 
 from kdci_ray.cli import main
 from kdci_ray.config import SMOKE, resolve
+from kdci_ray.engine import plan_sweep
+from kdci_ray.engine.naming import trial_dirname
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.base import MethodContext
 from kdci_ray.models import create_model
@@ -26,8 +28,6 @@ from kdci_ray.results.table import (
     to_markdown,
 )
 from kdci_ray.search.space import build_param_space, count_trials
-from kdci_ray.tune.driver import plan_sweep
-from kdci_ray.tune.naming import trial_dirname
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"cifar10": ROOT / "tune_configs" / "cifar10_table1.yaml",
@@ -165,7 +165,8 @@ def test_table1_cmi_stage_features_and_k32(table1) -> None:
     assert {c.kdci.enabled for c in cmis} == {False, True}
     for c in cmis:
         assert c.method_config.features == "stages"
-        assert (c.kdci.k or METHODS[c.method].kdci_k) == 32  # the K that KDCI builds with
+        # the K that KDCI builds with
+        assert (c.kdci.k or METHODS[c.method].substitution.default_clusters) == 32
         assert c.method_config.batch_size >= 32  # K = 32 fits one round's batch
 
 

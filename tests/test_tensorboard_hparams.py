@@ -122,9 +122,8 @@ def test_a_trial_restarted_from_its_checkpoint_shows_each_step_once_with_its_hpa
     """Checkpoints every 2 rounds, a failure after round 3: Tune retries the trial (Ray Train
     restarts its worker group) from round 2, which reports round 3 again; TensorBoard shows
     round 3 once (the retry's)."""
-    from kdci_ray.tune.driver import plan_sweep, run_sweep
-    from kdci_ray.tune.pretrial import check_inputs
-    from kdci_ray.tune.sweep_dir import prepare_output
+    from kdci_ray.engine import check_inputs, plan_sweep, run_sweep
+    from kdci_ray.engine.sweep_dir import prepare_output
 
     config = tmp_path / "fail.yaml"
     config.write_text(yaml.safe_dump({

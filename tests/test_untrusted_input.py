@@ -26,16 +26,16 @@ from refusal import assert_refused
 from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import ConfigError, resolve, save_resolved
 from kdci_ray.config.files import parse_yaml
-from kdci_ray.results import report
-from kdci_ray.search.cases import case_lookup, config_layer, expand
-from kdci_ray.tune.driver import plan_sweep
-from kdci_ray.tune.sweep_dir import (
+from kdci_ray.engine import plan_sweep
+from kdci_ray.engine.sweep_dir import (
     BadRecord,
     check_output,
     load_record,
     prepare_output,
     read_record,
 )
+from kdci_ray.results import report
+from kdci_ray.search.cases import case_lookup, config_layer, expand
 
 # a valid experiment (nothing here trains: every case is refused before the teacher is needed)
 BASE = ("preset: embedded\nmethod: dafl\nteacher.arch: tiny_cnn\nstudent.arch: tiny_cnn\n"
@@ -107,12 +107,15 @@ def test_untrusted_input_gets_one_clear_error(tmp_path, capsys, case) -> None:
     assert not out.exists()
 
 
-def test_an_skdcgn_experiment_is_pointed_at_the_cgn_command(repo_root, tmp_path, capsys) -> None:
-    config = repo_root / "tune_configs" / "skdcgn_double_colored.yaml"
+def test_an_skdcgn_experiment_without_its_kind_is_told_to_name_it(tmp_path, capsys) -> None:
+    config = _write(tmp_path, "data.variant: colored\nsearch:\n  seed: [0, 1]\n")
     err = _cli_error(capsys, ["sweep", str(config), "--output", str(tmp_path / "out")])
-    assert "is an SKDCGN experiment" in err and f"kdci-ray cgn {config}" in err, err
-    assert "data.variant" not in err
+    assert "holds SKDCGN keys but no `kind: skdcgn`" in err, err
     assert not (tmp_path / "out").exists()
+    # and a file of one kind is not run as another
+    named = _write(tmp_path, "kind: dfkd\nmethod: dafl\n")
+    err = _cli_error(capsys, ["cgn", str(named), "--output", str(tmp_path / "out")])
+    assert "is a 'dfkd' experiment, not 'skdcgn'" in err, err
 
 
 def test_a_dfkd_typo_is_still_a_dfkd_error(tmp_path, capsys) -> None:

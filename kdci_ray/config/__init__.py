@@ -43,7 +43,7 @@ from kdci_ray.config.sections import (
     TeacherConfig,
     TrainConfig,
 )
-from kdci_ray.config.validate import resolved_trainer, validate
+from kdci_ray.config.validate import resolved_k, resolved_trainer, validate
 from kdci_ray.methods import METHODS
 
 __all__ = [
@@ -59,7 +59,9 @@ def resolve(*layers: dict[str, Any], smoke: bool | None = None) -> ExperimentCon
     """Build the config of one run from dotted-key layers (YAML, sampled values, overrides).
 
     ``method``, ``preset`` and ``smoke`` are read from the layers first because they choose
-    which preset and smoke overrides apply.
+    which preset and smoke overrides apply. After validation the "decide for me" values are
+    decided, so the saved config says what ran: ``run.trainer: auto`` and ``kdci.k: 0`` (the
+    method's default dictionary size). A resolved config resolves to itself.
     """
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -88,5 +90,6 @@ def resolve(*layers: dict[str, Any], smoke: bool | None = None) -> ExperimentCon
         apply(cfg, {f"{cfg.method}.{k}": v for k, v in method.SMOKE.items()}, "smoke mode")
     validate(cfg)
     cfg.run.trainer = resolved_trainer(cfg.run)  # the saved config says which one ran
+    cfg.kdci.k = resolved_k(cfg)  # and which dictionary size KDCI built (0: method default)
     return cfg
 

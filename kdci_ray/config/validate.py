@@ -51,8 +51,8 @@ def validate(cfg: ExperimentConfig) -> None:
         )
     if cfg.kdci.enabled:
         method = METHODS[cfg.method]
-        k = cfg.kdci.k or method.kdci_k
-        n = method.kdci_source_size(cfg.method_config, cfg.run.workers)
+        k = resolved_k(cfg)
+        n = method.substitution_size(cfg.method_config, cfg.run.workers)
         if k > n:
             raise ConfigError(
                 f"KDCI dictionary size K={k} is larger than the {n} substitution images each "
@@ -60,7 +60,7 @@ def validate(cfg: ExperimentConfig) -> None:
                 f"{cfg.method}.batch_size"
             )
         observed = cfg.train.kd_steps * cfg.train.batch_size * cfg.run.workers
-        if (method.kdci_refresh == "round" and cfg.kdci.features == "observed"
+        if (not method.substitution.fixed and cfg.kdci.features == "observed"
                 and cfg.kdci.source != "model" and k > observed):
             raise ConfigError(
                 f"KDCI dictionary size K={k} is larger than the {observed} teacher outputs of one "
@@ -185,6 +185,14 @@ def _check_run(cfg: ExperimentConfig) -> None:
             f"config key 'run.inject_failure_round' must be between 0 (never) and train.rounds "
             f"({train.rounds}), got {run.inject_failure_round}"
         )
+
+
+def resolved_k(cfg: ExperimentConfig) -> int:
+    """``kdci.k`` with 0 decided: the method's default dictionary size
+    (``substitution.default_clusters``: 8 for generators, 32 for model inversion, 128 for the
+    sampling-based methods). Decided with KDCI off too, so that a grid's KDCI-off and KDCI-on
+    points differ in ``kdci.enabled`` only, and a dictionary built ahead for either is the same."""
+    return cfg.kdci.k or METHODS[cfg.method].substitution.default_clusters
 
 
 def resolved_trainer(run) -> str:

@@ -4,6 +4,7 @@ from kdci_ray.kdci.ablations import apply_ablations, random_dictionary
 from kdci_ray.kdci.artifact import DictionarySpec, DictionaryStore
 from kdci_ray.kdci.deploy import CompensatedStudent, load_student
 from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary
+from kdci_ray.kdci.hook import KDCIHook, plugin_from_config
 from kdci_ray.kdci.intervention import BackdoorAdjustment
 from kdci_ray.kdci.plugin import (
     KDCI,
@@ -14,6 +15,6 @@ from kdci_ray.kdci.plugin import (
 )
 
 __all__ = ["KDCI", "BackdoorAdjustment", "CompensatedStudent", "ConfounderDictionary",
-           "DictionarySpec", "DictionaryStore", "KDCISettings", "apply_ablations",
-           "attention_entropy", "build_dictionary", "load_student", "prior_ratio",
-           "random_dictionary", "teacher_logits"]
+           "DictionarySpec", "DictionaryStore", "KDCIHook", "KDCISettings", "apply_ablations",
+           "attention_entropy", "build_dictionary", "load_student", "plugin_from_config",
+           "prior_ratio", "random_dictionary", "teacher_logits"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -44,11 +44,25 @@ class KDCISettings:
     tau: float = 1.0  # log_prior fusion: the adjustment is tau * centred log(pi + 1e-3)
     # per-round refreshes: "observed" clusters the teacher logits the loop's KD steps computed
     # since the last refresh (free; the first refresh, before any KD step, scores); "source"
-    # scores the method's kdci_source() with the model at every refresh
+    # scores the method's substitution batch with the model at every refresh
     features: str = "observed"
     # images per teacher pass when a refresh scores images: no larger than the KD batch, so a
     # refresh never holds more activations than a KD step (peak memory unchanged by KDCI)
     score_batch: int = 256
+
+    @classmethod
+    def from_config(cls, section: Any, *, seed: int, score_batch: int) -> KDCISettings:
+        """The settings of a ``kdci`` config section (``KDCIConfig``): every field of it these
+        settings have, by name, plus the run's ``seed`` and ``score_batch`` (the KD batch). Its
+        ``k`` must be resolved already (``kdci_ray.config.resolve`` turns 0 into the method's
+        default)."""
+        own = {f.name for f in fields(cls)} - {"seed", "score_batch"}
+        settings = cls(**{name: getattr(section, name) for name in own}, seed=seed,
+                       score_batch=score_batch)
+        if settings.k < 1:
+            raise ValueError(f"KDCI dictionary size k={settings.k}: kdci.k = 0 (the method's "
+                             f"default) must be resolved first (kdci_ray.config.resolve)")
+        return settings
 
 
 @torch.no_grad()

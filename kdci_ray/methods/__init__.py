@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.cmi import CMI
 from kdci_ray.methods.dafl import DAFL
 from kdci_ray.methods.deepinv import DeepInversion
@@ -14,4 +14,4 @@ METHODS: dict[str, type[Method]] = {
     m.name: m for m in (DAFL, DeepInversion, Fast, CMI, MosaicKD, DFND)
 }
 
-__all__ = ["METHODS", "Method", "MethodContext"]
+__all__ = ["METHODS", "Method", "MethodContext", "SubstitutionData"]

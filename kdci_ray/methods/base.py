@@ -11,6 +11,14 @@ The one distillation loop (``kdci_ray.train.task``) drives a method like this::
 
 Methods own only what differs: their synthesis, their generator's optimiser and their loss terms.
 They never import ``ray`` or ``kdci_ray.kdci`` (KDCI is a plug-in the loop applies).
+
+A method also describes its substitution data, neutrally, for whatever the loop plugs in: the
+class attribute ``substitution`` (a ``SubstitutionData``: "generated" afresh every synthesis round,
+or a "fixed" pool selected once; how many clusters summarise it by default) and three hooks:
+``substitution_size(cfg, world_size)`` (how many images one summary of it covers, all ranks
+together), ``substitution_batch()`` (this rank's share of those images, now) and
+``substitution_key()`` (the content identity of a fixed pool, so a summary of it can be stored
+and shared; None for generated data).
 """
 
 from __future__ import annotations
@@ -26,6 +34,36 @@ from torch import Tensor, nn
 from kdci_ray.data.labeled import normalize
 from kdci_ray.methods.losses import kd_loss
 from kdci_ray.methods.pool import ImagePool, augment
+
+
+@dataclass(frozen=True)
+class SubstitutionData:
+    """What a method distils on, described for the loop's plug-ins (no plug-in's names here).
+
+    ``kind``: "generated" (fresh images every synthesis round: generators, model inversion; a
+    summary of them goes stale each round) or "fixed" (a pool selected once and sampled for the
+    whole run: the sampling-based methods; one summary holds for the run and, keyed by
+    ``Method.substitution_key()``, for every run on the same pool). ``default_clusters``: how many
+    clusters (modes) summarise the data by default, e.g. the size of a plug-in's dictionary of it.
+    """
+
+    kind: str = "generated"
+    default_clusters: int = 8
+
+    KINDS: ClassVar[tuple[str, ...]] = ("generated", "fixed")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"SubstitutionData.kind must be one of {', '.join(self.KINDS)}, "
+                             f"got {self.kind!r}")
+        if self.default_clusters < 1:
+            raise ValueError(f"SubstitutionData.default_clusters must be >= 1, "
+                             f"got {self.default_clusters}")
+
+    @property
+    def fixed(self) -> bool:
+        """A pool selected once (True) rather than data generated afresh every round."""
+        return self.kind == "fixed"
 
 
 @dataclass
@@ -80,14 +118,14 @@ class Method:
     Config: ClassVar[type]
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     SMOKE: ClassVar[dict[str, Any]] = {}
-    kdci_k: ClassVar[int] = 8  # default KDCI dictionary size for this method
-    kdci_refresh: ClassVar[str] = "round"  # "round": rebuild each synthesis round; "once"
+    substitution: ClassVar[SubstitutionData] = SubstitutionData()  # what it distils on
     needs_open_world: ClassVar[bool] = False  # sampling-based methods read an unlabeled pool
     conditional: ClassVar[bool] = False  # synthesis draws conditional targets (sample_targets)
 
     @classmethod
-    def kdci_source_size(cls, cfg: Any, world_size: int = 1) -> int:
-        """How many images one KDCI refresh clusters (all ranks together)."""
+    def substitution_size(cls, cfg: Any, world_size: int = 1) -> int:
+        """How many images ``substitution_batch()`` holds, all ranks together (``cfg``: the
+        method's config): by default one synthesis batch per rank."""
         return int(cfg.batch_size) * world_size
 
     def __init__(self, cfg: Any, ctx: MethodContext) -> None:
@@ -124,11 +162,12 @@ class Method:
         x = self.ctx.normalize(pool.sample(batch_size, self.rng))
         return augment(x, self.rng, pad=self.cfg.augment_pad, flip=self.cfg.augment_flip)
 
-    def kdci_source(self) -> Tensor:
-        """Images the KDCI dictionary is built from at a refresh: by default the batch the last
-        ``synthesize()`` stored in ``self.last_batch``."""
+    def substitution_batch(self) -> Tensor:
+        """This rank's share of the current substitution data, in the teacher's input space: by
+        default the batch the last ``synthesize()`` stored in ``self.last_batch``."""
         if self.last_batch is None:
-            raise RuntimeError(f"{type(self).__name__}.kdci_source() before the first synthesize()")
+            raise RuntimeError(
+                f"{type(self).__name__}.substitution_batch() before the first synthesize()")
         return self.last_batch
 
     @classmethod
@@ -137,10 +176,10 @@ class Method:
         ``kdci_ray.data.selection``); None for methods without an open-world pool."""
         return None
 
-    def kdci_source_key(self) -> str | None:
-        """Content identity of ``kdci_source()`` for a build-once dictionary (``kdci_refresh =
-        "once"``), so the dictionary can be saved and shared across trials; None (the default,
-        fresh synthetic batches) means never cached."""
+    def substitution_key(self) -> str | None:
+        """Content identity of a fixed pool's ``substitution_batch()`` (all ranks' shares), so a
+        summary of it can be saved and shared across runs; None (the default: generated data,
+        fresh every round) means never stored."""
         return None
 
     def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:

@@ -41,8 +41,9 @@ every other teacher (``feature_layers=None``). Deviations:
 - the pool keeps uint8 images (the reference writes PNGs) and the student-side augmentation is
   ``pool.augment`` (reflect-padded shift + flip; the reference's CIFAR transform zero-pads);
 - the KD temperature is an explicit setting (``--T 20`` in the reference scripts);
-- KDCI's default dictionary size is K = 32 (``kdci_k``), the KDCI paper's value for model
-  inversion (DESIGN: 8 for GAN generators, 32 for model inversion, 128 for sampling).
+- KDCI's default dictionary size is K = 32 (``substitution.default_clusters``), the KDCI
+  paper's value for model inversion (DESIGN: 8 for GAN generators, 32 for model inversion, 128
+  for sampling).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.generators import DatafreeGenerator, dcgan_reset_
 from kdci_ray.methods.hooks import (
     bn_inputs,
@@ -157,8 +158,8 @@ class FeatureBank:
 class CMI(Method):
     name = "cmi"
     Config = CMIConfig
-    kdci_k = 32  # model inversion (KDCI paper / DESIGN: K = 32 for model inversion)
-    kdci_refresh = "round"
+    # model inversion (KDCI paper / DESIGN: K = 32 for model inversion)
+    substitution = SubstitutionData("generated", default_clusters=32)
     conditional = True
     # Embedded scale (16x16 digits, ~70 s on one CPU core, test accuracy ~0.92): the reference's
     # loss weights, contrastive temperature and KD temperature, with a smaller generator, batch,

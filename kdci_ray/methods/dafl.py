@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.generators import DAFLGenerator
 
 
@@ -62,8 +62,7 @@ class DAFLConfig:
 class DAFL(Method):
     name = "dafl"
     Config = DAFLConfig
-    kdci_k = 8
-    kdci_refresh = "round"
+    substitution = SubstitutionData("generated", default_clusters=8)
     # Embedded scale: the DAFL settings of the CMI / Fast-Datafree harness the KDCI paper builds
     # on (Adam lr_g 1e-3, oh 1, act 1e-3, balance/ie 20, T 20, 5 KD steps per generator step;
     # the harness's oh / act / balance are onehot_weight / activation_weight / entropy_weight),

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.hooks import bn_statistics
 from kdci_ray.methods.inversion import BestBatch
 from kdci_ray.methods.losses import js_divergence, total_variation
@@ -80,8 +80,7 @@ class DeepInversionConfig:
 class DeepInversion(Method):
     name = "deepinv"
     Config = DeepInversionConfig
-    kdci_k = 32
-    kdci_refresh = "round"
+    substitution = SubstitutionData("generated", default_clusters=32)
     conditional = True
     PRESETS = {
         "embedded": {

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.open_world import OpenWorldSubset
 
 
@@ -116,8 +116,7 @@ class DFNDConfig:
 class DFND(Method):
     name = "dfnd"
     Config = DFNDConfig
-    kdci_k = 128
-    kdci_refresh = "once"
+    substitution = SubstitutionData("fixed", default_clusters=128)
     needs_open_world = True
     # Embedded scale: 20k photo crops as edge maps (pool.transform: edges), the 10k most
     # confident kept; the embedded digits teacher is 0.989 accurate on the test split. On raw
@@ -141,7 +140,7 @@ class DFND(Method):
         return "confidence", int(cfg.select_n)
 
     @classmethod
-    def kdci_source_size(cls, cfg: DFNDConfig, world_size: int = 1) -> int:
+    def substitution_size(cls, cfg: DFNDConfig, world_size: int = 1) -> int:
         return (int(cfg.select_n) // world_size) * world_size
 
     def __init__(self, cfg: DFNDConfig, ctx: MethodContext) -> None:
@@ -182,10 +181,11 @@ class DFND(Method):
         return self._require_subset().sample(batch_size, self.rng, self.cfg.augment_pad,
                                              self.cfg.augment_flip)
 
-    def kdci_source(self) -> Tensor:
+    def substitution_batch(self) -> Tensor:
+        """This rank's share of the selected subset (normalised)."""
         return self._require_subset().shard()
 
-    def kdci_source_key(self) -> str | None:
+    def substitution_key(self) -> str | None:
         return self._require_subset().key
 
     def transition(self) -> Tensor:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.generators import DatafreeGenerator, normal_init_
 from kdci_ray.methods.hooks import BNMomentum, bn_statistics_momentum
 from kdci_ray.methods.inversion import (
@@ -95,8 +95,8 @@ class FastConfig:
 class Fast(Method):
     name = "fast"
     Config = FastConfig
-    kdci_k = 8  # generator-based synthesis (DESIGN: K = 8 for generators)
-    kdci_refresh = "round"
+    # generator-based synthesis (DESIGN: K = 8 for generators)
+    substitution = SubstitutionData("generated", default_clusters=8)
     conditional = True
     # Embedded scale (16x16 digits, ~60 s on one CPU core, test accuracy ~0.96): the reference's
     # loss weights, Fast-2's learning rates, momentum, meta learning and KD temperature, a smaller

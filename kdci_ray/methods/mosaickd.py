@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdci_ray.methods.base import Method, MethodContext
+from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.discriminators import PatchDiscriminator
 from kdci_ray.methods.generators import DatafreeGenerator
 from kdci_ray.methods.losses import kd_loss
@@ -105,8 +105,7 @@ def patch_bce(logits: Tensor, real: bool) -> Tensor:
 class MosaicKD(Method):
     name = "mosaickd"
     Config = MosaicKDConfig
-    kdci_k = 128
-    kdci_refresh = "once"
+    substitution = SubstitutionData("fixed", default_clusters=128)
     needs_open_world = True
     # Embedded scale: the reference's loss weights, T 1 and 5 KD steps per G step; a smaller G / D
     # (latent 64, ndf 32, batch 64) and 100 rounds for 16x16 digits on one CPU core (~75 s).
@@ -126,7 +125,7 @@ class MosaicKD(Method):
         return "entropy", int(cfg.ood_subset)
 
     @classmethod
-    def kdci_source_size(cls, cfg: MosaicKDConfig, world_size: int = 1) -> int:
+    def substitution_size(cls, cfg: MosaicKDConfig, world_size: int = 1) -> int:
         if cfg.ood_subset <= 0:
             return 2**62  # the whole pool: its size is unknown until the loop builds it
         return (int(cfg.ood_subset) // world_size) * world_size
@@ -223,12 +222,12 @@ class MosaicKD(Method):
                                     self.cfg.augment_flip))
         return torch.cat(parts)
 
-    def kdci_source(self) -> Tensor:
-        """The (normalised) selected OOD subset, this rank's share: the dictionary is built once
-        over the whole subset."""
+    def substitution_batch(self) -> Tensor:
+        """The (normalised) selected OOD subset, this rank's share: summarised once over the
+        whole subset (the synthetic images vary per round; the fixed subset is what it keeps)."""
         return self._require_ood().shard()
 
-    def kdci_source_key(self) -> str | None:
+    def substitution_key(self) -> str | None:
         return self._require_ood().key
 
     def state_dict(self) -> dict:

@@ -25,13 +25,7 @@ import pandas as pd
 import yaml
 
 from kdci_ray.config import ConfigError, ExperimentConfig, KDCIConfig, flatten
-from kdci_ray.train.run_logs import (
-    FAILURES_FILE,
-    METRICS_FILE,
-    RESUMES_FILE,
-    count_records,
-    stopped_reason,
-)
+from kdci_ray.results.columns import KDCI_ONLY, METRIC_KEYS, ROW_COLUMNS, sorted_rows
 from kdci_ray.search.cases import (
     case_lookup,
     case_name,
@@ -40,7 +34,13 @@ from kdci_ray.search.cases import (
     expand,
     is_case_key,
 )
-from kdci_ray.results.columns import KDCI_ONLY, METRIC_KEYS, ROW_COLUMNS, sorted_rows
+from kdci_ray.train.run_logs import (
+    FAILURES_FILE,
+    METRICS_FILE,
+    RESUMES_FILE,
+    count_records,
+    stopped_reason,
+)
 
 _STANDARD_PARAMS = ("method", "kdci.enabled", "seed")  # searched keys that have a column already
 

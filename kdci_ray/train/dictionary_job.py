@@ -1,24 +1,28 @@
-"""Build-once KDCI dictionaries as artifacts, ahead of the trials that share them.
+"""KDCI's work done once before any trial: other models, build-once dictionaries, selections.
 
-The sampling-based methods (MosaicKD, DFND) cluster a dictionary once over their whole selected
-open-world subset (KDCI, Wang et al., CVPR 2024: K = 128 over the 600k sampled images). This job
-runs exactly what a trial would run up to that point (the teacher's selection of the pool, then
-the dictionary source's logits on the subset, PCA + K-Means++) and saves the result in the
-dictionary store; every trial with the same spec then loads it (``kdci/cached = 1``). It is what
-``kdci-ray dictionary CONFIG`` runs, and what a sweep runs before its trials start.
+Methods whose substitution data is a fixed pool (``substitution.kind == "fixed"``: MosaicKD, DFND)
+cluster a dictionary once over their whole selected open-world subset (KDCI, Wang et al., CVPR
+2024: K = 128 over the 600k sampled images). This job runs exactly what a trial would run up to
+that point (the teacher's selection of the pool, then the dictionary source's logits on the
+subset, PCA + K-Means++) and saves the result in the dictionary store; every trial with the same
+spec then loads it (``kdci/cached = 1``). It is what ``kdci-ray dictionary CONFIG`` runs
+(``build_all``), and what a sweep runs before its trials start (``prepare_kdci``: also the other
+models of ``kdci.source: model`` and the pool selections of the vanilla trials).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kdci_ray.config import ConfigError, ExperimentConfig
+from kdci_ray.kdci import plugin_from_config
 from kdci_ray.methods import METHODS
-from kdci_ray.methods.dfnd import OpenWorldSubset
+from kdci_ray.methods.open_world import OpenWorldSubset
 from kdci_ray.models import create_model
-from kdci_ray.train.kdci_setup import build_kdci, dictionary_store
+from kdci_ray.train.kdci_setup import dictionary_store, load_source_model
 from kdci_ray.train.runtime import current_runtime, limit_threads
 from kdci_ray.train.task import method_context
 from kdci_ray.train.teacher import ensure_teacher, load_data, load_teacher
@@ -28,7 +32,7 @@ def has_shared_dictionary(cfg: ExperimentConfig) -> bool:
     """Whether a run of ``cfg`` uses a build-once dictionary that can be shared as an artifact."""
     kc = cfg.kdci
     return (kc.enabled and kc.cache and kc.source != "random"
-            and METHODS[cfg.method].kdci_refresh == "once")
+            and METHODS[cfg.method].substitution.fixed)
 
 
 def selection_identity(cfg: ExperimentConfig) -> tuple:
@@ -39,19 +43,19 @@ def selection_identity(cfg: ExperimentConfig) -> tuple:
 
 
 def dictionary_identity(cfg: ExperimentConfig) -> tuple:
-    """The config values a build-once dictionary depends on (cheap de-duplication of a grid).
-    Not ``kdci.backend``: as in the artifact key, the machine that builds it is no part of it."""
-    method_cls = METHODS[cfg.method]
+    """The config values a build-once dictionary depends on (cheap de-duplication of a grid;
+    ``kdci.k`` as resolved). Not ``kdci.backend``: as in the artifact key, the machine that builds
+    it is no part of it."""
     kc = cfg.kdci
-    return (cfg.method, method_cls.open_world_selection(cfg.method_config),
+    return (cfg.method, METHODS[cfg.method].open_world_selection(cfg.method_config),
             repr(cfg.data), repr(cfg.teacher), repr(cfg.pool), repr(cfg.shift), cfg.run.workers,
-            kc.k or method_cls.kdci_k, kc.pca_dim, kc.algorithm, kc.n_init,
+            kc.k, kc.pca_dim, kc.algorithm, kc.n_init,
             kc.source, kc.source_arch, kc.source_checkpoint)
 
 
 class _PoolJob:
-    """What the selection and the dictionary of a sampling-based ``cfg`` need: its data,
-    teacher, method context and, on first use, Ray scorers (``workers`` as below)."""
+    """What the selection and the dictionary of a fixed-pool ``cfg`` need: its data, teacher,
+    method context and, on first use, Ray scorers (``workers`` as below)."""
 
     def __init__(self, cfg: ExperimentConfig, log, workers: int) -> None:
         limit_threads()
@@ -109,8 +113,7 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
     autoscaler may add; Ray must be initialised; they wait up to ``run.start_timeout_s``).
     Returns the artifact's metadata plus ``path``, ``cached``, ``seconds`` and
     ``scoring_workers``."""
-    method_cls = METHODS[cfg.method]
-    if method_cls.kdci_refresh != "once":
+    if not METHODS[cfg.method].substitution.fixed:
         raise ConfigError(
             f"method '{cfg.method}' rebuilds its KDCI dictionary every synthesis round from fresh "
             f"synthetic images, so there is no dictionary to build ahead; `kdci-ray dictionary` "
@@ -120,9 +123,12 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
         raise ConfigError("kdci.source=random draws its dictionary per trial; nothing to build")
     start = time.perf_counter()
     job = _PoolJob(cfg, log, workers)
-    kdci = build_kdci(cfg, method_cls.kdci_k, job.data, job.rt.device)
-    if kdci.store is None:  # kdci.cache=false still gets its artifact when asked for one
-        kdci.store = dictionary_store()
+    source_model = None
+    if cfg.kdci.source == "model":
+        source_model = load_source_model(cfg, job.data, job.rt.device)
+    # kdci.cache=false still gets its artifact when asked for one
+    kdci = plugin_from_config(cfg, job.data.num_classes, job.rt.device, source_model,
+                              store=dictionary_store())
     model = kdci.source_model if kdci.source_model is not None else job.teacher
     source_name = "teacher" if model is job.teacher else "source"
     job.models[source_name] = model  # one entry when they are one
@@ -147,7 +153,7 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
 
 
 def build_selection(cfg: ExperimentConfig, log=print, workers: int = 1) -> None:
-    """The teacher's selection of a sampling-based ``cfg``'s pool, made (or found) in the
+    """The teacher's selection of a fixed-pool ``cfg``'s pool, made (or found) in the
     selection cache now, so its trials load it; every pool image is read here, so a corrupt
     one is refused before any trial starts (``workers`` as for ``build_shared_dictionary``)."""
     job = _PoolJob(cfg, log, workers)
@@ -164,7 +170,8 @@ def default_scoring_workers() -> int:
 
 
 def sampling_methods() -> list[str]:
-    return [name for name, cls in METHODS.items() if cls.kdci_refresh == "once"]
+    """The methods whose substitution data is a fixed pool (a build-once dictionary)."""
+    return [name for name, cls in METHODS.items() if cls.substitution.fixed]
 
 
 def build_all(configs: list[ExperimentConfig], log=print, only_shared: bool = True,
@@ -176,7 +183,7 @@ def build_all(configs: list[ExperimentConfig], log=print, only_shared: bool = Tr
     seen: set[tuple] = set()
     out = []
     for cfg in configs:
-        if METHODS[cfg.method].kdci_refresh != "once":
+        if not METHODS[cfg.method].substitution.fixed:
             continue
         if cfg.kdci.source == "random" or (only_shared and not has_shared_dictionary(cfg)):
             ident = selection_identity(cfg)
@@ -195,3 +202,49 @@ def build_all(configs: list[ExperimentConfig], log=print, only_shared: bool = Tr
             f"inertia={e['inertia']:.4g}, {'reused' if e['cached'] else 'built'} in "
             f"{e['seconds']:.1f} s -> {e['path']}")
     return out
+
+
+def data_key(cfg: ExperimentConfig) -> tuple:
+    """What identifies ``cfg``'s loaded data set (the key of ``prepare_kdci``'s ``datasets``)."""
+    d = cfg.data
+    return (d.name, d.root, d.image_size, d.test_fraction, d.split_seed)
+
+
+def prepare_kdci(configs: list[ExperimentConfig], log=print, workers: int | None = None,
+                 datasets: dict[tuple, Any] | None = None,
+                 connect: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """KDCI's work shared by the trials of ``configs``, done once before any of them starts:
+    the other models of ``kdci.source: model`` trained (embedded) or checked, each once; the
+    build-once dictionaries of the fixed-pool methods built into the store (so the trials share
+    them instead of racing to build the same one); and the pool selections of their other
+    trials (every pool image is read here: a corrupt one is refused before any trial starts).
+
+    ``workers``: pool scorers, as for :func:`build_shared_dictionary` (None:
+    :func:`default_scoring_workers`: Ray workers on a cluster, else this process); ``connect``:
+    called once before scoring on Ray workers (``workers != 1``), e.g. to connect to Ray and
+    check that the cluster can place a scorer; ``datasets``: data sets already loaded, by
+    :func:`data_key` (missing ones are loaded and added). Returns :func:`build_all`'s records."""
+    import torch
+
+    from kdci_ray.train.cluster_wait import watch_cluster
+
+    datasets = {} if datasets is None else datasets
+    seen: set[tuple] = set()
+    for cfg in configs:
+        kc = cfg.kdci
+        if not kc.enabled or kc.source != "model":
+            continue
+        key = (kc.source_arch, kc.source_checkpoint, cfg.teacher.seed, repr(cfg.data))
+        if key in seen:
+            continue
+        seen.add(key)
+        if data_key(cfg) not in datasets:
+            datasets[data_key(cfg)] = load_data(cfg)
+        load_source_model(cfg, datasets[data_key(cfg)], torch.device("cpu"), log)
+    workers = default_scoring_workers() if workers is None else workers
+    if workers == 1:
+        return build_all(configs, log, workers=workers, selections=True)
+    if connect is not None:
+        connect()
+    with watch_cluster(log):
+        return build_all(configs, log, workers=workers, selections=True)

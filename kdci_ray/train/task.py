@@ -1,13 +1,15 @@
 """The one distillation loop, shared by every DFKD method (runs with or without Ray).
 
-Per round: ``method.synthesize()``; KDCI dictionary refresh when enabled (every round for
-generation-based methods, once for sampling-based ones); then ``kd_steps`` times: sample a batch,
-teacher under no_grad, student forward, optional KDCI compensation, ``method.student_loss``, step.
-This is the only place that branches on ``kdci.enabled``. Under torch.distributed each rank draws
-its own substitution data and DDP averages the gradients of the student, the KDCI attention and
-the method's generator. A non-finite loss (or student weights) stops the run on every rank before
-it touches the weights (or a checkpoint): the last report says ``stopped_nonfinite = 1`` and
-``stop_reason`` words it; the run returns normally, so nothing retries a deterministic NaN.
+Per round: ``method.synthesize()``; with KDCI, its hook's ``on_round`` (the dictionary refresh
+when due: every round for generated substitution data, once for a fixed pool); then ``kd_steps``
+times: sample a batch, teacher under no_grad, student forward, with KDCI the hook's ``on_batch``
+(compensated logits), ``method.student_loss``, step. KDCI's whole life cycle is one
+``kdci_ray.kdci.KDCIHook``; ``build_kdci_hook`` here is the only place that branches on
+``kdci.enabled``. Under torch.distributed each rank draws its own substitution data and DDP
+averages the gradients of the student, the KDCI attention and the method's generator. A
+non-finite loss (or student weights) stops the run on every rank before it touches the weights
+(or a checkpoint): the last report says ``stopped_nonfinite = 1`` and ``stop_reason`` words it;
+the run returns normally, so nothing retries a deterministic NaN.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import torch.distributed as dist
 from torch import nn
 
 from kdci_ray.config import ExperimentConfig
-from kdci_ray.kdci import KDCI, attention_entropy, prior_ratio
-from kdci_ray.methods import METHODS, MethodContext
+from kdci_ray.kdci import KDCIHook
+from kdci_ray.methods import METHODS, Method, MethodContext
 from kdci_ray.models import create_model
 from kdci_ray.train.evaluate import accuracy, predict_logits
-from kdci_ray.train.kdci_setup import build_kdci
+from kdci_ray.train.kdci_setup import dictionary_store, load_source_model
 from kdci_ray.train.resume import Progress, Snapshot, capture, restore
 from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
 from kdci_ray.train.teacher import cache_dir, load_data, load_teacher
@@ -55,6 +57,20 @@ def method_context(cfg: ExperimentConfig, data, teacher: nn.Module, student: nn.
                          open_world=open_world(cfg, data) if method_cls.needs_open_world else None,
                          cache_dir=cache_dir() / "selections", imbalance=cfg.shift.imbalance,
                          strict_shift=not cfg.smoke)
+
+
+def build_kdci_hook(cfg: ExperimentConfig, method_cls: type[Method], data,
+                    rt: Runtime) -> KDCIHook | None:
+    """The run's KDCI hook (None without ``kdci.enabled``): built from the config, the method's
+    description of its substitution data, the data (classes) and the runtime (device, DDP wrap);
+    with ``kdci.source: model`` the other model is loaded here, with ``kdci.cache`` the store."""
+    if not cfg.kdci.enabled:
+        return None
+    kc = cfg.kdci
+    source_model = load_source_model(cfg, data, rt.device) if kc.source == "model" else None
+    return KDCIHook.from_config(cfg, method_cls.substitution, data.num_classes, rt.device,
+                                wrap=rt.wrap, source_model=source_model,
+                                store=dictionary_store() if kc.cache else None)
 
 
 class Reporter(Protocol):
@@ -150,17 +166,15 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
     method = method_cls(cfg.method_config, ctx)
 
     params = [{"params": student.parameters(), "lr": cfg.train.lr}]
-    kdci = attention = None
-    if cfg.kdci.enabled:
-        kdci = build_kdci(cfg, method_cls.kdci_k, data, rt.device)
-        attention = rt.wrap(kdci.module)
-        params.append({"params": kdci.module.parameters(), "lr": cfg.train.lr * cfg.kdci.lr_scale})
+    hook = build_kdci_hook(cfg, method_cls, data, rt)
+    if hook is not None:
+        params.append(hook.param_group(cfg.train.lr))
     opt = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
                           weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
 
     parts = {"rank": rt.rank, "world_size": rt.world_size, "student": student,
-             "optimizer": opt, "scheduler": sched, "method": method, "kdci": kdci}
+             "optimizer": opt, "scheduler": sched, "method": method, "kdci": hook}
     if resume is not None:
         progress = restore(resume, **parts)
     else:
@@ -187,10 +201,8 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
 
     for rnd in range(progress.round, cfg.train.rounds):
         logs = {f"synth/{k}": v for k, v in method.synthesize(rnd).items()}
-        if kdci is not None and (method_cls.kdci_refresh == "round" or rnd == 0):
-            once = method_cls.kdci_refresh == "once"
-            logs.update(kdci.refresh(teacher, method.kdci_source(),
-                                     data_key=method.kdci_source_key() if once else None))
+        if hook is not None:
+            logs.update(hook.on_round(rnd, teacher, method))
         student.train()
         for kd_step in range(cfg.train.kd_steps if method.kd_active(rnd) else 0):
             x = method.sample(cfg.train.batch_size).to(rt.device)
@@ -198,14 +210,10 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
                 t_logits = teacher(x).logits
             class_counts += torch.bincount(t_logits.argmax(1).cpu(), minlength=data.num_classes)
             s_logits = student_ddp(x).logits
-            if kdci is not None:
-                if method_cls.kdci_refresh == "round":  # build-once dictionaries never reuse them
-                    kdci.observe(t_logits)
-                adjusted, lam = kdci.compensate(s_logits, attention)
-                sums["kdci/attn_entropy"] += attention_entropy(lam.detach())
-                sums["kdci/prior_ratio"] += prior_ratio(s_logits, adjusted)
-                if cfg.kdci.train_through:  # else post-hoc: only predictions are adjusted
-                    s_logits = adjusted
+            if hook is not None:  # compensated logits (raw ones when post-hoc)
+                s_logits, step_logs = hook.on_batch(s_logits, t_logits)
+                for name, value in step_logs.items():
+                    sums[name] += value
             losses = method.student_loss(s_logits, t_logits)
             values = {name: float(value.detach()) for name, value in losses.items()}
             bad = _nonfinite_loss(values["loss"], rt)
@@ -221,10 +229,10 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
                 sums[f"train/{name}"] += value
         last = rnd + 1 == cfg.train.rounds
         if (rnd + 1) % cfg.train.eval_every == 0 or last:
-            if _nonfinite_weights(student, kdci.module if kdci is not None else None):
+            if _nonfinite_weights(student, hook.module if hook is not None else None):
                 return stop(rnd, cfg.train.kd_steps)
             rare = int(class_counts.argmin()) if cfg.shift.imbalance else None
-            metrics = _evaluate(student, kdci, data, rt, rare)
+            metrics = _evaluate(student, hook, data, rt, rare)
             n = max(1, step - last_eval_step)
             metrics.update({k: v / n for k, v in sums.items()})
             last_eval_step = step
@@ -238,7 +246,7 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
             if _checkpoint_round(cfg, rnd + 1):
                 done = Progress(round=rnd + 1, step=step, elapsed_s=metrics["time/elapsed_s"],
                                 teacher_acc=teacher_acc, class_counts=class_counts.tolist())
-                student_state = copy.deepcopy(_state(student, kdci, cfg, data))
+                student_state = copy.deepcopy(_state(student, hook, cfg, data))
                 snapshot = Snapshot(student=student_state, resume=capture(done, **parts),
                                     final=last)
             report(metrics, step, snapshot)
@@ -254,17 +262,16 @@ def _recalls(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> to
     return torch.where(total > 0, hits / total.clamp_min(1), torch.nan)
 
 
-def _evaluate(student: nn.Module, kdci: KDCI | None, data, rt: Runtime,
+def _evaluate(student: nn.Module, hook: KDCIHook | None, data, rt: Runtime,
               rare: int | None = None) -> dict[str, float]:
     """Raw student (``eval/acc``, the deployable model) and, with KDCI, the compensated one
     (``eval/acc_kdci``: raw logits + the adjustment); lowest per-class recall; under a shift,
     the recall of ``rare`` (the class the substitution data had least of)."""
     logits, labels = predict_logits(student, data, rt.device)
     outputs = {"": logits}
-    if kdci is not None:
-        with torch.no_grad():
-            adjusted, _ = kdci.module(logits.to(rt.device))
-        outputs["_kdci"] = adjusted.cpu()
+    kdci_metrics: dict[str, float] = {}
+    if hook is not None:
+        outputs["_kdci"], kdci_metrics = hook.evaluate(logits)
     metrics: dict[str, float] = {}
     for suffix, out in outputs.items():
         recalls = _recalls(out, labels, data.num_classes)
@@ -272,22 +279,19 @@ def _evaluate(student: nn.Module, kdci: KDCI | None, data, rt: Runtime,
         metrics[f"eval/recall_min{suffix}"] = float(recalls.nan_to_num(2.0).min())
         if rare is not None:
             metrics[f"eval/recall_rare{suffix}"] = float(recalls[rare])
-    if kdci is not None:
-        metrics["eval/prior_ratio"] = prior_ratio(logits, outputs["_kdci"])
-        metrics["kdci/scale"] = kdci.module.scale()
+    metrics.update(kdci_metrics)
     if rare is not None:
         metrics["eval/rare_class"] = float(rare)
     return metrics
 
 
-def _state(student: nn.Module, kdci: KDCI | None, cfg: ExperimentConfig,
+def _state(student: nn.Module, hook: KDCIHook | None, cfg: ExperimentConfig,
            data) -> dict[str, Any]:
     """The deployable student (``student.pt``); with KDCI also the adjustment and what rebuilds
     it, so ``kdci_ray.kdci.load_student(path, compensated=True)`` gives the compensated model."""
     state: dict[str, Any] = {"state_dict": student.state_dict(), "arch": cfg.student.arch,
                              "method": cfg.method, "num_classes": data.num_classes,
                              "channels": data.channels}
-    if kdci is not None:
-        state["kdci"] = kdci.module.state_dict()
-        state["kdci_module"] = kdci.module_spec()
+    if hook is not None:
+        state.update(hook.deploy_state())
     return state

@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kdci_ray.atomic import NOT_A_DIRECTORY, atomic_write_text, write_problem
-from kdci_ray.config import ConfigError, resolve, to_flat
+from kdci_ray.config import ConfigError
 from kdci_ray.config.files import DuplicateKeyError, UniqueKeyLoader, read_yaml
-from kdci_ray.search.cases import case_lookup, config_layer, expand, is_case_key
+from kdci_ray.search.cases import is_case_key
 
 if TYPE_CHECKING:
-    from kdci_ray.tune.driver import SweepPlan
+    from kdci_ray.engine.plan import SweepPlan
 
 SWEEP_FILE = "sweep.yaml"
 DIGEST = "digest"
-RECORD_KEYS = ("name", "settings", "overrides", "search", "only", DIGEST)
+RECORD_KEYS = ("name", "kind", "settings", "overrides", "search", "num_samples", "only", DIGEST)
 _MAPPINGS = ("settings", "overrides", "search")
 _HEADER = ("# kdci-ray sweep record, written at launch. `--resume` checks every started trial\n"
            "# and the digest against it: do not edit it (start a new sweep instead).\n")
@@ -56,8 +56,12 @@ class BadRecord(ConfigError):
 
 def sweep_record(plan: SweepPlan) -> dict[str, Any]:
     """What ``sweep.yaml`` holds: the experiment as launched (it identifies the sweep)."""
-    record = {"name": plan.name, "settings": plan.settings, "overrides": plan.overrides,
-              "search": plan.search}
+    record: dict[str, Any] = {"name": plan.name}
+    if plan.kind.name != "dfkd":  # a distillation record reads as it did before kinds
+        record["kind"] = plan.kind.name
+    record.update(settings=plan.settings, overrides=plan.overrides, search=plan.search)
+    if plan.num_samples != 1:
+        record["num_samples"] = plan.num_samples
     if plan.only:
         record["only"] = plan.only
     return record
@@ -252,7 +256,7 @@ def verify_trials(plan: SweepPlan, from_record: bool = True) -> None:
     parameters; raises naming the first trial that did not and the first differing keys
     (``from_record``: the plan is what ``sweep.yaml`` holds, which words the advice)."""
     out = plan.out_dir
-    lookup = case_lookup(plan.search)
+    lookup = plan.parsed.cases()
     source = f"{out / SWEEP_FILE}" if from_record else "the experiment given"
     fix = ("sweep.yaml was changed after the sweep started; restore it, or start a new sweep "
            "with --output elsewhere") if from_record else (
@@ -267,11 +271,12 @@ def verify_trials(plan: SweepPlan, from_record: bool = True) -> None:
                               f"sweep with --output elsewhere")
         params = _trial_params(trial_dir, saved, plan.search, lookup)
         try:
-            expected = _as_read(to_flat(resolve(plan.settings, config_layer(expand(
-                params, lookup)), plan.overrides)))
+            expected = _as_read(plan.kind.schema.to_flat(plan.kind.resolve(
+                plan.settings, plan.parsed.layer(params), plan.overrides)))
         except ConfigError as exc:
             raise ConfigError(f"trial {trial_dir.name} in {out}: its parameters {params} do not "
                               f"resolve under {source} ({exc}); {fix}") from None
+        saved = _normalised(plan, saved)
         diffs = [k for k in dict.fromkeys([*saved, *expected])
                  if saved.get(k, _UNSET) != expected.get(k, _UNSET)]
         if diffs:
@@ -281,6 +286,16 @@ def verify_trials(plan: SweepPlan, from_record: bool = True) -> None:
             now = ", ".join(f"{k}={expected.get(k, _UNSET)!r}" for k in shown)
             raise ConfigError(f"trial {trial_dir.name} in {out} ran with {was}{more} (its "
                               f"config.yaml), but {source} now resolves it to {now}; {fix}")
+
+
+def _normalised(plan: SweepPlan, saved: dict[str, Any]) -> dict[str, Any]:
+    """A trial's saved config as this version resolves it (an older one saved ``auto`` and
+    ``0`` where the resolved trainer and K are saved now); as saved where it no longer
+    resolves (the comparison then names the keys)."""
+    try:
+        return _as_read(plan.kind.schema.to_flat(plan.kind.resolve(saved)))
+    except ConfigError:
+        return saved
 
 
 def _trial_params(trial_dir: Path, saved: dict[str, Any], search: dict[str, Any],

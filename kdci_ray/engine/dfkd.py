@@ -1,0 +1,183 @@
+"""The data-free distillation kind (``kind: dfkd``, the default): six DFKD methods with or
+without KDCI, each trial one run of the loop (``kdci_ray.train.task``).
+
+Before the first trial (``check_inputs``), every input is checked and the shared work done once,
+before Ray starts, so a bad input costs seconds, not a cluster: the cache directory is writable;
+data readable; each distinct teacher present (the embedded one trained once here), fitting its
+architecture and giving finite logits; file-backed pools readable; KDCI's other models trained or
+checked; the build-once dictionaries and the pool selections of the sampling-based methods made
+(on the cluster's workers when ``RAY_ADDRESS`` is set, waiting visibly for its nodes).
+
+A trial runs the loop with its ``run.trainer``: in the Tune trial's own process (``tune_trial``,
+one CPU worker) or on a Ray Train worker group (``ray_train``: the trial holds no CPU, its
+TorchTrainer's workers do, and Tune never stops it early: a stopped Train-driving trial would
+keep its workers' CPUs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kdci_ray.config import ConfigError, ExperimentConfig, resolve, save_resolved, to_flat
+from kdci_ray.config.keys import DFKD_SCHEMA
+from kdci_ray.engine.kinds import ExperimentKind, TuneOptions
+from kdci_ray.engine.plan import SweepPlan
+
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
+
+
+class DFKD(ExperimentKind):
+    name = "dfkd"
+    schema = DFKD_SCHEMA
+
+    def resolve(self, *layers: dict[str, Any]) -> ExperimentConfig:
+        return resolve(*layers)
+
+    def save(self, cfg: ExperimentConfig, path: Path) -> None:
+        save_resolved(cfg, path)
+
+    def output_setting(self, cfg: ExperimentConfig) -> str:
+        return cfg.run.output
+
+    def check_plan(self, configs: list[ExperimentConfig], where: str) -> None:
+        sweep_trainer(configs, where)
+
+    def check_inputs(self, plan: SweepPlan, log) -> None:
+        check_dfkd_inputs(plan, log)
+
+    def check_resources(self, plan: SweepPlan) -> None:
+        """Every distinct worker request of the grid must fit the cluster."""
+        from kdci_ray.train.placement import check_cluster
+
+        seen = set()
+        for cfg in plan.configs:
+            r = cfg.run
+            key = (r.workers, r.cpus_per_worker, r.use_gpu, r.gpus_per_worker)
+            if key not in seen:
+                seen.add(key)
+                check_cluster(r)
+
+    def trial_resources(self, plan: SweepPlan) -> dict[str, float]:
+        if sweep_trainer(plan.configs) == "tune_trial":
+            from kdci_ray.train.tune_trial import trial_resources
+
+            return trial_resources(plan.configs[0])
+        # no CPU (only its Train workers hold some), and on the head node: a trial's driver and
+        # its Train controller must not die with a preempted spot worker node
+        return {"CPU": 0, "memory": 256 * 1024**2, HEAD_NODE_RESOURCE: 0.001}
+
+    def max_concurrent(self, plan: SweepPlan) -> int:
+        """``run.max_concurrent_trials``, else as many trials as the cluster's nodes can hold
+        at once, counting the nodes an autoscaling cluster may still add."""
+        from kdci_ray.train.placement import cluster_capacity
+
+        run = plan.configs[0].run
+        if run.max_concurrent_trials > 0:
+            return run.max_concurrent_trials
+        return max(1, cluster_capacity(run) // run.workers)
+
+    def tune_options(self, plan: SweepPlan) -> TuneOptions:
+        """A ``tune_trial`` trial is retried by Tune from its latest checkpoint and its process
+        serves the next trial; a ``ray_train`` trial is retried by Ray Train, and must never be
+        stopped by Tune (its workers' CPUs would leak)."""
+        if sweep_trainer(plan.configs) != "tune_trial":
+            return TuneOptions(max_failures=0, reuse_actors=False, early_stop_ok=False,
+                               why_no_early_stop=(
+                                   "its trials drive Ray Train worker groups (run.trainer: "
+                                   "ray_train), and a trial Tune stops early keeps its workers' "
+                                   "CPUs: the next trial then waits forever"))
+        return TuneOptions(max_failures=plan.configs[0].run.max_failures, reuse_actors=True)
+
+    def run_trial(self, cfg: ExperimentConfig, trial_dir: Path, point: dict[str, Any]) -> None:
+        if cfg.run.trainer == "tune_trial":
+            from kdci_ray.train.tune_trial import fit_in_trial
+
+            fit_in_trial(cfg, trial_dir, searched=point)
+            return
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from kdci_ray.train.ray_train import fit
+
+        fit(cfg, to_flat(cfg), trial_dir, callbacks=[TuneReportCallback()], searched=point)
+
+    def report(self, sweep_dir: Path, title: str, log=None) -> str:
+        from kdci_ray.results import dfkd_report
+
+        return dfkd_report(sweep_dir, title, log)
+
+
+def sweep_trainer(configs: list[ExperimentConfig], where: str = "the sweep") -> str:
+    """The one ``run.trainer`` of a sweep's trials. Mixed trainers are refused: Tune's trial
+    retries and resources are set per sweep, and a Train-driving trial must not be retried by
+    Tune on top of Ray Train's own restarts."""
+    kinds = {cfg.run.trainer for cfg in configs}
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"{where}: its trials resolve to different run.trainer values "
+            f"({', '.join(sorted(kinds))}; auto picks tune_trial only for one CPU worker without "
+            f"run.worker_resources): set run.trainer to one of them in the settings"
+        )
+    return kinds.pop()
+
+
+def check_dfkd_inputs(plan: SweepPlan, log=print) -> None:
+    """Data readable, teacher present and fitting its architecture (the embedded teacher is trained
+    once here, not per trial), and the file-backed open-world pools of MosaicKD / DFND present."""
+    import torch
+
+    from kdci_ray.train.teacher import (
+        check_cache_dir,
+        check_finite,
+        ensure_teacher,
+        load_data,
+        load_teacher,
+        teacher_path,
+    )
+
+    check_cache_dir()
+    datasets: dict[tuple, Any] = {}
+    seen: set[tuple] = set()
+    for cfg in plan.configs:
+        d = cfg.data
+        data_key = (d.name, d.root, d.image_size, d.test_fraction, d.split_seed)
+        if data_key not in datasets:
+            datasets[data_key] = load_data(cfg)  # raises a clear error for a missing data path
+        data = datasets[data_key]
+        _check_pool(cfg, data, seen)
+        key = (teacher_path(cfg), cfg.teacher.arch, data_key)
+        if key in seen:
+            continue
+        seen.add(key)
+        ensure_teacher(cfg, log)
+        teacher = load_teacher(cfg, data, torch.device("cpu"))  # one that does not fit fails
+        check_finite(teacher, data, teacher_path(cfg))  # and one with NaN weights
+    _prepare_kdci(plan, datasets, log)
+
+
+def _prepare_kdci(plan: SweepPlan, datasets: dict[tuple, Any], log) -> None:
+    """KDCI's shared work before any trial (``dictionary_job.prepare_kdci``): other models,
+    build-once dictionaries and pool selections; on a cluster the pools are scored on its
+    workers (Ray joined and the scorers' placement checked first; run_sweep reuses the link)."""
+    from kdci_ray.train.dictionary_job import prepare_kdci
+
+    def connect() -> None:
+        from kdci_ray.engine.runner import init_ray
+
+        init_ray()
+        plan.kind.check_resources(plan)  # before asking the autoscaler for nodes
+
+    prepare_kdci(plan.configs, log, datasets=datasets, connect=connect)
+
+
+def _check_pool(cfg: ExperimentConfig, data: Any, seen: set[tuple]) -> None:
+    """Open a file-backed pool once (headers only: a missing or malformed pool fails here)."""
+    from kdci_ray.methods import METHODS
+    from kdci_ray.train.task import open_world
+
+    p = cfg.pool
+    key = ("pool", p.source, p.path, p.size, p.transform, data.channels, data.image_size)
+    if not METHODS[cfg.method].needs_open_world or p.source == "embedded" or key in seen:
+        return
+    seen.add(key)
+    open_world(cfg, data)

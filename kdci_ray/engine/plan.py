@@ -1,0 +1,159 @@
+"""A sweep planned without Ray: the experiment read once, every grid point resolved into a full
+config (every value a sampled key can draw checked too), ``--only`` and smoke mode applied, the
+output directory decided. Everything a user can get wrong fails here, before Ray starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdci_ray.config import ConfigError, parse_overrides
+from kdci_ray.engine.files import load_experiment
+from kdci_ray.engine.kinds import DEFAULT_KIND, ExperimentKind, kind_named
+from kdci_ray.engine.sweep_dir import SWEEP_FILE, BadRecord, load_record
+from kdci_ray.search import Search
+from kdci_ray.search import only as only_filter
+from kdci_ray.search.space import sampled_values
+
+
+@dataclass
+class SweepPlan:
+    kind: ExperimentKind
+    name: str
+    out_dir: Path
+    settings: dict[str, Any]  # the experiment's fixed keys
+    overrides: dict[str, Any]  # command-line / API overrides (win over sampled values)
+    parsed: Search  # as run: cut to the --only filters
+    configs: list[Any]  # one resolved config per grid point
+    only: list[str] = field(default_factory=list)  # the --only filters, as given
+    grid_size: int = 0  # grid points before --only
+    num_samples: int = 1  # Tune samples each grid point this many times
+
+    @property
+    def search(self) -> dict[str, Any]:
+        """The ``search:`` section as run (recorded in ``sweep.yaml``)."""
+        return self.parsed.section
+
+    @property
+    def trials(self) -> int:
+        return self.parsed.count(self.num_samples)
+
+
+def smoke_seed_filter(points: list[dict[str, Any]], only: list[str]) -> list[str]:
+    """Smoke mode runs the first seed of a searched ``seed`` axis (seeds add no code path):
+    ``["seed=<first>"]``, or ``[]`` without such an axis or when ``--only`` already picks seeds."""
+    if any(item.partition("=")[0].strip() == "seed" for item in only):
+        return []
+    seeds = [p["seed"] for p in points if "seed" in p]
+    return [f"seed={seeds[0]}"] if len(set(map(repr, seeds))) > 1 else []
+
+
+def plan_sweep(config: str | Path | dict[str, Any], overrides: list[str] | dict | None = None,
+               output: str | None = None, smoke: bool = False, single: bool = False,
+               launch_dir: Path | None = None, only: list[str] | None = None,
+               num_samples: int = 1, kind: str | None = None) -> SweepPlan:
+    """Parse and validate a sweep without starting Ray; ``single`` ignores the search section;
+    ``smoke`` keeps the first value of a searched ``seed`` axis (``smoke_seed_filter``).
+
+    ``config``: an experiment file, the same content as a dict, or an existing sweep directory
+    (the sweep recorded in its ``sweep.yaml``, to resume it). ``overrides``: ``key=value``
+    strings or a dict. ``only`` (``["method=dafl", ...]``) keeps the grid points whose resolved
+    configs match (``kdci_ray.search.only``); data and checkpoints are not read here."""
+    if not isinstance(config, dict) and Path(config).expanduser().is_dir():
+        return _plan_recorded(Path(config), overrides, output, smoke, only, num_samples)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    exp = load_experiment(config, kind)
+    where = str(exp.path) if exp.path else "the experiment given"
+    over = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides or [])
+    exp.kind.schema.check_keys({k: v for k, v in over.items() if k != "smoke"}, "the overrides")
+    if smoke:
+        over["smoke"] = True
+    search = Search.parse({}, where, exp.kind.schema.check_keys) if single else exp.parsed
+    points, configs = _resolve_grid(exp.kind, exp.settings, search, over, where)
+    grid_size = len(points)
+    only = list(only or [])
+    if smoke:
+        only += smoke_seed_filter(points, only)
+    if only:  # on the values as configured: --smoke must not change what a filter matches
+        as_configured = configs if not smoke else [
+            exp.kind.resolve(exp.settings, search.layer(p), {**over, "smoke": False})
+            for p in points]
+        schema = exp.kind.schema
+        keep = only_filter.select(only_filter.parse_only(only, schema), search.section, points,
+                                  as_configured, schema)
+        search = search.restrict([points[i] for i in keep])
+        configs = [configs[i] for i in keep]
+    exp.kind.check_plan(configs, where)
+    first = configs[0]
+    out = output or exp.kind.output_setting(first)
+    base = launch_dir or Path.cwd()
+    out_dir = Path(out).expanduser() if out else base / "results" / exp.stem
+    return SweepPlan(kind=exp.kind, name=first.name, out_dir=out_dir.resolve(),
+                     settings=exp.settings, overrides=over, parsed=search, configs=configs,
+                     only=only, grid_size=grid_size, num_samples=num_samples)
+
+
+def _plan_recorded(sweep_dir: Path, overrides: Any, output: str | None, smoke: bool,
+                   only: list[str] | None, num_samples: int) -> SweepPlan:
+    """The plan of the sweep recorded in ``sweep_dir/sweep.yaml``, with the same trials (that
+    they ran what the record says is checked by ``sweep_dir.check_output``)."""
+    sweep_dir = sweep_dir.expanduser().resolve()
+    record_path = sweep_dir / SWEEP_FILE
+    if not record_path.is_file():
+        raise ConfigError(
+            f"{sweep_dir} is a directory but not a kdci-ray sweep directory (no {SWEEP_FILE}); "
+            f"pass an experiment YAML, or the directory of a sweep to resume"
+        )
+    if overrides or smoke or only or num_samples != 1 or (
+            output and Path(output).expanduser().resolve() != sweep_dir):
+        raise ConfigError(
+            f"{sweep_dir} is a recorded sweep: it is resumed exactly as launched (its "
+            f"{SWEEP_FILE}); drop the key=value overrides, --smoke, --only, num_samples and "
+            f"--output, or run the experiment YAML into a new --output"
+        )
+    try:
+        record = load_record(sweep_dir) or {}
+    except BadRecord as exc:
+        raise ConfigError(f"{exc}; pass the experiment YAML with --output {sweep_dir} --resume "
+                          f"to resume it (each started trial is checked against it), or with "
+                          f"--output {sweep_dir} --overwrite to start again") from None
+    where = str(record_path)
+    kind = kind_named(str(record.get("kind") or DEFAULT_KIND), where)
+    settings = record.get("settings") or {}
+    over = dict(record.get("overrides") or {})
+    kind.schema.check_keys(settings, f"{record_path} (settings)")
+    kind.schema.check_keys(over, f"{record_path} (overrides)")
+    search = Search.parse(record.get("search") or {}, where, kind.schema.check_keys)
+    points, configs = _resolve_grid(kind, settings, search, over, where)
+    return SweepPlan(kind=kind, name=str(record.get("name") or configs[0].name),
+                     out_dir=sweep_dir, settings=settings, overrides=over, parsed=search,
+                     configs=configs, only=list(record.get("only") or []),
+                     grid_size=len(points), num_samples=int(record.get("num_samples") or 1))
+
+
+def _resolve_grid(kind: ExperimentKind, settings: dict[str, Any], search: Search,
+                  over: dict[str, Any], where: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The grid points of ``search`` and each one's resolved (validated) config; every value a
+    sampled key can draw is checked too, so no trial fails on one."""
+    points = search.points()
+    if not points or search.count() == 0:
+        raise ConfigError(f"{where}: the search section expands to zero trials")
+    configs = [kind.resolve(settings, search.layer(point), over) for point in points]
+    space = search.param_space() if search.sampled() else {}
+    for key in search.sampled():
+        for value in sampled_values(space[key]):
+            for point in points:
+                try:
+                    kind.resolve(settings, search.layer({**point, key: value}), over)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: search key '{key}' can draw {value!r}, which "
+                                      f"a trial would refuse: {exc}") from None
+    return points, configs
+
+
+def check_inputs(plan: SweepPlan, log=print) -> None:
+    """Before any trial: the kind reads every input once and does the work its trials share."""
+    plan.kind.check_inputs(plan, log)

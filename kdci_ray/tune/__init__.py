@@ -1,1 +1,0 @@
-"""Ray Tune sweeps: search spaces from YAML, result tables."""
