@@ -15,9 +15,8 @@ def _experiment(tiny_settings: dict, **search) -> dict:
     return {**tiny_settings, "name": "api", "method": "dafl", "search": search}
 
 
-def test_bad_input_raises_the_cli_error_before_ray(tiny_settings, tmp_path) -> None:
-    import ray
-
+def test_bad_input_raises_the_cli_error_before_anything_is_written(tiny_settings,
+                                                                   tmp_path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'train.kd_steps'"):
         kdci_ray.sweep({**_experiment(tiny_settings), "train.kd_step": 3},
                        output=tmp_path / "out")
@@ -26,7 +25,7 @@ def test_bad_input_raises_the_cli_error_before_ray(tiny_settings, tmp_path) -> N
                        output=tmp_path / "out")
     with pytest.raises(ConfigError, match="num_samples must be an integer >= 1"):
         kdci_ray.sweep(_experiment(tiny_settings), output=tmp_path / "out", num_samples=0)
-    assert not (tmp_path / "out").exists() and not ray.is_initialized()
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_scheduler_that_stops_train_driving_trials_is_refused(tiny_settings, ray_session,
@@ -74,3 +73,26 @@ def test_a_sampled_sweep_from_python_in_smoke_mode(tiny_settings, ray_session, t
     for name in ("report.md", "sweep.yaml"):
         assert (result.directory / name).is_file()
     assert "num_samples: 2" in (result.directory / "sweep.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_a_scheduler_stops_tune_trial_trials_safely(tiny_settings, ray_session, tmp_path) -> None:
+    """ASHA stops the weaker trials of a ``tune_trial`` sweep early: they are reported as
+    stopped by the scheduler (not unfinished), the trials after them still run (no CPU leaked),
+    and the cluster's CPUs are all free again at the end."""
+    import ray
+    from ray.tune.schedulers import ASHAScheduler
+
+    result = kdci_ray.sweep(
+        _experiment(tiny_settings, **{"train.lr": {"loguniform": [0.001, 0.5]}}),
+        overrides={"train.rounds": 4, "train.eval_every": 1}, output=tmp_path / "asha",
+        num_samples=4, scheduler=ASHAScheduler(time_attr="round", max_t=4, grace_period=1,
+                                               reduction_factor=2),
+        log=lambda line: None)
+    assert not result.errors and not result.unfinished
+    assert len(result.result_grid) == 4
+    rounds = [int(r.metrics.get("round", 0)) for r in result.result_grid]
+    assert max(rounds) == 4 and min(rounds) < 4  # some ran to the end, some were stopped
+    assert set(result.stopped.values()) == {"stopped early by the scheduler"}
+    assert len(result.stopped) == sum(r < 4 for r in rounds)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]

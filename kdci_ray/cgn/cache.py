@@ -23,11 +23,19 @@ from torch import nn
 
 from kdci_ray.atomic import atomic_write
 from kdci_ray.cgn.blackbox import BlackBoxCGN, collect_queries
+from kdci_ray.cgn.cgn_mnist import (
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    PublishedTeacher,
+    published_teacher,
+    sha256_of,
+)
 from kdci_ray.cgn.config import CGNConfig
 from kdci_ray.cgn.data import MechanismData
 from kdci_ray.cgn.mechanisms import CGN, CHANNELS, MECHANISMS, MechanismGenerator
 from kdci_ray.cgn.student import train_student
 from kdci_ray.cgn.teacher_fit import fit_teacher
+from kdci_ray.config import ConfigError
 from kdci_ray.train.teacher import cache_dir
 
 
@@ -37,8 +45,12 @@ def _key(*parts: Any) -> str:
 
 
 def teacher_key(cfg: CGNConfig) -> str:
-    return _key("teacher-v1", dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.teacher),
-                cfg.seed)
+    # v2: the shuffler tiles at full size (the adversarial teacher trains through it); a
+    # pretrained teacher is keyed by its file's content, not only its path
+    content = (sha256_of(Path(cfg.teacher.checkpoint).expanduser())
+               if cfg.teacher.mode == "pretrained" else None)
+    return _key("teacher-v2", dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.teacher),
+                cfg.seed, content)
 
 
 def students_key(cfg: CGNConfig) -> str:
@@ -79,9 +91,14 @@ def cached_accuracy(cfg: CGNConfig, which: str, compute: Callable[[], float]) ->
     return float(state["acc"]), cached
 
 
-def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData, log=print) -> tuple[CGN, bool]:
-    """The teacher CGN of ``cfg`` (fitted on ``train``), loaded when already cached."""
+def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData,
+                       log=print) -> tuple[CGN | PublishedTeacher, bool]:
+    """The teacher CGN of ``cfg`` (fitted on ``train``), loaded when already cached; with
+    ``teacher.mode: pretrained`` the published CGN-MNIST teacher at ``teacher.checkpoint``
+    (loaded strictly, never cached, ``False``), refused unless it fits ``train``."""
     t = cfg.teacher
+    if t.mode == "pretrained":
+        return pretrained_teacher(cfg, train, log), False
 
     def build() -> dict[str, Any]:
         cgn, _ = fit_teacher(train, t, seed=cfg.seed, log=log)
@@ -92,6 +109,27 @@ def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData, log=print) -> tuple
     cgn = CGN(num_classes, t.latent_dim, t.width, train.images.shape[-1])
     cgn.load_state_dict(state)
     return cgn.eval(), cached
+
+
+def pretrained_teacher(cfg: CGNConfig, train: MechanismData, log=print) -> PublishedTeacher:
+    """The published teacher of ``teacher.checkpoint`` in the interface ``BlackBoxCGN`` reads
+    (32x32 answers, textures in [0, 1]); one ``ConfigError`` naming the gap when ``train``'s
+    images are not the size or the classes the teacher generates."""
+    path = Path(cfg.teacher.checkpoint).expanduser()
+    teacher = published_teacher(path)
+    log(f"teacher: the published CGN-MNIST teacher {path} ({IMAGE_SIZE}x{IMAGE_SIZE}, "
+        f"{NUM_CLASSES} classes), loaded, not fitted")
+    size, num_classes = train.images.shape[-1], int(train.labels.max()) + 1
+    if size != IMAGE_SIZE or num_classes != NUM_CLASSES:
+        raise ConfigError(
+            f"teacher.mode=pretrained: the published CGN-MNIST teacher {path} answers "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE} images of {NUM_CLASSES} classes, but data.variant="
+            f"{cfg.data.variant} gives {size}x{size} images of {num_classes} classes, and the "
+            f"students, counterfactuals and classifiers work at the data's size: 32x32 data "
+            f"for the published teachers are not implemented yet. Use teacher.mode=supervised "
+            f"or adversarial with these data, or query the published teacher directly "
+            f"(kdci_ray.cgn.cgn_mnist.published_teacher, served by BlackBoxCGN)")
+    return teacher
 
 
 def cached_students_of(cfg: CGNConfig, box: BlackBoxCGN,

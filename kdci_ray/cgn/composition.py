@@ -4,13 +4,13 @@ An image is composed from three class-conditional mechanisms: shape (a mask ``m`
 foreground texture ``f`` and background ``b``: ``x = m * f + (1 - m) * b``. A counterfactual gives
 each mechanism its own label: the shape keeps the sample's label, the foreground and background
 labels are independent permutations of it within the batch. The texture mechanisms' outputs pass
-through a parameter-free shuffler (tile, then random crop) so that they cannot carry shape.
+through a parameter-free shuffler (tile 2x2 at full size, then a random crop back to the original
+size) so that they cannot carry shape.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -36,15 +36,15 @@ def counterfactual_labels(labels: Tensor, generator: torch.Generator) -> tuple[T
 
 
 def shuffle_texture(texture: Tensor, generator: torch.Generator, tiles: int = 2) -> Tensor:
-    """The CGN's parameter-free shuffler: each image is shrunk to ``1/tiles`` of its side, tiled
-    periodically and cropped back to full size at a random offset (per image), so that only
-    local texture survives, not the global layout (shape)."""
+    """The CGN's parameter-free shuffler: each image is tiled ``tiles`` x ``tiles`` at full size
+    (a 32x32 texture becomes 64x64) and cropped back to its own size at a random offset per image
+    (``0..(tiles - 1) * size`` per axis, as a random crop of the tiled image), so that only local
+    texture survives, not the global layout (shape). The texture is not resized: the crop is a
+    cyclic shift of the original, its frequencies unchanged."""
     b, c, h, w = texture.shape
     if tiles < 1:
         raise ValueError(f"tiles must be >= 1, got {tiles}")
-    sh, sw = max(1, h // tiles), max(1, w // tiles)
-    small = F.interpolate(texture, size=(sh, sw), mode="bilinear", align_corners=False)
-    grid = small.repeat(1, 1, h // sh + 2, w // sw + 2)  # room for any offset in one period
-    dy = torch.randint(0, sh, (b,), generator=generator).tolist()
-    dx = torch.randint(0, sw, (b,), generator=generator).tolist()
+    grid = texture.repeat(1, 1, tiles, tiles)
+    dy = torch.randint(0, (tiles - 1) * h + 1, (b,), generator=generator).tolist()
+    dx = torch.randint(0, (tiles - 1) * w + 1, (b,), generator=generator).tolist()
     return torch.stack([grid[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])

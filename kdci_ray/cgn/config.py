@@ -92,12 +92,21 @@ def resolve(*layers: dict[str, Any], where: str = "") -> CGNConfig:
 
 
 def validate(cfg: CGNConfig) -> None:
+    teacher_modes = ("supervised", "adversarial", "pretrained")
     if cfg.data.variant not in VARIANTS:
         raise ConfigError(f"config key 'data.variant' must be one of {', '.join(VARIANTS)}, "
                           f"got {cfg.data.variant!r}")
-    if cfg.teacher.mode not in ("supervised", "adversarial"):
-        raise ConfigError(f"config key 'teacher.mode' must be one of supervised, adversarial, "
+    if cfg.teacher.mode not in teacher_modes:
+        raise ConfigError(f"config key 'teacher.mode' must be one of {', '.join(teacher_modes)}, "
                           f"got {cfg.teacher.mode!r}")
+    if cfg.teacher.mode == "pretrained" and not cfg.teacher.checkpoint.strip():
+        raise ConfigError("teacher.mode=pretrained needs 'teacher.checkpoint': the path of a "
+                          "published CGN-MNIST teacher (e.g. cgn_double_colored_MNIST.pth, a "
+                          "plain state dict)")
+    if cfg.teacher.mode != "pretrained" and cfg.teacher.checkpoint.strip():
+        raise ConfigError(f"config key 'teacher.checkpoint' is read only by teacher.mode="
+                          f"pretrained, but teacher.mode is {cfg.teacher.mode}: set "
+                          f"teacher.mode=pretrained or drop teacher.checkpoint")
     positive = {"data.copies": cfg.data.copies, "teacher.steps": cfg.teacher.steps,
                 "teacher.batch_size": cfg.teacher.batch_size, "teacher.width": cfg.teacher.width,
                 "student.steps": cfg.student.steps, "student.width": cfg.student.width,

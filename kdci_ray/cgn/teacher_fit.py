@@ -25,7 +25,10 @@ from kdci_ray.cgn.mechanisms import CGN, MECHANISMS
 
 @dataclass
 class TeacherFitConfig:
-    mode: str = "supervised"  # supervised (fast, GLO on known mechanisms) | adversarial (slow)
+    # supervised (fast, GLO on known mechanisms) | adversarial (slow) | pretrained (the published
+    # CGN-MNIST teacher at ``checkpoint``, loaded unchanged: kdci_ray.cgn.cgn_mnist)
+    mode: str = "supervised"
+    checkpoint: str = ""  # pretrained mode only: path of a published CGN-MNIST state dict
     steps: int = 600
     batch_size: int = 64
     lr: float = 2e-3
@@ -53,8 +56,13 @@ def fit_teacher(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0,
         from kdci_ray.cgn.teacher_adversarial import train_adversarial
 
         return train_adversarial(data, cfg, seed, log)
+    if cfg.mode == "pretrained":
+        raise ValueError("teacher mode pretrained loads the published CGN-MNIST teacher "
+                         "(teacher.checkpoint) instead of fitting one: use "
+                         "kdci_ray.cgn.cgn_mnist.published_teacher, not fit_teacher")
     if cfg.mode != "supervised":
-        raise ValueError(f"teacher mode must be supervised or adversarial, got {cfg.mode!r}")
+        raise ValueError(f"teacher mode must be supervised or adversarial to fit a teacher "
+                         f"(pretrained loads one), got {cfg.mode!r}")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     num_classes = int(data.labels.max()) + 1

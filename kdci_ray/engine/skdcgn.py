@@ -36,7 +36,29 @@ class SKDCGN(ExperimentKind):
         return ""  # results/<file stem>/ under the launch directory, like every kind
 
     def check_plan(self, configs: list[Any], where: str) -> None:
-        """Nothing beyond each config's own validation."""
+        """A published teacher's checkpoint must be an absolute path: a trial runs in its own
+        directory, where a relative one would name another file."""
+        for cfg in configs:
+            path = cfg.teacher.checkpoint
+            if cfg.teacher.mode == "pretrained" and not Path(path).expanduser().is_absolute():
+                raise ConfigError(f"{where}: teacher.checkpoint {path!r} is relative; a trial "
+                                  f"runs in its own directory: give the absolute path "
+                                  f"({Path(path).expanduser().resolve()})")
+
+    def check_inputs(self, plan: SweepPlan, log) -> None:
+        """Each published teacher (``teacher.mode: pretrained``) loaded strictly once and checked
+        against its data before Ray starts."""
+        from kdci_ray.cgn.cache import pretrained_teacher
+        from kdci_ray.cgn.data import make_split
+
+        seen: set[tuple] = set()
+        for cfg in plan.configs:
+            key = (cfg.teacher.checkpoint, cfg.data.variant)
+            if cfg.teacher.mode != "pretrained" or key in seen:
+                continue
+            seen.add(key)
+            probe = make_split(cfg.data.variant, "test", seed=cfg.seed)
+            pretrained_teacher(cfg, probe, log)
 
     def check_resources(self, plan: SweepPlan) -> None:
         import ray
