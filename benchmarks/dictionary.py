@@ -95,8 +95,9 @@ def _teacher_setup(n: int, train: bool,
     import torch
 
     from kdci_ray.config import resolve
-    from kdci_ray.train.task import open_world
-    from kdci_ray.train.teacher import ensure_teacher, load_data, load_teacher, teacher_path
+    from kdci_ray.train.datasets import load_data
+    from kdci_ray.train.loop import open_world
+    from kdci_ray.train.teacher import ensure_teacher, load_teacher, teacher_path
 
     torch.set_num_threads(1)
     cfg = resolve({"preset": "embedded"}, {"method": "dfnd", "pool.size": n})

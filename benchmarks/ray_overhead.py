@@ -63,7 +63,8 @@ def timed_train_func(config: dict[str, Any]) -> None:
     import psutil
     import ray.train
 
-    from kdci_ray.train import ray_train, task
+    from kdci_ray.train import loop as task
+    from kdci_ray.train import ray_train
 
     stamps = {"entered": time.time(), "cpu_before_entry_s": time.process_time(),
               "process_created": psutil.Process().create_time(),
@@ -179,7 +180,7 @@ def verdicts(trials: dict[str, dict[str, Any]], key: str = "added_s",
 
 
 def run_in_process(cfg: Any) -> dict[str, float]:
-    from kdci_ray.train.task import Collect, distill
+    from kdci_ray.train.loop import Collect, distill
 
     reporter = TimedReporter(Collect())
     start, cpu = time.perf_counter(), time.process_time()

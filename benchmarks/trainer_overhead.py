@@ -76,7 +76,7 @@ def run_way(way: str, args: argparse.Namespace, work: Path, tree_cpu: Any) -> tu
     with tree_cpu() as tree:
         start, cpu = time.perf_counter(), time.process_time()
         if way == "in_process":
-            from kdci_ray.train.task import Collect, distill
+            from kdci_ray.train.loop import Collect, distill
 
             for cfg in plan.configs:
                 distill(cfg, Collect())

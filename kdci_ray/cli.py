@@ -33,15 +33,11 @@ def _log(msg: str) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
-    from kdci_ray.search.cases import load_sweep_file
-    from kdci_ray.train.teacher import (
-        cached_teacher_problem,
-        check_cache_dir,
-        teacher_path,
-        train_teacher,
-    )
+    from kdci_ray.cache import check_cache_dir
+    from kdci_ray.engine.files import load_experiment
+    from kdci_ray.train.teacher import cached_teacher_problem, teacher_path, train_teacher
 
-    settings = load_sweep_file(args.config).settings if args.config else {}
+    settings = load_experiment(args.config, kind="dfkd").settings if args.config else {}
     cfg = resolve(settings, parse_overrides(args.overrides))
     check_cache_dir()  # before training, not after
     path = teacher_path(cfg)

@@ -103,8 +103,8 @@ def test_only_filters_match_the_values_as_configured_not_smoke_ones(tiny_setting
 
 def test_a_vanilla_sampling_trial_finds_its_selection_made_before_ray(tiny_settings,
                                                                       tmp_path) -> None:
+    from kdci_ray.cache import cache_dir
     from kdci_ray.engine import check_inputs, plan_sweep
-    from kdci_ray.train.teacher import cache_dir
 
     config = _yaml(tmp_path, {**tiny_settings, "method": "dfnd", "kdci.enabled": False,
                               "pool.seed": 9091})  # a pool no other test selects from

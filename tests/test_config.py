@@ -21,12 +21,12 @@ from kdci_ray.config import (
     TeacherConfig,
     TrainConfig,
     flatten,
-    load_experiment,
     parse_overrides,
     resolve,
     save_resolved,
     to_flat,
 )
+from kdci_ray.engine.files import load_experiment
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.dafl import DAFL, DAFLConfig
 from kdci_ray.methods.deepinv import DeepInversion, DeepInversionConfig

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 
 from kdci_ray.config import resolve
 from kdci_ray.methods.deepinv import DeepInversion
+from kdci_ray.train.loop import Collect, distill
 from kdci_ray.train.runtime import Runtime
-from kdci_ray.train.task import Collect, distill
 
 ONE_STEP = {"method": "deepinv", "train.rounds": 1, "train.kd_steps": 1,
             "train.momentum": 0.0, "train.weight_decay": 0.0, "train.lr_schedule": "constant",

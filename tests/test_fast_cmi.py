@@ -33,8 +33,9 @@ from kdci_ray.methods.hooks import (
     stage_inputs,
 )
 from kdci_ray.models import create_model
-from kdci_ray.train.task import Collect, distill
-from kdci_ray.train.teacher import load_data, load_teacher
+from kdci_ray.train.datasets import load_data
+from kdci_ray.train.loop import Collect, distill
+from kdci_ray.train.teacher import load_teacher
 
 CPU = torch.device("cpu")
 FAST = {"latent_dim": 8, "width": 4, "batch_size": 16, "g_steps": 2, "warmup": 0,

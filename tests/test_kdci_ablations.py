@@ -21,7 +21,7 @@ from kdci_ray.kdci import (
     random_dictionary,
 )
 from kdci_ray.models import create_model
-from kdci_ray.train.task import Collect, distill
+from kdci_ray.train.loop import Collect, distill
 
 
 def blob_features(n_per: int = 40, k: int = 4, dim: int = 10, seed: int = 0) -> torch.Tensor:

@@ -20,8 +20,8 @@ from kdci_ray.kdci import (
 from kdci_ray.kdci.ablations import apply_ablations
 from kdci_ray.methods import METHODS, MethodContext
 from kdci_ray.models import create_model
+from kdci_ray.train.loop import Collect, distill
 from kdci_ray.train.resume import STUDENT_FILE
-from kdci_ray.train.task import Collect, distill
 
 C, K = 10, 8
 

@@ -12,8 +12,9 @@ from kdci_ray.methods import METHODS
 from kdci_ray.methods.deepinv import BestBatch
 from kdci_ray.methods.hooks import count_forward_hooks
 from kdci_ray.models import create_model
-from kdci_ray.train.task import Collect, distill
-from kdci_ray.train.teacher import load_data, load_teacher
+from kdci_ray.train.datasets import load_data
+from kdci_ray.train.loop import Collect, distill
+from kdci_ray.train.teacher import load_teacher
 
 
 def _params(model: torch.nn.Module) -> torch.Tensor:

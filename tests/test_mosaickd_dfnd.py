@@ -22,8 +22,9 @@ from kdci_ray.methods.dfnd import DFND, DFNDConfig, transition_matrix
 from kdci_ray.methods.discriminators import PatchDiscriminator
 from kdci_ray.methods.mosaickd import MosaicKD, MosaicKDConfig
 from kdci_ray.models import Outputs, create_model
-from kdci_ray.train.task import Collect, distill
-from kdci_ray.train.teacher import load_data, load_teacher
+from kdci_ray.train.datasets import load_data
+from kdci_ray.train.loop import Collect, distill
+from kdci_ray.train.teacher import load_teacher
 
 C, SIDE = 10, 16
 

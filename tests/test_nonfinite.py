@@ -19,8 +19,8 @@ from kdci_ray.config import resolve
 from kdci_ray.methods import METHODS
 from kdci_ray.models import create_model, save_checkpoint
 from kdci_ray.results.table import rows_from_sweep, summarize
+from kdci_ray.train.loop import Collect, distill, stop_reason
 from kdci_ray.train.run_logs import STOPPED_FILE
-from kdci_ray.train.task import Collect, distill, stop_reason
 
 BROKEN = "non-finite logits (NaN/inf) on the test split; the checkpoint is broken"
 THREE_ROUNDS = {"method": "dafl", "train.rounds": 3, "train.kd_steps": 2, "train.eval_every": 1}

@@ -80,8 +80,8 @@ def _remove_new_files(folder: Path, before: set[Path]) -> int:
 
 def test_dictionary_job_on_ray_workers_builds_the_in_process_dictionary(
         tiny_settings, ray_session) -> None:
+    from kdci_ray.cache import cache_dir
     from kdci_ray.train.dictionary_job import build_shared_dictionary
-    from kdci_ray.train.teacher import cache_dir
 
     # a pool seed no other test uses: selection and dictionary are not cached yet
     cfg = resolve({**tiny_settings, "method": "dfnd", "kdci.enabled": True, "pool.seed": 4321})

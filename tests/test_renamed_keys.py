@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kdci_ray.config import ConfigError, load_experiment, parse_overrides, resolve, valid_keys
+from kdci_ray.config import ConfigError, parse_overrides, resolve, valid_keys
 from kdci_ray.config.renamed import RENAMED
+from kdci_ray.engine.files import load_experiment
 from kdci_ray.methods import METHODS
 
 

@@ -8,8 +8,8 @@ import torch
 
 from kdci_ray.config import ConfigError, resolve
 from kdci_ray.methods import METHODS
+from kdci_ray.train.loop import Collect, distill
 from kdci_ray.train.resume import RANK_FILE, load_resume_state, save_snapshot
-from kdci_ray.train.task import Collect, distill
 
 THREE_ROUNDS = {"train.rounds": 3, "train.eval_every": 1, "pool.size": 400}
 

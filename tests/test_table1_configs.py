@@ -138,7 +138,8 @@ def test_table1_deepinv_runs_the_cmi_harness(table1) -> None:
 def test_cmi_harness_clips_the_pixels(tiny_settings) -> None:
     """The harness clamps the optimised pixels to the valid image range after every step."""
     from kdci_ray.methods.deepinv import DeepInversion
-    from kdci_ray.train.teacher import load_data, load_teacher
+    from kdci_ray.train.datasets import load_data
+    from kdci_ray.train.teacher import load_teacher
 
     cfg = resolve(tiny_settings, {"method": "deepinv", "preset": "cmi_harness",
                                   "deepinv.iterations": 4})

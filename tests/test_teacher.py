@@ -7,8 +7,9 @@ import pytest
 from kdci_ray.cli import main
 from kdci_ray.config import resolve
 from kdci_ray.models import create_model, load_checkpoint
+from kdci_ray.train.datasets import load_data
 from kdci_ray.train.evaluate import accuracy, predict_logits
-from kdci_ray.train.teacher import load_data, teacher_path, train_teacher
+from kdci_ray.train.teacher import teacher_path, train_teacher
 
 
 def test_teacher_command_caches_and_reuses(tmp_path, monkeypatch, capsys) -> None:

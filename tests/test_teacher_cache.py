@@ -10,16 +10,11 @@ import torch
 
 from kdci_ray.cli import main
 from kdci_ray.config import ConfigError, resolve
+from kdci_ray.engine.files import load_experiment as load_sweep_file
 from kdci_ray.models import create_model, load_checkpoint, save_checkpoint
-from kdci_ray.search.cases import load_sweep_file
+from kdci_ray.train.datasets import load_data
 from kdci_ray.train.kdci_setup import load_source_model, source_config
-from kdci_ray.train.teacher import (
-    ensure_teacher,
-    load_data,
-    load_teacher,
-    teacher_path,
-    teacher_record,
-)
+from kdci_ray.train.teacher import ensure_teacher, load_teacher, teacher_path, teacher_record
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart.yaml"
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from kdci_ray.atomic import atomic_write
+from kdci_ray.cache import cache_dir
 from kdci_ray.cgn.blackbox import BlackBoxCGN, collect_queries
 from kdci_ray.cgn.cgn_mnist import (
     IMAGE_SIZE,
@@ -36,7 +37,6 @@ from kdci_ray.cgn.mechanisms import CGN, CHANNELS, MECHANISMS, MechanismGenerato
 from kdci_ray.cgn.student import train_student
 from kdci_ray.cgn.teacher_fit import fit_teacher
 from kdci_ray.config import ConfigError
-from kdci_ray.train.teacher import cache_dir
 
 
 def _key(*parts: Any) -> str:

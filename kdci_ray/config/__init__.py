@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 from typing import Any
 
-from kdci_ray.config.files import Experiment, load_experiment, parse_overrides, save_resolved
+from kdci_ray.config.files import parse_overrides, save_resolved
 from kdci_ray.config.keys import (
     apply,
     check_keys,
@@ -47,9 +47,9 @@ from kdci_ray.config.validate import resolved_k, resolved_trainer, validate
 from kdci_ray.methods import METHODS
 
 __all__ = [
-    "CHOICES", "SECTIONS", "SMOKE", "TOP_LEVEL", "ConfigError", "DataConfig", "Experiment",
+    "CHOICES", "SECTIONS", "SMOKE", "TOP_LEVEL", "ConfigError", "DataConfig",
     "ExperimentConfig", "KDCIConfig", "PoolConfig", "RunConfig", "ShiftConfig", "StudentConfig",
-    "TeacherConfig", "TrainConfig", "apply", "check_keys", "flatten", "load_experiment",
+    "TeacherConfig", "TrainConfig", "apply", "check_keys", "flatten",
     "parse_overrides", "resolve", "save_resolved", "to_flat", "unknown_key_error",
     "valid_keys", "validate",
 ]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config.keys import check_keys, flatten, to_flat
+from kdci_ray.config.keys import check_keys, to_flat
 from kdci_ray.config.sections import ConfigError, ExperimentConfig
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -61,36 +60,6 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     return parse_yaml(text, str(path))
-
-
-@dataclass
-class Experiment:
-    """A parsed YAML file: fixed settings plus an optional search space (see search/space.py)."""
-
-    path: Path | None
-    settings: dict[str, Any]
-    search: dict[str, Any]
-
-    @property
-    def stem(self) -> str:
-        return self.path.stem if self.path else str(self.settings.get("name", "experiment"))
-
-
-def load_experiment(path: str | Path) -> Experiment:
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (expected a flat YAML experiment file)")
-    raw = read_yaml(path) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
-    search = raw.pop("search", None) or {}
-    if not isinstance(search, dict):
-        raise ConfigError(f"{path}: 'search' must be a mapping of key: {{grid: [...]}}")
-    settings = flatten(raw, str(path))
-    settings.setdefault("name", path.stem)
-    check_keys(settings, str(path))
-    check_keys(search, f"{path} (search section)")
-    return Experiment(path, settings, dict(search))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

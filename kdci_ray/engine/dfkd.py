@@ -1,5 +1,5 @@
 """The data-free distillation kind (``kind: dfkd``, the default): six DFKD methods with or
-without KDCI, each trial one run of the loop (``kdci_ray.train.task``).
+without KDCI, each trial one run of the loop (``kdci_ray.train.loop``).
 
 Before the first trial (``check_inputs``), every input is checked and the shared work done once,
 before Ray starts, so a bad input costs seconds, not a cluster: the cache directory is writable;
@@ -126,14 +126,9 @@ def check_dfkd_inputs(plan: SweepPlan, log=print) -> None:
     once here, not per trial), and the file-backed open-world pools of MosaicKD / DFND present."""
     import torch
 
-    from kdci_ray.train.teacher import (
-        check_cache_dir,
-        check_finite,
-        ensure_teacher,
-        load_data,
-        load_teacher,
-        teacher_path,
-    )
+    from kdci_ray.cache import check_cache_dir
+    from kdci_ray.train.datasets import load_data
+    from kdci_ray.train.teacher import check_finite, ensure_teacher, load_teacher, teacher_path
 
     check_cache_dir()
     datasets: dict[tuple, Any] = {}
@@ -173,7 +168,7 @@ def _prepare_kdci(plan: SweepPlan, datasets: dict[tuple, Any], log) -> None:
 def _check_pool(cfg: ExperimentConfig, data: Any, seen: set[tuple]) -> None:
     """Open a file-backed pool once (headers only: a missing or malformed pool fails here)."""
     from kdci_ray.methods import METHODS
-    from kdci_ray.train.task import open_world
+    from kdci_ray.train.loop import open_world
 
     p = cfg.pool
     key = ("pool", p.source, p.path, p.size, p.transform, data.channels, data.image_size)

@@ -1,6 +1,6 @@
 """KDCI as the distillation loop sees it: one hook object, built once per run, called a few times.
 
-The loop (``kdci_ray.train.task``) builds it when ``kdci.enabled`` and otherwise never mentions
+The loop (``kdci_ray.train.loop``) builds it when ``kdci.enabled`` and otherwise never mentions
 KDCI's life cycle::
 
     hook = KDCIHook.from_config(cfg, method_cls.substitution, num_classes, device, wrap=...)

@@ -1,7 +1,7 @@
 """The Method interface every DFKD method implements (after zju-vipa `datafree`'s
 ``synthesize()`` / ``sample()`` seam).
 
-The one distillation loop (``kdci_ray.train.task``) drives a method like this::
+The one distillation loop (``kdci_ray.train.loop``) drives a method like this::
 
     for round in range(rounds):
         method.synthesize(round)                      # update generator / pixels / pool

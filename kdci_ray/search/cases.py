@@ -3,20 +3,18 @@
 A *case* is one mapping of dotted config keys with fixed values (plus an optional ``name``); a
 *case group* is a list of cases and acts as one grid key whose values are its cases. Here
 the YAML value of ``cases`` is parsed and checked, case names are looked up (Tune's
-``param_space`` holds only the names), a sampled point is turned back into one config layer, and
-an experiment file holding ``cases`` is loaded. No Ray import: the results table uses the same
-helpers on a finished sweep.
+``param_space`` holds only the names), and a sampled point is turned back into one config
+layer (files are read by ``kdci_ray.engine.files``). No Ray import: the results table uses the
+same helpers on a finished sweep.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from kdci_ray.config import ConfigError, Experiment, check_keys, flatten, load_experiment
-from kdci_ray.config.files import read_yaml
+from kdci_ray.config import ConfigError, check_keys, flatten
 
 CASES = "cases"
 NAME = "name"
@@ -192,63 +190,3 @@ def _derived_name(flat: dict[str, Any], column: str, index: int) -> str:
     tokens = [t for t in (_token(k, v) for k, v in flat.items()) if t]
     name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(tokens))[:_MAX_DERIVED].strip("-_")
     return name or f"{column}{index}"
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def load_sweep_file(path: str | Path) -> Experiment:
-    """``config.load_experiment``, also accepting the ``cases`` search key.
-
-    ``load_experiment`` checks every search key against the config keys and ``cases`` is not
-    one, so a file whose search holds ``cases`` is read here by the same rules (flat or
-    one-level nested keys, unknown keys named with the file); every other file goes straight to
-    ``load_experiment``.
-    """
-    raw = _raw_mapping(path)
-    try:
-        return _load_sweep_file(path, raw)
-    except ConfigError:
-        if raw is not None and _is_skdcgn(raw):
-            raise ConfigError(f"{path} is an SKDCGN experiment, not a distillation one: run it "
-                              f"with `kdci-ray cgn {path}`") from None
-        raise
-
-
-def _load_sweep_file(path: str | Path, raw: dict[str, Any] | None) -> Experiment:
-    search = raw.get("search") if raw is not None else None
-    if not isinstance(search, dict) or CASES not in search:
-        return load_experiment(path)
-    path = Path(path).expanduser().resolve()
-    settings = flatten({k: v for k, v in raw.items() if k != "search"}, str(path))
-    settings.setdefault("name", path.stem)
-    check_keys(settings, str(path))
-    check_keys({k: v for k, v in search.items() if k != CASES}, f"{path} (search section)")
-    parse_cases(search[CASES], str(path))
-    return Experiment(path, settings, dict(search))
-
-
-def _raw_mapping(path: str | Path) -> dict[str, Any] | None:
-    """The file's top-level mapping; None where ``load_experiment`` should report the problem."""
-    try:
-        raw = read_yaml(Path(path).expanduser())
-    except ConfigError:
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
-def _is_skdcgn(raw: dict[str, Any]) -> bool:
-    """Every key of the file (search keys too) is an SKDCGN config key (``kdci_ray.cgn``) and
-    some are not distillation keys."""
-    from kdci_ray.cgn import config as cgn_config
-    from kdci_ray.config import valid_keys
-
-    search = raw.get("search") or {}
-    keys = dict(cgn_config.flatten({k: v for k, v in raw.items() if k != "search"}))
-    if isinstance(search, dict):
-        keys.update({str(k): v for k, v in search.items() if k != CASES})
-    try:
-        cgn_config.check_keys(keys)
-    except ConfigError:
-        return False
-    return not set(keys) <= set(valid_keys())

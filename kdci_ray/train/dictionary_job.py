@@ -22,10 +22,11 @@ from kdci_ray.kdci import plugin_from_config
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.open_world import OpenWorldSubset
 from kdci_ray.models import create_model
+from kdci_ray.train.datasets import load_data
 from kdci_ray.train.kdci_setup import dictionary_store, load_source_model
+from kdci_ray.train.loop import method_context
 from kdci_ray.train.runtime import current_runtime, limit_threads
-from kdci_ray.train.task import method_context
-from kdci_ray.train.teacher import ensure_teacher, load_data, load_teacher
+from kdci_ray.train.teacher import ensure_teacher, load_teacher
 
 
 def has_shared_dictionary(cfg: ExperimentConfig) -> bool:

@@ -18,16 +18,11 @@ import copy
 import torch
 from torch import nn
 
+from kdci_ray.cache import cache_dir
 from kdci_ray.config import ExperimentConfig
 from kdci_ray.data import LabeledData
 from kdci_ray.kdci import DictionaryStore
-from kdci_ray.train.teacher import (
-    cache_dir,
-    check_finite,
-    ensure_teacher,
-    load_teacher,
-    teacher_path,
-)
+from kdci_ray.train.teacher import check_finite, ensure_teacher, load_teacher, teacher_path
 
 
 def source_config(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -42,7 +42,7 @@ from kdci_ray.train.run_reporter import (
 
 def train_func(config: dict[str, Any]) -> None:
     """Per-worker entry point (``train_loop_per_worker``)."""
-    from kdci_ray.train.task import distill
+    from kdci_ray.train.loop import distill
 
     cfg = resolve(config["settings"])
     run_dir = Path(config["run_dir"])

@@ -216,8 +216,8 @@ class RunReporter:
 def record_stop(final: dict[str, float], run_dir: Path, rank: int) -> None:
     """A non-finite loss stopped the run: ``stopped.json`` says why (stopped, not failed: a
     retry would repeat it)."""
+    from kdci_ray.train.loop import stop_reason
     from kdci_ray.train.run_logs import STOPPED_FILE
-    from kdci_ray.train.task import stop_reason
 
     reason = stop_reason(final)
     if rank == 0 and reason:

@@ -1,6 +1,7 @@
 """Train and cache the teacher on the labelled data (the only place that data is used to train).
 
-The cache lives under ``$KDCI_RAY_CACHE`` (default ``~/.cache/kdci_ray``). A cached teacher's
+The cache lives under ``$KDCI_RAY_CACHE`` (``kdci_ray.cache``); the run's labelled data come from
+``kdci_ray.train.datasets``. A cached teacher's
 file name is keyed by everything that changes it (``teacher_record``: data, architecture, seed,
 schedule, thread count, cache version): a short readable prefix plus a hash. The file carries
 that record and its test accuracy, and both are checked before it is used: one trained with other
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdci_ray.atomic import NOT_A_DIRECTORY, write_problem
+from kdci_ray.cache import cache_dir
 from kdci_ray.config import ConfigError, ExperimentConfig
-from kdci_ray.data import LabeledData, load_dataset
+from kdci_ray.data import LabeledData
 from kdci_ray.methods.pool import augment
 from kdci_ray.models import create_model, load_checkpoint, save_checkpoint
 from kdci_ray.models.checkpoint import read_metadata
+from kdci_ray.train.datasets import load_data
 from kdci_ray.train.evaluate import accuracy, predict_logits
 from kdci_ray.train.runtime import limit_threads, seed_everything, thread_count
 
@@ -33,23 +34,6 @@ CACHE_VERSION = 2  # bump when the embedded data's preprocessing changes
 # what train_teacher does beyond its settings: change it together with train_teacher
 SCHEDULE = "sgd(momentum=0.9,nesterov,wd=5e-4)+onecycle+shift(pad=1)"
 FINITE_CHECK_BATCH = 256  # test images the finiteness check runs the teacher on
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KDCI_RAY_CACHE", Path.home() / ".cache" / "kdci_ray")).expanduser()
-
-
-def check_cache_dir() -> None:
-    """``$KDCI_RAY_CACHE`` (teachers, selections, dictionaries) is a directory this process can
-    write to (``atomic.write_problem``): found now, not after training finished."""
-    root = cache_dir()
-    problem = write_problem(root)
-    if problem is None:
-        return
-    what = "is not a directory" if problem[1] == NOT_A_DIRECTORY and problem[0] == root else \
-        f"cannot be written ({problem[0]}: {problem[1]})"
-    raise ConfigError(f"the cache directory {root} {what}; point KDCI_RAY_CACHE at a writable "
-                      f"directory (default ~/.cache/kdci_ray)")
 
 
 def teacher_record(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -98,11 +82,6 @@ def cached_teacher_problem(cfg: ExperimentConfig, role: str = "teacher") -> str:
         shown = f"{acc:.4f}" if isinstance(acc, float) else repr(acc)
         return f"cached {role} {path} has test acc {shown} < teacher.min_acc={min_acc}"
     return ""
-
-
-def load_data(cfg: ExperimentConfig) -> LabeledData:
-    d = cfg.data
-    return load_dataset(d.name, d.root, d.image_size, d.test_fraction, d.split_seed)
 
 
 def build_teacher(cfg: ExperimentConfig, data: LabeledData) -> nn.Module:

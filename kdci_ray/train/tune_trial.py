@@ -37,7 +37,7 @@ def fit_in_trial(cfg: ExperimentConfig, run_dir: Path,
     (cases expanded), whose keys are TensorBoard HParams (``RunReporter``)."""
     from ray import tune
 
-    from kdci_ray.train.task import distill
+    from kdci_ray.train.loop import distill
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

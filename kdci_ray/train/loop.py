@@ -25,15 +25,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdci_ray.cache import cache_dir
 from kdci_ray.config import ExperimentConfig
 from kdci_ray.kdci import KDCIHook
 from kdci_ray.methods import METHODS, Method, MethodContext
 from kdci_ray.models import create_model
+from kdci_ray.train.datasets import load_data
 from kdci_ray.train.evaluate import accuracy, predict_logits
 from kdci_ray.train.kdci_setup import dictionary_store, load_source_model
 from kdci_ray.train.resume import Progress, Snapshot, capture, restore
 from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
-from kdci_ray.train.teacher import cache_dir, load_data, load_teacher
+from kdci_ray.train.teacher import load_teacher
 
 
 def open_world(cfg: ExperimentConfig, data) -> Any:
