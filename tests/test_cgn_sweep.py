@@ -53,6 +53,10 @@ def test_composition_study_expands_to_variants_times_seeds() -> None:
     assert [c.seed for c in by_variant["rotated"]] == [0, 1, 2]
     assert plan(REPO / "tune_configs" / "skdcgn_double_colored.yaml").configs[0].data.variant \
         == "double_colored"
+    # smoke mode keeps the first seed: --only seed=0 cut through SKDCGN cases
+    smoke = plan(REPO / "tune_configs" / "skdcgn_composition.yaml", smoke=True)
+    assert len(smoke.configs) == 6 and {c.seed for c in smoke.configs} == {0}
+    assert all(c.smoke for c in smoke.configs) and smoke.only == ["seed=0"]
 
 
 def test_a_case_with_an_unknown_key_names_it(tmp_path: Path) -> None:

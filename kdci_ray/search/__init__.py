@@ -78,7 +78,9 @@ class Search:
         """This search cut to the grid points ``kept`` (``--only``; ``only.restrict``)."""
         from kdci_ray.search.only import restrict
 
-        return Search.parse(restrict(self.section, kept, self.where), self.where, self.check)
+        cut = restrict(self.section, kept, self.where, *(() if self.check is None else
+                                                          (self.check,)))
+        return Search.parse(cut, self.where, self.check)
 
     @property
     def has_cases(self) -> bool:
