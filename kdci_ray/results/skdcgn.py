@@ -1,0 +1,134 @@
+"""Results of an SKDCGN sweep: one row per finished trial (its ``metrics.json``), the summary per
+variant, each variant's paired effect against the first one, and ``report.md``.
+
+A trial's ``variant`` is its ``cases.variant`` case name (the composition study's variants),
+else its searched values other than the seed, else ``baseline`` (``variant_name``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdci_ray.atomic import atomic_write_text
+from kdci_ray.results.paired import (
+    CELL_ALIGN,
+    CELL_HEADER,
+    RULE,
+    cells,
+    paired,
+    per_seed,
+    sig_cell,
+)
+from kdci_ray.search.cases import CASES, column_name, is_case_key
+
+METRICS_FILE = "metrics.json"  # an SKDCGN trial's one result row
+COLUMNS = ["trial", "variant", "seed", "acc_biased", "acc_teacher_cf", "acc_student_cf",
+           "acc_oracle", "retained_gain", "param_ratio", "sample_speed_ratio"]
+EXTRA = ["mask_iou", "l1_shape", "l1_foreground", "l1_background", "teacher_params",
+         "student_params", "teacher_images_per_s", "student_images_per_s", "teacher_s",
+         "students_s", "classifiers_s", "total_s"]
+EFFECTS = (("acc_student_cf", "student CF"), ("acc_teacher_cf", "teacher CF"),
+           ("retained_gain", "retained gain"))
+
+
+def variant_name(params: dict[str, Any]) -> str:
+    """The ``variant`` case's name, else the searched values other than the seed, else
+    ``baseline``."""
+    if f"{CASES}.variant" in params:
+        value = params[f"{CASES}.variant"]
+        return str(value.get("name") if isinstance(value, dict) else value)
+    parts = [f"{column_name(k) if is_case_key(k) else k.rsplit('.', 1)[-1]}="
+             f"{v.get('name') if isinstance(v, dict) else v}"
+             for k, v in sorted(params.items()) if k != "seed"]
+    return ",".join(parts) or "baseline"
+
+
+def rows(sweep_dir: Path) -> pd.DataFrame:
+    """One row per finished trial, sorted by variant then seed."""
+    found = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{METRICS_FILE}")):
+        try:
+            row = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a trial writing it right now, or a damaged one: not a finished row
+        if isinstance(row, dict):
+            found.append({"trial": path.parent.name, **row})
+    frame = pd.DataFrame(found, columns=COLUMNS + EXTRA)
+    return frame.sort_values(["variant", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _ms(values: pd.Series, pct: bool = True) -> str:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return "–"
+    scale = 100.0 if pct else 1.0
+    mean = v.mean() * scale
+    if len(v) < 2:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {v.std(ddof=1) * scale:.2f}"
+
+
+def summary_markdown(frame: pd.DataFrame, title: str) -> str:
+    """Mean ± std per variant, then each variant's paired effect against the first one."""
+    lines = [f"## {title}", "",
+             "| variant | n | biased (%) | teacher CF (%) | student CF (%) | oracle (%) | "
+             "retained gain | params s/t | speed s/t |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    order = list(dict.fromkeys(frame["variant"]))
+    for name in order:
+        g = frame[frame["variant"] == name]
+        lines.append(f"| {name} | {len(g)} | {_ms(g['acc_biased'])} | "
+                     f"{_ms(g['acc_teacher_cf'])} | {_ms(g['acc_student_cf'])} | "
+                     f"{_ms(g['acc_oracle'])} | {_ms(g['retained_gain'], False)} | "
+                     f"{_ms(g['param_ratio'], False)} | {_ms(g['sample_speed_ratio'], False)} |")
+    if len(order) > 1:
+        base = frame[frame["variant"] == order[0]]
+        lines += ["", f"### Effect of each variant against `{order[0]}` (same seeds)", "",
+                  "| variant | measure | " + " | ".join(CELL_HEADER) + " |",
+                  "|---|---|" + "|".join(CELL_ALIGN) + "|"]
+        for name in order[1:]:
+            g = frame[frame["variant"] == name]
+            for column, label in EFFECTS:
+                p = paired(per_seed(g, column), per_seed(base, column))
+                shown = cells(p) if column != "retained_gain" else _ratio_cells(p)
+                lines.append(f"| {name} | {label} | " + " | ".join(shown) + " |")
+        lines += ["", RULE]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_cells(p: Any) -> list[str]:
+    """``cells`` for a ratio (retained gain): the difference as is, not in pp."""
+    if p.n == 0:
+        return ["n/a", "n/a", "n/a", "0", str(p.dropped)]
+    ci = f"[{p.lo:+.3f}, {p.hi:+.3f}]" if p.known else "n/a"
+    return [f"{p.mean:+.3f}", ci, sig_cell(p), str(p.n), str(p.dropped)]
+
+
+def write_all(sweep_dir: Path, title: str, log=None) -> str:
+    """``summary.csv``, ``summary.md`` and ``report.md``; returns the summary Markdown."""
+    from kdci_ray.results import check_writable
+
+    frame = rows(sweep_dir)
+    check_writable(sweep_dir)
+    text = summary_markdown(frame, title) if len(frame) else \
+        f"## {title}\n\nno finished trial yet\n"
+    written = [atomic_write_text(sweep_dir / "summary.csv", frame.to_csv(index=False)),
+               atomic_write_text(sweep_dir / "summary.md", text)]
+    started = sorted(p.parent.name for p in Path(sweep_dir).glob("*/config.yaml"))
+    unfinished = [name for name in started if name not in set(frame["trial"])]
+    report = [f"# {title}", "", text, "## Trials", "",
+              "| trial | variant | seed | student CF (%) | retained gain |",
+              "|---|---|---:|---:|---:|",
+              *[f"| {r.trial} | {r.variant} | {r.seed} | {100 * float(r.acc_student_cf):.2f} | "
+                f"{float(r.retained_gain):.3f} |" for r in frame.itertuples()]]
+    if unfinished:
+        report += ["", "## Unfinished", "", *[f"- {name}" for name in unfinished]]
+    written.append(atomic_write_text(sweep_dir / "report.md", "\n".join(report) + "\n"))
+    for path in written:
+        if log is not None:
+            log(f"wrote {path}")
+    return text
