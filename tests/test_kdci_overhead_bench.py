@@ -3,14 +3,13 @@ memory figure asserted), and its pure helpers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from bench_module import load_bench
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "kdci_overhead.py"
 TINY = ["--teacher", "tiny_cnn", "--student", "tiny_cnn", "--batch", "8", "--k", "4",
         "--refresh-every", "3", "--refresh-n", "24", "--steps", "1", "--blocks", "2",
         "--warmup", "1", "--refresh-repeats", "1", "--mem-steps", "1", "--no-source",
@@ -19,10 +18,7 @@ TINY = ["--teacher", "tiny_cnn", "--student", "tiny_cnn", "--batch", "8", "--k",
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("kdci_overhead_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("kdci_overhead")
 
 
 def test_tiny_run_writes_cpu_and_wall_figures(bench, tmp_path: Path) -> None:

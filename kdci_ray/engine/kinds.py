@@ -53,6 +53,13 @@ class ExperimentKind:
         """The resolved config as flat YAML (``config.yaml`` of a trial), written atomically."""
         raise NotImplementedError
 
+    def output_setting(self, cfg: Any) -> str:
+        """The sweep directory a config names ("" = ``results/<file stem>/``)."""
+        return ""
+
+    def check_plan(self, configs: list[Any], where: str) -> None:
+        """Checks across the grid's configs (each is already valid on its own)."""
+
     def check_inputs(self, plan: SweepPlan, log) -> None:
         """Before Ray starts a trial: read every input once, do the work the trials share."""
 

@@ -30,7 +30,8 @@ from ray.train.torch import TorchTrainer
 
 from kdci_ray.config import ExperimentConfig, resolve
 from kdci_ray.train.placement import worker_bundle
-from kdci_ray.train.resume import FAILURES_FILE, STUDENT_FILE
+from kdci_ray.train.resume import STUDENT_FILE
+from kdci_ray.train.run_logs import FAILURES_FILE
 from kdci_ray.train.run_reporter import (
     RunReporter,
     append_record,

@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdci_ray.train.run_logs import FAILURES_FILE, METRICS_FILE, RESUMES_FILE  # noqa: F401
-
 STUDENT_FILE = "student.pt"  # the deployable student (+ KDCI attention), rank 0
 RANK_FILE = "train_state_rank{rank}.pt"  # everything one rank needs to continue
 FORMAT = 1

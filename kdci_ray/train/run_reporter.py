@@ -27,12 +27,11 @@ from typing import Any
 from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config import ExperimentConfig, save_resolved, to_flat
 from kdci_ray.train.resume import (
-    METRICS_FILE,
-    RESUMES_FILE,
     Snapshot,
     load_resume_state,
     save_snapshot,
 )
+from kdci_ray.train.run_logs import METRICS_FILE, RESUMES_FILE
 
 INJECTED_MARK = ".injected_failure"
 

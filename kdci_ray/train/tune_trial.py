@@ -20,7 +20,8 @@ from typing import Any
 
 from kdci_ray.atomic import atomic_write
 from kdci_ray.config import ExperimentConfig
-from kdci_ray.train.resume import FAILURES_FILE, STUDENT_FILE
+from kdci_ray.train.resume import STUDENT_FILE
+from kdci_ray.train.run_logs import FAILURES_FILE
 from kdci_ray.train.run_reporter import (
     RunReporter,
     append_record,
