@@ -52,6 +52,48 @@ def test_black_box_exposes_queries_only() -> None:
         box.query("texture", z, y)
 
 
+
+def _reachable(root: object, limit: int = 200_000) -> list[object]:
+    """Every object reachable from ``root`` through references (attributes, slots, containers,
+    closures' cells and functions' globals left out: module state is not the box's)."""
+    seen, stack, out = {id(root)}, [root], []
+    while stack and len(out) < limit:
+        obj = stack.pop()
+        out.append(obj)
+        if isinstance(obj, type) or type(obj).__name__ == "module":
+            continue  # classes and modules: shared code, not state the box holds
+        for ref in gc.get_referents(obj):
+            if isinstance(ref, dict) and ref is getattr(obj, "__globals__", None):
+                continue
+            if id(ref) not in seen:
+                seen.add(id(ref))
+                stack.append(ref)
+    return out
+
+
+def test_nothing_reachable_from_the_black_box_holds_a_teacher_parameter() -> None:
+    """The teacher answers from its own process: the student side's one object (and every
+    object reachable from it, closures included) holds no module and no tensor sharing storage
+    with a teacher parameter or buffer; the answers are exactly the teacher's own."""
+    teacher = _teacher()
+    weights = {t.untyped_storage().data_ptr() for t in
+               [*teacher.parameters(), *teacher.buffers()]}
+    with BlackBoxCGN(teacher) as box:
+        reachable = _reachable(box)
+        assert not [o for o in reachable if isinstance(o, nn.Module)]
+        tensors = [o for o in reachable if isinstance(o, torch.Tensor)]
+        assert not [t for t in tensors if t.untyped_storage().data_ptr() in weights]
+        z, y = torch.randn(5, 6), torch.arange(5)
+        with torch.no_grad():
+            for m in MECHANISMS:
+                assert torch.equal(box.query(m, z, y), teacher.mechanism(m, z, y))
+        assert box.speed(n=64, batch_size=32, repeats=1) > 0
+    # the check itself can fail: an in-process closure over the teacher is caught
+    def leaky(mechanism, noise, labels, cgn=teacher):
+        return cgn.mechanism(mechanism, noise, labels)
+    assert [o for o in _reachable(leaky) if isinstance(o, nn.Module)]
+
+
 def test_queries_store_unshuffled_textures_with_each_mechanisms_own_noise() -> None:
     teacher = _teacher()
     qs = collect_queries(BlackBoxCGN(teacher), per_class=3, seed=0)

@@ -2,47 +2,123 @@
 
 SKDCGN (Ambekar et al., 2022) distils each mechanism from ``(noise, label) -> output`` pairs
 only: no teacher weights, gradients, real images or CGN training data. :class:`BlackBoxCGN` is the
-one object the student side gets; it keeps the teacher in a closure (no attribute holds a module
-or a parameter) and returns detached copies. :func:`collect_queries` turns it into the stored
-query/answer dataset the students train on. Texture answers are taken *before* the shuffler
-(the published code stored shuffled targets); each mechanism gets its own noise.
+one object the student side gets. The teacher lives in another process (a spawned server that
+receives the module once, through a pipe, and then only answers): the student side holds a pipe
+and plain numbers, and every answer arrives as an array, so no object reachable from it holds a
+teacher parameter (``tests/test_cgn_skdcgn.py`` walks the object graph, closures included).
+The teacher's sampling speed is timed inside its own process (``speed``), not through the pipe.
+:func:`collect_queries` turns the box into the stored query/answer dataset the students train
+on. Texture answers are taken *before* the shuffler (the published code stored shuffled
+targets); each mechanism gets its own noise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import multiprocessing as mp
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from kdci_ray.cgn.mechanisms import CGN, MECHANISMS
+from kdci_ray.cgn.mechanisms import MECHANISMS
+
+
+def _serve(conn: Any) -> None:
+    """The teacher's process: receive the module once, then answer until told to stop."""
+    from kdci_ray.train.runtime import limit_threads
+
+    limit_threads()  # the same thread count as the student side: the same answers
+    cgn = conn.recv()
+    cgn.eval()
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            conn.close()
+            return
+        try:
+            if message[0] == "speed":
+                from kdci_ray.cgn.pipeline import images_per_second
+
+                with torch.no_grad():
+                    conn.send(("ok", images_per_second(cgn.mechanism, *message[1:])))
+                continue
+            _, mechanism, noise, labels = message
+            with torch.no_grad():
+                out = cgn.mechanism(mechanism, torch.from_numpy(noise), torch.from_numpy(labels))
+            conn.send(("ok", out.numpy()))
+        except Exception as exc:  # the student side raises it
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _stop(conn: Any, process: Any) -> None:
+    try:
+        conn.send(("stop",))
+        conn.close()
+    except (OSError, ValueError):
+        pass
+    process.join(timeout=10)
+    if process.is_alive():
+        process.kill()
 
 
 class BlackBoxCGN:
     """Query access to a CGN's mechanisms: ``query(mechanism, noise, labels) -> output``."""
 
-    __slots__ = ("_query", "latent_dim", "num_classes", "image_size", "channels")
+    __slots__ = ("_conn", "_process", "_finalizer", "latent_dim", "num_classes", "image_size",
+                 "channels", "__weakref__")
 
-    def __init__(self, cgn: CGN) -> None:
-        cgn.eval()
+    def __init__(self, cgn: nn.Module) -> None:
         first = cgn.mechanisms["shape"]
+        self.latent_dim = int(cgn.latent_dim if hasattr(cgn, "latent_dim") else
+                              first.latent_dim)
+        probe = torch.zeros(1, self.latent_dim)
+        with torch.no_grad():
+            cgn.eval()
+            shapes = {m: tuple(cgn.mechanism(m, probe, torch.zeros(1, dtype=torch.long)).shape)
+                      for m in MECHANISMS}
+        self.num_classes = int(first.num_classes)
+        self.image_size = int(shapes["shape"][-1])
+        self.channels = {m: int(shapes[m][1]) for m in MECHANISMS}
+        context = mp.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child,), daemon=True,
+                                        name="skdcgn-teacher")
+        self._process.start()
+        child.close()
+        self._conn.send(cgn)  # pickled into the server; nothing here keeps a reference
+        self._finalizer = weakref.finalize(self, _stop, self._conn, self._process)
 
-        @torch.no_grad()
-        def query(mechanism: str, noise: Tensor, labels: Tensor) -> Tensor:
-            if mechanism not in MECHANISMS:
-                raise ValueError(f"unknown mechanism {mechanism!r}: one of "
-                                 f"{', '.join(MECHANISMS)}")
-            return cgn.mechanism(mechanism, noise, labels).detach().clone()
-
-        self._query: Callable[[str, Tensor, Tensor], Tensor] = query
-        self.latent_dim = first.latent_dim
-        self.num_classes = first.num_classes
-        self.image_size = first.init * 4
-        self.channels = {m: int(cgn.mechanisms[m].net[-1].out_channels) for m in MECHANISMS}
+    def _ask(self, message: tuple) -> Any:
+        self._conn.send(message)
+        status, value = self._conn.recv()
+        if status == "error":
+            raise RuntimeError(f"the teacher's process refused the query: {value}")
+        return value
 
     def query(self, mechanism: str, noise: Tensor, labels: Tensor) -> Tensor:
-        return self._query(mechanism, noise, labels)
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"unknown mechanism {mechanism!r}: one of {', '.join(MECHANISMS)}")
+        answer = self._ask(("query", mechanism, np.ascontiguousarray(noise.numpy()),
+                            np.ascontiguousarray(labels.numpy())))
+        return torch.from_numpy(answer)
+
+    def speed(self, n: int = 2048, batch_size: int = 256, repeats: int = 3) -> float:
+        """The teacher's images per second (all three mechanisms), timed in its own process."""
+        return float(self._ask(("speed", self.latent_dim, self.num_classes, n, batch_size,
+                                repeats)))
+
+    def close(self) -> None:
+        """Stop the teacher's process (also done when the box is garbage-collected)."""
+        self._finalizer()
+
+    def __enter__(self) -> BlackBoxCGN:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 @dataclass
