@@ -2,8 +2,9 @@
 
 SKDCGN (Ambekar et al., 2022) distils each mechanism from ``(noise, label) -> output`` pairs
 only: no teacher weights, gradients, real images or CGN training data. :class:`BlackBoxCGN` is the
-one object the student side gets. The teacher lives in another process (a spawned server that
-receives the module once, through a pipe, and then only answers): the student side holds a pipe
+one object the student side gets. The teacher lives in another process (forked from
+multiprocessing's single-threaded ``forkserver``; it receives the module once, through a pipe,
+and then only answers): the student side holds a pipe
 and plain numbers, and every answer arrives as an array, so no object reachable from it holds a
 teacher parameter (``tests/test_cgn_skdcgn.py`` walks the object graph, closures included).
 The teacher's sampling speed is timed inside its own process (``speed``), not through the pipe.
@@ -82,7 +83,11 @@ class BlackBoxCGN:
         self.num_classes = int(first.num_classes)
         self.image_size = int(shapes["shape"][-1])
         self.channels = {m: int(shapes[m][1]) for m in MECHANISMS}
-        context = mp.get_context("spawn")
+        # a fork of a clean, single-threaded server that has imported torch once (not of this
+        # process, whose threads a fork would copy mid-state): a box starts in well under a second
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "kdci_ray.cgn.mechanisms",
+                                        "kdci_ray.train.runtime"])
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child,), daemon=True,
                                         name="skdcgn-teacher")
