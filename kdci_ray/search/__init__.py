@@ -36,9 +36,9 @@ class Search:
               check: KeyCheck | None = None) -> Search:
         """Parse and check ``section`` (``check``: the kind's key check; the distillation
         config's by default); raises a ConfigError naming the problem."""
-        section = dict(section or {})
+        section = {} if section is None else section
         specs = _parsed(section, where, check) if check is not None else _parsed(section, where)
-        return cls(section, specs, where, check)
+        return cls(dict(section), specs, where, check)
 
     def points(self) -> list[dict[str, Any]]:
         """Every grid combination (last key varies fastest); case groups as case mappings;

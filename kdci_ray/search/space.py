@@ -48,12 +48,11 @@ mappings themselves. Ray is imported only where the ``param_space`` is built.
 from __future__ import annotations
 
 import difflib
-import itertools
 import math
 from typing import Any
 
-from kdci_ray.config import ConfigError, check_keys, resolve
-from kdci_ray.search.cases import CASES, NAME, KeyCheck, config_layer, is_case_key, parse_cases
+from kdci_ray.config import ConfigError, check_keys
+from kdci_ray.search.cases import CASES, NAME, KeyCheck, is_case_key, parse_cases
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 _EXAMPLE = "e.g. `{grid: [a, b]}`, `{uniform: [0.1, 1.0]}` or a bare list `[a, b]`"
@@ -185,30 +184,28 @@ def _domain(kind: str, args: list[Any]) -> Any:
 
 def build_param_space(search: dict[str, Any], where: str = "",
                       check: KeyCheck = check_keys) -> dict[str, Any]:
-    """Tune ``param_space`` for a ``search`` section; keys stay dotted (``"kdci.enabled"``), a case
-    group (``"cases.pair"``) is ``tune.grid_search`` over its case names."""
-    return {key: _domain(kind, [c[NAME] for c in args] if is_case_key(key) else args)
-            for key, (kind, args) in _parsed(search, where, check).items()}
+    """Tune ``param_space`` for a ``search`` section (``Search.param_space``)."""
+    from kdci_ray.search import Search
+
+    return Search.parse(search, where, check).param_space()
 
 
 def grid_points(search: dict[str, Any], where: str = "",
                 check: KeyCheck = check_keys) -> list[dict[str, Any]]:
-    """Every combination of the grid (and bare-list) entries, in key order (last varies fastest).
+    """Every combination of the grid entries (``Search.points``); a case group's value is its
+    case mapping, sampled specs are left out, no grid entry gives ``[{}]``."""
+    from kdci_ray.search import Search
 
-    Sampled specs (choice, uniform, ...) are left out. No grid entries gives ``[{}]``. A case
-    group's value is its case mapping; ``cases.config_layer`` turns a point into dotted keys.
-    """
-    grids = {key: args for key, (kind, args) in _parsed(search, where, check).items()
-             if kind == "grid"}
-    return [dict(zip(grids, combo, strict=True)) for combo in itertools.product(*grids.values())]
+    return Search.parse(search, where, check).points()
 
 
 def count_trials(search: dict[str, Any], num_samples: int = 1, where: str = "") -> int:
     """Number of trials Tune will run: product of the grid sizes times ``num_samples``."""
+    from kdci_ray.search import Search
+
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    sizes = [len(args) for kind, args in _parsed(search, where).values() if kind == "grid"]
-    return math.prod(sizes) * num_samples
+    return Search.parse(search, where).count(num_samples)
 
 
 def sampled_values(domain: Any) -> list[Any]:
@@ -225,17 +222,3 @@ def sampled_values(domain: Any) -> list[Any]:
         lo, hi = float(domain.lower), float(domain.upper)
         return [lo, lo + 0.37 * (hi - lo), hi]
     return []
-
-
-def check_sampled(space: dict[str, Any], settings: dict[str, Any],
-                   points: list[dict[str, Any]], over: dict[str, Any], where: str) -> None:
-    """Resolve every grid point with each value every sampled key can draw (one key at a
-    time): a value some trial would be refused for is an error now, before Ray starts."""
-    for key, domain in space.items():
-        for value in sampled_values(domain):
-            for point in points:
-                try:
-                    resolve(settings, config_layer({**point, key: value}), over)
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: search key '{key}' can draw {value!r}, which "
-                                      f"a trial would refuse: {exc}") from None
