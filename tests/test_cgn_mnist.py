@@ -337,8 +337,18 @@ def test_pretrained_mode_needs_a_checkpoint_and_only_it_reads_one(tmp_path: Path
         cgn_config.resolve({"teacher.checkpoint": "x.pth"})
     with pytest.raises(ConfigError, match="one of supervised, adversarial, pretrained"):
         cgn_config.resolve({"teacher.mode": "published"})
+    with pytest.raises(ConfigError, match="generate 32x32 images.*set data.published: true"):
+        cgn_config.resolve({"teacher.mode": "pretrained", "teacher.checkpoint": "x.pth"})
+    with pytest.raises(ConfigError, match="'retrain.steps' fine-tunes a published.*"
+                                          "needs teacher.mode=pretrained"):
+        cgn_config.resolve({"retrain.steps": 10})
+    with pytest.raises(ConfigError, match="wildlife needs 'data.textures'"):
+        cgn_config.resolve({"data.published": True, "data.variant": "wildlife"})
+    with pytest.raises(ConfigError, match="'data.textures' is read only by the published "
+                                          "wildlife data"):
+        cgn_config.resolve({"data.textures": "/t"})
     cfg = cgn_config.resolve({"teacher.mode": "pretrained", "teacher.checkpoint": "x.pth",
-                              "smoke": True})
+                              "smoke": True, "data.published": True})
     assert cfg.teacher.mode == "pretrained" and cfg.teacher.checkpoint == "x.pth"
     assert cgn_config.resolve({}).teacher.checkpoint == ""
 
@@ -369,18 +379,18 @@ def test_black_box_serves_the_published_teacher_at_32x32() -> None:
 
 @needs_shared
 def test_pretrained_teacher_is_loaded_not_fitted_and_the_16x16_gap_is_refused() -> None:
-    cfg = cgn_config.resolve({"teacher.mode": "pretrained", "smoke": True,
+    cfg = cgn_config.resolve({"teacher.mode": "pretrained", "smoke": True, "data.published": True,
                               "teacher.checkpoint": str(_path("colored"))})
     teacher = pretrained_teacher(cfg, _data(32), log=lambda _: None)  # fits 32x32 data
     assert BlackBoxCGN(teacher).image_size == 32
     with pytest.raises(ConfigError, match=r"answers 32x32 images of 10 classes, but "
                                           r"data.variant=double_colored gives 16x16 images.*"
-                                          r"not implemented yet"):
+                                          r"set data.published: true"):
         cached_teacher_cgn(cfg, _data(16), log=lambda _: None)
 
 
 def test_pretrained_mode_with_a_missing_or_bad_file_names_it(tmp_path: Path) -> None:
-    cfg = cgn_config.resolve({"teacher.mode": "pretrained", "smoke": True,
+    cfg = cgn_config.resolve({"teacher.mode": "pretrained", "smoke": True, "data.published": True,
                               "teacher.checkpoint": str(tmp_path / "missing.pth")})
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         cached_teacher_cgn(cfg, _data(32), log=lambda _: None)
@@ -395,7 +405,8 @@ def test_a_pretrained_teacher_is_keyed_by_its_file_content(tmp_path: Path, good_
 
     path = tmp_path / "teacher.pth"
     torch.save(good_state, path)
-    cfg = cgn_config.resolve({"teacher.mode": "pretrained", "teacher.checkpoint": str(path)})
+    cfg = cgn_config.resolve({"teacher.mode": "pretrained", "teacher.checkpoint": str(path),
+                              "data.published": True})
     first = teacher_key(cfg), students_key(cfg)
     assert (teacher_key(cfg), students_key(cfg)) == first
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in good_state.items()}, path)

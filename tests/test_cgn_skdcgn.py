@@ -10,7 +10,7 @@ from torch import nn
 
 from kdci_ray.cgn.blackbox import BlackBoxCGN, collect_queries
 from kdci_ray.cgn.counterfactuals import (
-    CompositionVariant,
+    CounterfactualAugmentation,
     counterfactual_dataset,
     perturb_mask,
     students_mechanism,
@@ -220,18 +220,18 @@ def test_composition_variants_change_the_masks_as_named() -> None:
     g = torch.Generator().manual_seed(0)
     mask = torch.zeros(4, 1, 16, 16)
     mask[:, :, 4:12, 7:9] = 1.0  # a vertical bar
-    assert torch.equal(perturb_mask(mask, CompositionVariant(), g), mask)
-    assert float(perturb_mask(mask, CompositionVariant(transparency=0.75), g).max()) == 0.75
-    noisy = perturb_mask(mask, CompositionVariant(mask_noise=0.2), g)
+    assert torch.equal(perturb_mask(mask, CounterfactualAugmentation(), g), mask)
+    assert float(perturb_mask(mask, CounterfactualAugmentation(transparency=0.75), g).max()) == 0.75
+    noisy = perturb_mask(mask, CounterfactualAugmentation(mask_noise=0.2), g)
     assert not torch.equal(noisy, mask) and float(noisy.min()) >= 0 and float(noisy.max()) <= 1
-    rotated = perturb_mask(mask, CompositionVariant(rotation=90.0), g)
+    rotated = perturb_mask(mask, CounterfactualAugmentation(rotation=90.0), g)
     assert mask_iou(rotated, mask) < 0.9  # the bar turned
     x, y = counterfactual_dataset(_label_painter, 10, 4, 10, seed=0,
-                                  variant=CompositionVariant(per_mask=5))
+                                  variant=CounterfactualAugmentation(per_mask=5))
     assert len(x) == 10 and torch.equal(y, y[:2].repeat(5))  # 5 counterfactuals per mask
     with pytest.raises(ValueError, match="per_mask"):
         counterfactual_dataset(_label_painter, 10, 4, 10, seed=0,
-                               variant=CompositionVariant(per_mask=0))
+                               variant=CounterfactualAugmentation(per_mask=0))
 
 
 def test_students_compose_like_the_teacher() -> None:

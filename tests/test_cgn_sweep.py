@@ -13,7 +13,7 @@ import yaml
 from kdci_ray.cgn import config as cgn_config
 from kdci_ray.config import ConfigError
 from kdci_ray.engine import plan_sweep as plan
-from kdci_ray.results.skdcgn import COLUMNS, summary_markdown
+from kdci_ray.results.skdcgn import COLUMNS, SWAPS, summary_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,17 +28,20 @@ def test_keys_are_checked_typed_and_smoke_shrinks_everything() -> None:
         cgn_config.resolve({"data.variant": "mnist"})
     with pytest.raises(ConfigError, match="must compress the teacher"):
         cgn_config.resolve({"student.width": 20, "teacher.width": 32})
-    with pytest.raises(ConfigError, match="composition.transparency"):
-        cgn_config.resolve({"composition.transparency": 0.0})
-    cfg = cgn_config.resolve({"composition": {"transparency": 0.75}, "seed": 3})
-    assert cfg.composition.transparency == 0.75 and cfg.seed == 3
+    with pytest.raises(ConfigError, match="augmentation.transparency"):
+        cgn_config.resolve({"augmentation.transparency": 0.0})
+    with pytest.raises(ConfigError, match="'composition.transparency' was renamed to "
+                                          "'augmentation.transparency'"):
+        cgn_config.resolve({"composition.transparency": 0.75})
+    cfg = cgn_config.resolve({"augmentation": {"transparency": 0.75}, "seed": 3})
+    assert cfg.augmentation.transparency == 0.75 and cfg.seed == 3
     smoke = cgn_config.resolve({"smoke": True})
     assert smoke.teacher.steps == cgn_config.SMOKE["teacher.steps"] < cfg.teacher.steps
     assert set(cgn_config.to_flat(cfg)) == set(cgn_config.valid_keys())
 
 
 def test_composition_study_expands_to_variants_times_seeds() -> None:
-    p = plan(REPO / "tune_configs" / "skdcgn_composition.yaml")
+    p = plan(REPO / "tune_configs" / "skdcgn_cf_augmentation.yaml")
     assert len(p.configs) == 18
     by_variant: dict[str, list] = {}
     assert p.kind.name == "skdcgn"
@@ -47,14 +50,14 @@ def test_composition_study_expands_to_variants_times_seeds() -> None:
     assert list(by_variant) == ["baseline", "mask_noise", "transparent", "rotated", "mask_loss",
                                 "cf_per_mask_5"]
     assert all(len(c) == 3 for c in by_variant.values())
-    assert {c.composition.transparency for c in by_variant["transparent"]} == {0.75}
+    assert {c.augmentation.transparency for c in by_variant["transparent"]} == {0.75}
     assert {c.student.mask_loss_weight for c in by_variant["mask_loss"]} == {0.5}
-    assert {c.composition.per_mask for c in by_variant["baseline"]} == {1}
+    assert {c.augmentation.per_mask for c in by_variant["baseline"]} == {1}
     assert [c.seed for c in by_variant["rotated"]] == [0, 1, 2]
     assert plan(REPO / "tune_configs" / "skdcgn_double_colored.yaml").configs[0].data.variant \
         == "double_colored"
     # smoke mode keeps the first seed: --only seed=0 cut through SKDCGN cases
-    smoke = plan(REPO / "tune_configs" / "skdcgn_composition.yaml", smoke=True)
+    smoke = plan(REPO / "tune_configs" / "skdcgn_cf_augmentation.yaml", smoke=True)
     assert len(smoke.configs) == 6 and {c.seed for c in smoke.configs} == {0}
     assert all(c.smoke for c in smoke.configs) and smoke.only == ["seed=0"]
 
@@ -62,9 +65,9 @@ def test_composition_study_expands_to_variants_times_seeds() -> None:
 def test_a_case_with_an_unknown_key_names_it(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"kind": "skdcgn", "search": {"cases": {"variant": [
-        {"name": "x", "composition.transparncy": 0.5}]}}}))
-    with pytest.raises(ConfigError, match="composition.transparncy.*did you mean "
-                                          "'composition.transparency'"):
+        {"name": "x", "augmentation.transparncy": 0.5}]}}}))
+    with pytest.raises(ConfigError, match="augmentation.transparncy.*did you mean "
+                                          "'augmentation.transparency'"):
         plan(bad)
 
 
@@ -81,13 +84,20 @@ def test_summary_states_each_variants_effect_on_the_same_seeds() -> None:
          "sample_speed_ratio": 5.0},
         {"variant": "noisy", "seed": 1, "acc_biased": 0.1, "acc_teacher_cf": 0.95,
          "acc_student_cf": 0.6, "acc_oracle": 0.95, "retained_gain": 0.5, "param_ratio": 0.2,
-         "sample_speed_ratio": 5.0}]).assign(trial="t")[COLUMNS]
+         "sample_speed_ratio": 5.0}]).assign(trial="t", label_fidelity=0.9, kid=0.002)[COLUMNS]
     text = summary_markdown(frame, "study")
     assert "| baseline | 2 | 10.00 ± 0.00 | 85.00 ± 7.07 | 75.00 ± 7.07 |" in text
     # student CF: (0.6-0.7 + 0.6-0.8)/2 = -15 pp; teacher CF: (0 + 0.05)/2 = +2.5 pp
     assert "| noisy | student CF | -15.00 pp | [-78.53, +48.53] | no | 2 | 0 |" in text
     assert "| noisy | teacher CF | +2.50 pp |" in text
     assert "| noisy | retained gain | -0.259 | [-1.734, +1.216] | no | 2 | 0 |" in text
+    assert "| 6/7 |" not in text and "| 90.00 ± 0.00 | 2.00 ± 0.00 | 0.20 ± 0.00 |" in text
+    assert "swaps" not in text  # no control measured: no control table
+    with_swaps = frame.assign(**{c: 0.5 for c in SWAPS})
+    with_swaps.loc[with_swaps["variant"] == "noisy", "acc_cf_STT"] = 0.3
+    text = summary_markdown(with_swaps, "study")
+    assert "### Teacher/student swaps" in text
+    assert "| noisy | 87.50 ± 10.61 | 30.00 ± 0.00 | 50.00 ± 0.00 |" in text
 
 
 @pytest.mark.slow
@@ -96,8 +106,8 @@ def test_cgn_smoke_sweep_through_the_cli(ray_session, tmp_path: Path, capsys) ->
 
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"name": "study", "data.variant": "colored", "search": {
-        "cases": {"variant": [{"name": "baseline", "composition.transparency": 1.0},
-                              {"name": "transparent", "composition.transparency": 0.75}]},
+        "cases": {"variant": [{"name": "baseline", "augmentation.transparency": 1.0},
+                              {"name": "transparent", "augmentation.transparency": 0.75}]},
         "seed": [0]}}))
     out = tmp_path / "sweep"
     code = main(["cgn", str(config), "--smoke", "--output", str(out)])
@@ -122,7 +132,7 @@ def test_cgn_smoke_sweep_through_the_cli(ray_session, tmp_path: Path, capsys) ->
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         assert cfg["smoke"] and cfg["data.variant"] == "colored"
         assert (d / "samples.png").is_file() and list(d.glob("events.out.tfevents.*"))
-    assert {yaml.safe_load((d / "config.yaml").read_text())["composition.transparency"]
+    assert {yaml.safe_load((d / "config.yaml").read_text())["augmentation.transparency"]
             for d in trial_dirs} == {1.0, 0.75}
     table = (out / "summary.md").read_text()
     assert "### Effect of each variant against `baseline`" in table and "| transparent |" in table
@@ -139,3 +149,34 @@ def test_cgn_smoke_sweep_through_the_cli(ray_session, tmp_path: Path, capsys) ->
     assert code == 0
     assert outputs() == written
     assert (out / "summary.md").read_text() == table
+
+
+def test_input_files_in_an_experiment_file_are_read_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "published.yaml"
+    config.write_text(yaml.safe_dump({
+        "kind": "skdcgn", "teacher.mode": "pretrained", "data.published": True,
+        "data.variant": "wildlife", "teacher.checkpoint": "../weights/teacher.pth",
+        "data.textures": "../textures"}))
+    cfg = plan(config).configs[0]
+    assert cfg.teacher.checkpoint == str(tmp_path / "weights" / "teacher.pth")
+    assert cfg.data.textures == str(tmp_path / "textures")
+    # a relative path from the command line names no file's directory: refused, fix named
+    with pytest.raises(ConfigError, match="teacher.checkpoint 'w.pth' is relative.*absolute"):
+        plan(config, overrides=["teacher.checkpoint=w.pth"])
+    absolute = plan(config, overrides=[f"teacher.checkpoint={tmp_path / 'other.pth'}"])
+    assert absolute.configs[0].teacher.checkpoint == str(tmp_path / "other.pth")
+
+
+def test_the_published_teacher_config_finds_its_teacher_beside_the_repository() -> None:
+    p = plan(REPO / "tune_configs" / "skdcgn_pretrained_double_colored.yaml")
+    assert [c.seed for c in p.configs] == [0, 1, 2]
+    cfg = p.configs[0]
+    assert cfg.teacher.mode == "pretrained" and cfg.data.published
+    assert cfg.teacher.checkpoint == str(
+        (REPO.parent / "shared" / "data" / "cgn_mnist" / "weights" /
+         "cgn_double_colored_MNIST.pth").resolve())
+    # TinyGAN's settings, as the issue asks
+    from kdci_ray.cgn.student import TINYGAN
+
+    assert all(cgn_config.CGN_SCHEMA.value(cfg, k) == v for k, v in TINYGAN.items())

@@ -110,7 +110,7 @@ class BlackBoxCGN:
                             np.ascontiguousarray(labels.numpy())))
         return torch.from_numpy(answer)
 
-    def speed(self, n: int = 2048, batch_size: int = 256, repeats: int = 3) -> float:
+    def speed(self, n: int = 512, batch_size: int = 256, repeats: int = 3) -> float:
         """The teacher's images per second (all three mechanisms), timed in its own process."""
         return float(self._ask(("speed", self.latent_dim, self.num_classes, n, batch_size,
                                 repeats)))

@@ -1,8 +1,10 @@
 """Teacher CGNs and student sets cached on disk, shared by the trials of a sweep.
 
-The composition study varies only how counterfactuals are composed, so its trials share one
-teacher per (data, teacher settings, seed) and one student set per (teacher, student settings,
-queries). Entries live under ``$KDCI_RAY_CACHE/cgn`` keyed by a hash of those settings; a file
+Counterfactual-augmentation variants change only how counterfactuals are sampled, so their
+trials share one teacher per (data, teacher settings, seed) and one student set per (teacher,
+student settings, queries); a retrained published teacher is cached per (checkpoint content,
+retraining settings, data, seed). Keys hash the settings and the content of every input file
+(checkpoint, textures), never a path alone. Entries live under ``$KDCI_RAY_CACHE/cgn``; a file
 lock per key makes a second trial that needs the same entry wait for the first and load it.
 """
 
@@ -44,13 +46,23 @@ def _key(*parts: Any) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
+def data_key(cfg: CGNConfig) -> list[Any]:
+    """The data settings plus the content of the texture files they read."""
+    d = cfg.data
+    files = []
+    if d.published and d.textures.strip():
+        root = Path(d.textures).expanduser()
+        files = [(str(f.relative_to(root)), sha256_of(f)) for f in sorted(root.glob("*/*.jpg"))]
+    return [dataclasses.asdict(d), files]
+
+
 def teacher_key(cfg: CGNConfig) -> str:
-    # v2: the shuffler tiles at full size (the adversarial teacher trains through it); a
-    # pretrained teacher is keyed by its file's content, not only its path
+    # v3: a pretrained teacher is keyed by its file's content and the retraining settings
     content = (sha256_of(Path(cfg.teacher.checkpoint).expanduser())
                if cfg.teacher.mode == "pretrained" else None)
-    return _key("teacher-v2", dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.teacher),
-                cfg.seed, content)
+    retrain = dataclasses.asdict(cfg.retrain) if cfg.retrain.steps > 0 else None
+    return _key("teacher-v3", data_key(cfg), dataclasses.asdict(cfg.teacher), cfg.seed, content,
+                retrain)
 
 
 def students_key(cfg: CGNConfig) -> str:
@@ -80,15 +92,35 @@ def _load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> tuple[dic
         return state, False
 
 
-def cached_accuracy(cfg: CGNConfig, which: str, compute: Callable[[], float]) -> tuple[float,
-                                                                                       bool]:
-    """A reference classifier's shifted-test accuracy (``which``: biased | oracle), computed
-    once per data, classifier settings and seed: the composition variants do not change it."""
-    key = _key("accuracy-v1", which, dataclasses.asdict(cfg.data),
-               dataclasses.asdict(cfg.classifier), cfg.seed)
-    state, cached = _load_or_build(cache_dir() / "cgn" / f"acc-{which}-{key}.pt",
-                                   lambda: {"acc": torch.tensor(compute(), dtype=torch.float64)})
-    return float(state["acc"]), cached
+def cached_reference(cfg: CGNConfig, which: str,
+                     train: Callable[[], tuple[nn.Module, float]],
+                     build_model: Callable[[], nn.Module]) -> tuple[nn.Module, float, bool]:
+    """A reference classifier (``which``: biased | oracle) and its shifted-test accuracy,
+    trained once per data, classifier settings and seed (the teacher, students and augmentation
+    do not change it): ``(model, accuracy, loaded from the cache)``."""
+    key = _key("reference-v2", which, data_key(cfg), dataclasses.asdict(cfg.classifier),
+               cfg.seed)
+
+    def build() -> dict[str, Any]:
+        model, acc = train()
+        return {"acc": torch.tensor(acc, dtype=torch.float64), "state": model.state_dict()}
+
+    state, cached = _load_or_build(cache_dir() / "cgn" / f"ref-{which}-{key}.pt", build)
+    model = build_model()
+    model.load_state_dict(state["state"])
+    return model.eval(), float(state["acc"]), cached
+
+
+def cached_metrics(cfg: CGNConfig, name: str, key_parts: list[Any],
+                   compute: Callable[[], dict[str, float]]) -> tuple[dict[str, float], bool]:
+    """Metrics computed once per ``key_parts`` (e.g. the shape-domain gap of a teacher)."""
+    key = _key(f"metrics-v1-{name}", key_parts)
+
+    def build() -> dict[str, Any]:
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in compute().items()}
+
+    state, cached = _load_or_build(cache_dir() / "cgn" / f"{name}-{key}.pt", build)
+    return {k: float(v) for k, v in state.items()}, cached
 
 
 def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData,
@@ -97,8 +129,10 @@ def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData,
     ``teacher.mode: pretrained`` the published CGN-MNIST teacher at ``teacher.checkpoint``
     (loaded strictly, never cached, ``False``), refused unless it fits ``train``."""
     t = cfg.teacher
-    if t.mode == "pretrained":
+    if t.mode == "pretrained" and cfg.retrain.steps == 0:
         return pretrained_teacher(cfg, train, log), False
+    if t.mode == "pretrained":
+        return retrained_teacher(cfg, train, log)
 
     def build() -> dict[str, Any]:
         cgn, _ = fit_teacher(train, t, seed=cfg.seed, log=log)
@@ -125,11 +159,30 @@ def pretrained_teacher(cfg: CGNConfig, train: MechanismData, log=print) -> Publi
             f"teacher.mode=pretrained: the published CGN-MNIST teacher {path} answers "
             f"{IMAGE_SIZE}x{IMAGE_SIZE} images of {NUM_CLASSES} classes, but data.variant="
             f"{cfg.data.variant} gives {size}x{size} images of {num_classes} classes, and the "
-            f"students, counterfactuals and classifiers work at the data's size: 32x32 data "
-            f"for the published teachers are not implemented yet. Use teacher.mode=supervised "
-            f"or adversarial with these data, or query the published teacher directly "
-            f"(kdci_ray.cgn.cgn_mnist.published_teacher, served by BlackBoxCGN)")
+            f"students, counterfactuals and classifiers work at the data's size: set "
+            f"data.published: true (the variant at 32x32 with the published datasets' facts)")
     return teacher
+
+
+def retrained_teacher(cfg: CGNConfig, train: MechanismData,
+                      log=print) -> tuple[PublishedTeacher, bool]:
+    """The published teacher fine-tuned on ``train`` under ``cfg.retrain`` (SKDCGN's
+    composition study, ``kdci_ray.cgn.retrain``), cached."""
+    from kdci_ray.cgn.cgn_mnist import CGNMnist
+    from kdci_ray.cgn.retrain import retrain_cgn
+
+    published = pretrained_teacher(cfg, train, log)
+
+    def build() -> dict[str, Any]:
+        model, _ = retrain_cgn(published.cgn, train, cfg.retrain, seed=cfg.seed, log=log)
+        return model.state_dict()
+
+    state, cached = _load_or_build(cache_dir() / "cgn" / f"teacher-{teacher_key(cfg)}.pt", build)
+    model = CGNMnist()
+    model.load_state_dict(state, strict=True)
+    log(f"teacher: the published teacher retrained for {cfg.retrain.steps} steps "
+        f"({'loaded from the cache' if cached else 'trained now'})")
+    return PublishedTeacher(model.eval()).eval(), cached
 
 
 def cached_students_of(cfg: CGNConfig, box: BlackBoxCGN,

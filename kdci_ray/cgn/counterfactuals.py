@@ -4,7 +4,7 @@ Sauer & Geiger (2021) train an invariant classifier on composed counterfactuals:
 the sample's label, foreground and background labels are permuted within the batch, so colour
 and texture no longer predict the class. The SKDCGN composition study (Ambekar et al., 2022)
 perturbs the composition: mask noise, mask transparency (x0.75), mask rotation, and several
-counterfactuals per mask; :class:`CompositionVariant` holds those switches.
+counterfactuals per mask; :class:`CounterfactualAugmentation` holds those switches.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ Mechanism = Callable[[str, Tensor, Tensor], Tensor]  # (mechanism, noise, labels
 
 
 @dataclass
-class CompositionVariant:
+class CounterfactualAugmentation:
     mask_noise: float = 0.0  # std of Gaussian noise added to the mask (then clamped to [0, 1])
     transparency: float = 1.0  # the mask is multiplied by this (the study's 0.75)
     rotation: float = 0.0  # masks rotated by a uniform angle in [-rotation, rotation] degrees
@@ -41,7 +41,8 @@ def rotate(mask: Tensor, degrees: Tensor) -> Tensor:
     return F.grid_sample(mask, grid, align_corners=False, padding_mode="zeros")
 
 
-def perturb_mask(mask: Tensor, variant: CompositionVariant, generator: torch.Generator) -> Tensor:
+def perturb_mask(mask: Tensor, variant: CounterfactualAugmentation,
+                 generator: torch.Generator) -> Tensor:
     if variant.rotation > 0:
         angles = (torch.rand(len(mask), generator=generator) * 2 - 1) * variant.rotation
         mask = rotate(mask, angles)
@@ -52,10 +53,10 @@ def perturb_mask(mask: Tensor, variant: CompositionVariant, generator: torch.Gen
 
 @torch.no_grad()
 def counterfactual_dataset(mechanism: Mechanism, n: int, latent_dim: int, num_classes: int,
-                           seed: int, variant: CompositionVariant | None = None,
+                           seed: int, variant: CounterfactualAugmentation | None = None,
                            batch_size: int = 500, shuffle_tiles: int = 2) -> tuple[Tensor, Tensor]:
     """``n`` counterfactual images (float [0, 1]) and their shape labels."""
-    variant = variant or CompositionVariant()
+    variant = variant or CounterfactualAugmentation()
     if variant.per_mask < 1:
         raise ValueError(f"per_mask must be >= 1, got {variant.per_mask}")
     g = torch.Generator().manual_seed(seed)

@@ -9,6 +9,7 @@ students' parameter and sampling-speed ratios against the teacher's mechanisms.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,21 @@ from typing import Any
 import torch
 
 from kdci_ray.cgn.blackbox import BlackBoxCGN, QuerySet, collect_queries
-from kdci_ray.cgn.cache import cached_accuracy, cached_students_of, cached_teacher_cgn
-from kdci_ray.cgn.classifier import accuracy, train_classifier
+from kdci_ray.cgn.cache import cached_reference, cached_students_of, cached_teacher_cgn
+from kdci_ray.cgn.classifier import accuracy, new_classifier, train_classifier
 from kdci_ray.cgn.config import CGNConfig
+from kdci_ray.cgn.controls import (
+    SWAP_CODES,
+    kid_scores,
+    label_fidelity,
+    mechanism_grids,
+    swap_mechanism,
+)
 from kdci_ray.cgn.counterfactuals import counterfactual_dataset, students_mechanism
-from kdci_ray.cgn.data import make_split
+from kdci_ray.cgn.data import MechanismData, make_split
+from kdci_ray.cgn.data_published import make_published_split
 from kdci_ray.cgn.mechanisms import MECHANISMS, parameter_count
+from kdci_ray.cgn.student import untrained_student
 
 
 def retained_gain(biased: float, teacher_cf: float, student_cf: float) -> float:
@@ -52,7 +62,7 @@ def fidelity(students: dict[str, torch.nn.Module],
 
 
 @torch.no_grad()
-def images_per_second(mechanism, latent_dim: int, num_classes: int, n: int = 2048,
+def images_per_second(mechanism, latent_dim: int, num_classes: int, n: int = 512,
                       batch_size: int = 256, repeats: int = 3) -> float:
     """Sampling speed of all three mechanisms (best of ``repeats`` passes over ``n`` samples)."""
     g = torch.Generator().manual_seed(0)
@@ -68,15 +78,24 @@ def images_per_second(mechanism, latent_dim: int, num_classes: int, n: int = 204
     return n / best
 
 
+def load_split(cfg: CGNConfig, split: str) -> MechanismData:
+    """One split of ``cfg``'s data: the published variants at 32x32 (``data.published``) or our
+    16x16 ones; the test split has one copy of each digit."""
+    d = cfg.data
+    copies = 1 if split == "test" else d.copies
+    if d.published:
+        return make_published_split(d.variant, split, seed=cfg.seed, copies=copies, bias=d.bias,
+                                    textures=d.textures.strip() or None,
+                                    digit_box=d.digit_box, binarise_at=d.binarise_at)
+    return make_split(d.variant, split, seed=cfg.seed, copies=copies, bias=d.bias)
+
+
 def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any]:
     """Everything of one trial; returns the metrics (accuracies as fractions). With ``out_dir``
-    it also writes sample grids (``samples.png``, TensorBoard images) there."""
+    it also writes sample grids (``samples.png``, ``mechanisms.png``, TensorBoard images)."""
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    d = cfg.data
-    train = make_split(d.variant, "train", seed=cfg.seed, copies=d.copies, bias=d.bias)
-    test = make_split(d.variant, "test", seed=cfg.seed)
-    oracle = make_split(d.variant, "oracle", seed=cfg.seed, copies=d.copies)
+    train, test, oracle = (load_split(cfg, s) for s in ("train", "test", "oracle"))
     num_classes = int(train.labels.max()) + 1
 
     teacher, cached_teacher = cached_teacher_cgn(cfg, train, log)
@@ -92,32 +111,62 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
     t = time.perf_counter()
     teacher_mech, student_mech = box.query, students_mechanism(students)
     c = cfg.classifier
-    cf_t = counterfactual_dataset(teacher_mech, c.counterfactuals, box.latent_dim, num_classes,
-                                  seed=cfg.seed, variant=cfg.composition)
-    cf_s = counterfactual_dataset(student_mech, c.counterfactuals, box.latent_dim, num_classes,
-                                  seed=cfg.seed, variant=cfg.composition)
-    def shifted_test_accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
-        clf = train_classifier(x, y, num_classes, steps=c.steps, batch_size=c.batch_size,
-                               lr=c.lr, seed=cfg.seed)
-        return accuracy(clf, test.images, test.labels)
 
-    accs, reused = {}, []
-    for key, which, (x, y) in (("acc_biased", "biased", (train.images, train.labels)),
-                               ("acc_teacher_cf", None, cf_t), ("acc_student_cf", None, cf_s),
-                               ("acc_oracle", "oracle", (oracle.images, oracle.labels))):
-        if which is None:  # depends on the composition: always trained
-            accs[key] = shifted_test_accuracy(x, y)
-        else:  # the same for every composition variant: once per data, classifier and seed
-            accs[key], hit = cached_accuracy(cfg, which,
-                                             lambda x=x, y=y: shifted_test_accuracy(x, y))
-            reused.append(hit)
+    def untrained_classifier() -> torch.nn.Module:
+        return new_classifier(c.arch, num_classes, 3, c.input_size)
+
+    def classifier_of(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, float]:
+        clf = train_classifier(x, y, num_classes, steps=c.steps, batch_size=c.batch_size,
+                               lr=c.lr, seed=cfg.seed, arch=c.arch, input_size=c.input_size)
+        return clf, accuracy(clf, test.images, test.labels)
+
+    def counterfactuals_of(mechanism) -> tuple[torch.Tensor, torch.Tensor]:
+        return counterfactual_dataset(mechanism, c.counterfactuals, box.latent_dim, num_classes,
+                                      seed=cfg.seed, variant=cfg.augmentation)
+
+    accs, models, reused = {}, {}, []
+    for which, split in (("biased", train), ("oracle", oracle)):
+        models[which], accs[f"acc_{which}"], hit = cached_reference(
+            cfg, which, lambda s=split: classifier_of(s.images, s.labels), untrained_classifier)
+        reused.append(hit)
+    cf_t, cf_s = counterfactuals_of(teacher_mech), counterfactuals_of(student_mech)
+    models["teacher_cf"], accs["acc_teacher_cf"] = classifier_of(*cf_t)
+    _, accs["acc_student_cf"] = classifier_of(*cf_s)
+    for key in ("acc_biased", "acc_teacher_cf", "acc_student_cf", "acc_oracle"):
         log(f"{key}: {accs[key]:.4f}")
     times["classifiers_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ctl, shape = cfg.controls, (box.latent_dim, num_classes)
+    extra = {**label_fidelity(models["teacher_cf"], teacher_mech, student_mech, ctl.samples,
+                              *shape, seed=cfg.seed + 20_000),
+             **kid_scores(models["oracle"], teacher_mech, student_mech, ctl.samples, *shape,
+                          seed=cfg.seed + 30_000)}
+    if ctl.swaps:
+        for code in SWAP_CODES:
+            if code in ("TTT", "SSS"):  # the teacher and student counterfactuals above
+                continue
+            _, extra[f"acc_cf_{code}"] = classifier_of(*counterfactuals_of(
+                swap_mechanism(teacher_mech, student_mech, code)))
+            log(f"swap {code} (shape, foreground, background; S = student): "
+                f"{extra[f'acc_cf_{code}']:.4f}")
+    if ctl.untrained:
+        blank = {m: untrained_student(m, num_classes, box.latent_dim, cfg.student.width,
+                                      box.image_size, seed=cfg.seed) for m in MECHANISMS}
+        _, extra["acc_untrained_cf"] = classifier_of(*counterfactuals_of(
+            students_mechanism(blank)))
+        extra["retained_gain_untrained"] = retained_gain(
+            accs["acc_biased"], accs["acc_teacher_cf"], extra["acc_untrained_cf"])
+    if ctl.shape_gap:
+        extra.update(teacher_shape_gap(cfg, box, train, test, num_classes))
+    times["controls_s"] = time.perf_counter() - t
     if out_dir is not None:
         write_samples(out_dir, {"originals (biased train)": train.images[:40],
                                 "teacher counterfactuals": cf_t[0][:40],
                                 "student counterfactuals": cf_s[0][:40],
                                 "shifted test": test.images[:40]})
+        write_samples(out_dir, mechanism_grids(teacher_mech, student_mech, *shape,
+                                               seed=cfg.seed), name="mechanisms.png")
 
     teacher_params = sum(parameter_count(teacher.mechanisms[m]) for m in MECHANISMS)
     student_params = sum(parameter_count(students[m]) for m in MECHANISMS)
@@ -134,10 +183,35 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
             "teacher_images_per_s": speed_t, "student_images_per_s": speed_s,
             "teacher_cached": float(cached_teacher), "students_cached": float(cached_students),
             "references_cached": float(sum(reused)),  # of the 2 (biased, oracle) loaded
-            **fidelity(students, heldout), **times}
+            **fidelity(students, heldout), **extra, **times}
 
 
-def write_samples(out_dir: Path, grids: dict[str, torch.Tensor]) -> Path:
+def teacher_shape_gap(cfg: CGNConfig, box: BlackBoxCGN, train: MechanismData,
+                      test: MechanismData, num_classes: int) -> dict[str, float]:
+    """The shape-domain gap between the teacher's masks (queried from the box) and the data's
+    digits (``kdci_ray.cgn.shape_gap``), cached per teacher, data, classifier and seed."""
+    from kdci_ray.cgn.cache import cached_metrics, teacher_key
+    from kdci_ray.cgn.shape_gap import shape_domain_gap
+
+    c = cfg.classifier
+
+    def compute() -> dict[str, float]:
+        g = torch.Generator().manual_seed(cfg.seed + 40_000)
+        per_class = max(1, len(train) // num_classes)
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        noise = torch.randn(len(labels), box.latent_dim, generator=g)
+        masks = torch.cat([box.query("shape", noise[i:i + 500], labels[i:i + 500])
+                           for i in range(0, len(labels), 500)])
+        return shape_domain_gap(masks, labels, train.masks, train.labels, test.masks,
+                                test.labels, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
+                                seed=cfg.seed, arch=c.arch, input_size=c.input_size)
+
+    values, _ = cached_metrics(cfg, "shape-gap", [teacher_key(cfg), dataclasses.asdict(c)],
+                               compute)
+    return values
+
+
+def write_samples(out_dir: Path, grids: dict[str, torch.Tensor], name: str = "samples.png") -> Path:
     """One PNG with a row block per named image set, and the same grids in TensorBoard."""
     from PIL import Image
     from tensorboardX import SummaryWriter
@@ -146,7 +220,7 @@ def write_samples(out_dir: Path, grids: dict[str, torch.Tensor]) -> Path:
     blocks = [image_grid(x) for x in grids.values()]
     sheet = torch.cat([torch.cat([b, torch.ones(3, 2, b.shape[-1])], dim=1) for b in blocks],
                       dim=1)
-    path = out_dir / "samples.png"
+    path = out_dir / name
     Image.fromarray((sheet.permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()).resize(
         (sheet.shape[2] * 4, sheet.shape[1] * 4), Image.NEAREST).save(path)
     with SummaryWriter(str(out_dir)) as writer:

@@ -66,6 +66,7 @@ def load_experiment(config: str | Path | dict[str, Any], kind: str | None = None
         settings = schema.flatten(raw, where)
         if path is not None:
             settings.setdefault("name", path.stem)
+            settings = _files_beside(settings, exp_kind.file_keys, path.parent)
         schema.check_keys(settings, where)
         schema.check_keys({k: v for k, v in search.items() if k != CASES},
                           f"{where} (search section)")
@@ -75,6 +76,18 @@ def load_experiment(config: str | Path | dict[str, Any], kind: str | None = None
             _suggest_kind(raw, search, where)
         raise
     return Experiment(exp_kind, path, settings, parsed)
+
+
+def _files_beside(settings: dict[str, Any], keys: tuple[str, ...],
+                  base: Path) -> dict[str, Any]:
+    """``settings`` with each relative file path of ``keys`` made absolute against ``base`` (the
+    experiment file's directory), so that a file in the repository can name data beside it."""
+    out = dict(settings)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, str) and value.strip() and not Path(value).expanduser().is_absolute():
+            out[key] = str((base / value).resolve())
+    return out
 
 
 def _suggest_kind(raw: dict[str, Any], search: dict[str, Any], where: str) -> None:

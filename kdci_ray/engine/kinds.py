@@ -44,6 +44,9 @@ class ExperimentKind:
     name: ClassVar[str]
     schema: ClassVar[Schema]
     summary_columns: ClassVar[tuple[str, ...]] = ()
+    # keys naming input files: a relative value written in an experiment file is read against
+    # that file's directory (a command-line value against the working directory)
+    file_keys: ClassVar[tuple[str, ...]] = ()
 
     def resolve(self, *layers: dict[str, Any]) -> Any:
         """The validated config of one trial from dotted-key layers (file, point, overrides)."""

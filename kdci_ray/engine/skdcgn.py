@@ -25,6 +25,7 @@ from kdci_ray.engine.plan import SweepPlan
 class SKDCGN(ExperimentKind):
     name = "skdcgn"
     schema = cgn_config.CGN_SCHEMA
+    file_keys = ("teacher.checkpoint", "data.textures")
 
     def resolve(self, *layers: dict[str, Any]) -> cgn_config.CGNConfig:
         return cgn_config.resolve(*layers)
@@ -36,29 +37,35 @@ class SKDCGN(ExperimentKind):
         return ""  # results/<file stem>/ under the launch directory, like every kind
 
     def check_plan(self, configs: list[Any], where: str) -> None:
-        """A published teacher's checkpoint must be an absolute path: a trial runs in its own
-        directory, where a relative one would name another file."""
+        """Input files (a published teacher's checkpoint, the Wildlife textures) must be absolute
+        paths: a trial runs in its own directory, where a relative one would name another file."""
         for cfg in configs:
-            path = cfg.teacher.checkpoint
-            if cfg.teacher.mode == "pretrained" and not Path(path).expanduser().is_absolute():
-                raise ConfigError(f"{where}: teacher.checkpoint {path!r} is relative; a trial "
-                                  f"runs in its own directory: give the absolute path "
-                                  f"({Path(path).expanduser().resolve()})")
+            for key, path in (("teacher.checkpoint", cfg.teacher.checkpoint),
+                              ("data.textures", cfg.data.textures)):
+                if path.strip() and not Path(path).expanduser().is_absolute():
+                    raise ConfigError(f"{where}: {key} {path!r} is relative; a trial runs in "
+                                      f"its own directory: give the absolute path "
+                                      f"({Path(path).expanduser().resolve()})")
 
     def check_inputs(self, plan: SweepPlan, log) -> None:
         """Each published teacher (``teacher.mode: pretrained``) loaded strictly once and checked
-        against its data before Ray starts."""
+        against its data, and the Wildlife textures read, before Ray starts."""
         from kdci_ray.cgn.cache import pretrained_teacher
-        from kdci_ray.cgn.data import make_split
+        from kdci_ray.cgn.pipeline import load_split
 
         seen: set[tuple] = set()
         for cfg in plan.configs:
-            key = (cfg.teacher.checkpoint, cfg.data.variant)
-            if cfg.teacher.mode != "pretrained" or key in seen:
+            key = (cfg.teacher.checkpoint, cfg.data.variant, cfg.data.published,
+                   cfg.data.textures)
+            if key in seen or not (cfg.teacher.mode == "pretrained" or cfg.data.published):
                 continue
             seen.add(key)
-            probe = make_split(cfg.data.variant, "test", seed=cfg.seed)
-            pretrained_teacher(cfg, probe, log)
+            try:
+                probe = load_split(cfg, "test")
+            except (OSError, ValueError) as exc:  # the textures: missing, partial, unreadable
+                raise ConfigError(str(exc)) from None
+            if cfg.teacher.mode == "pretrained":
+                pretrained_teacher(cfg, probe, log)
 
     def check_resources(self, plan: SweepPlan) -> None:
         import ray

@@ -27,10 +27,18 @@ from kdci_ray.search.cases import CASES, column_name, is_case_key
 
 METRICS_FILE = "metrics.json"  # an SKDCGN trial's one result row
 COLUMNS = ["trial", "variant", "seed", "acc_biased", "acc_teacher_cf", "acc_student_cf",
-           "acc_oracle", "retained_gain", "param_ratio", "sample_speed_ratio"]
-EXTRA = ["mask_iou", "l1_shape", "l1_foreground", "l1_background", "teacher_params",
-         "student_params", "teacher_images_per_s", "student_images_per_s", "teacher_s",
-         "students_s", "classifiers_s", "total_s"]
+           "acc_oracle", "retained_gain", "label_fidelity", "kid", "param_ratio",
+           "sample_speed_ratio"]
+SWAPS = ["acc_cf_STT", "acc_cf_TST", "acc_cf_TTS", "acc_cf_SST", "acc_cf_STS", "acc_cf_TSS"]
+SHAPE_GAP = ["shape_acc_digits", "shape_acc_teacher_to_digits", "shape_acc_digits_to_teacher",
+             "shape_acc_teacher", "shape_gap"]
+FIDELITY = ["label_fidelity_teacher", "label_fidelity_shape", "label_fidelity_foreground",
+            "label_fidelity_background"]
+EXTRA = ["mask_iou", "l1_shape", "l1_foreground", "l1_background", *FIDELITY, "kid_std",
+         "kid_floor", "kid_floor_std", *SWAPS, "acc_untrained_cf", "retained_gain_untrained",
+         *SHAPE_GAP, "teacher_params", "student_params", "teacher_images_per_s",
+         "student_images_per_s", "teacher_s", "students_s", "classifiers_s", "controls_s",
+         "total_s"]
 EFFECTS = (("acc_student_cf", "student CF"), ("acc_teacher_cf", "teacher CF"),
            ("retained_gain", "retained gain"))
 
@@ -76,15 +84,17 @@ def summary_markdown(frame: pd.DataFrame, title: str) -> str:
     """Mean ± std per variant, then each variant's paired effect against the first one."""
     lines = [f"## {title}", "",
              "| variant | n | biased (%) | teacher CF (%) | student CF (%) | oracle (%) | "
-             "retained gain | params s/t | speed s/t |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "retained gain | label fidelity (%) | KID ×1000 | params s/t | speed s/t |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = list(dict.fromkeys(frame["variant"]))
     for name in order:
         g = frame[frame["variant"] == name]
         lines.append(f"| {name} | {len(g)} | {_ms(g['acc_biased'])} | "
                      f"{_ms(g['acc_teacher_cf'])} | {_ms(g['acc_student_cf'])} | "
                      f"{_ms(g['acc_oracle'])} | {_ms(g['retained_gain'], False)} | "
+                     f"{_ms(g['label_fidelity'])} | {_ms(g['kid'] * 1000, False)} | "
                      f"{_ms(g['param_ratio'], False)} | {_ms(g['sample_speed_ratio'], False)} |")
+    lines += controls_markdown(frame, order)
     if len(order) > 1:
         base = frame[frame["variant"] == order[0]]
         lines += ["", f"### Effect of each variant against `{order[0]}` (same seeds)", "",
@@ -98,6 +108,48 @@ def summary_markdown(frame: pd.DataFrame, title: str) -> str:
                 lines.append(f"| {name} | {label} | " + " | ".join(shown) + " |")
         lines += ["", RULE]
     return "\n".join(lines) + "\n"
+
+
+def _table(frame: pd.DataFrame, order: list[str], heading: str, header: list[str],
+           columns: list[str], pct: list[bool], measured: list[str]) -> list[str]:
+    """A mean ± std table per variant of ``columns``, or nothing when none of ``measured``
+    was."""
+    if frame.reindex(columns=measured).dropna(how="all").empty:
+        return []
+    lines = ["", heading, "", "| variant | " + " | ".join(header) + " |",
+             "|---|" + "---:|" * len(header)]
+    for name in order:
+        g = frame[frame["variant"] == name].reindex(columns=columns)
+        lines.append(f"| {name} | " + " | ".join(
+            _ms(g[c], p) for c, p in zip(columns, pct, strict=True)) + " |")
+    return lines
+
+
+def controls_markdown(frame: pd.DataFrame, order: list[str]) -> list[str]:
+    """The controls' tables (``kdci_ray.cgn.controls``), those that were measured."""
+    kid = frame.reindex(columns=["kid", "kid_floor"]) * 1000
+    scaled = frame.assign(kid_x1000=kid["kid"], kid_floor_x1000=kid["kid_floor"])
+    lines = _table(
+        scaled, order, "### Label fidelity and KID (what the students keep)",
+        ["teacher (%)", "student shape (%)", "student foreground (%)",
+         "student background (%)", "all students (%)", "KID ×1000", "KID floor ×1000"],
+        [*FIDELITY, "label_fidelity", "kid_x1000", "kid_floor_x1000"], [True] * 5 + [False] * 2,
+        FIDELITY)
+    lines += _table(
+        frame, order, "### Teacher/student swaps: shifted-test accuracy (%) of the classifier "
+                      "trained on counterfactuals whose mechanisms (shape, foreground, "
+                      "background) come from the teacher (T) or the student (S)",
+        ["TTT", "STT", "TST", "TTS", "SST", "STS", "TSS", "SSS"],
+        ["acc_teacher_cf", *SWAPS, "acc_student_cf"], [True] * 8, SWAPS)
+    lines += _table(frame, order, "### Untrained-student control",
+                    ["untrained-student CF (%)", "its retained gain", "trained student CF (%)"],
+                    ["acc_untrained_cf", "retained_gain_untrained", "acc_student_cf"],
+                    [True, False, True], ["acc_untrained_cf"])
+    lines += _table(
+        frame, order, "### Shape-domain gap: shape-only accuracy (%) on binarised masks",
+        ["digits → digits", "teacher → digits", "digits → teacher", "teacher → teacher",
+         "gap (pp)"], SHAPE_GAP, [True] * 5, SHAPE_GAP)
+    return lines
 
 
 def _ratio_cells(p: Any) -> list[str]:
