@@ -136,6 +136,13 @@ def test_published_teacher_pipeline_reports_every_control(tmp_path: Path, monkey
     assert metrics["teacher_params"] == 660_192 and 0 < metrics["param_ratio"] < 0.5
     assert (tmp_path / "trial" / "mechanisms.png").is_file()
     assert (tmp_path / "trial" / "samples.png").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "trial"))
+    events.Reload()
+    assert {"mechanisms/shape_teacher", "mechanisms/shape_student",
+            "mechanisms/composite_student", "samples/teacher_counterfactuals"} \
+        <= set(events.Tags()["images"])
     # the same trial again loads the teacher-free parts from the cache: references, students
     again = run(cfg, tmp_path / "trial2", log=lambda _: None)
     assert again["students_cached"] == 1.0 and again["references_cached"] == 2.0

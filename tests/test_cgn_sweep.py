@@ -164,8 +164,11 @@ def test_input_files_in_an_experiment_file_are_read_beside_it(tmp_path: Path) ->
     # a relative path from the command line names no file's directory: refused, fix named
     with pytest.raises(ConfigError, match="teacher.checkpoint 'w.pth' is relative.*absolute"):
         plan(config, overrides=["teacher.checkpoint=w.pth"])
-    absolute = plan(config, overrides=[f"teacher.checkpoint={tmp_path / 'other.pth'}"])
+    absolute = plan(config, overrides=[f"teacher.checkpoint={tmp_path / 'other.pth'}",
+                                       "student.losses=pixel", "retrain.steps=3"])
     assert absolute.configs[0].teacher.checkpoint == str(tmp_path / "other.pth")
+    # command-line keys are the kind's (SKDCGN-only keys were once checked as distillation keys)
+    assert absolute.configs[0].student.losses == "pixel" and absolute.configs[0].retrain.steps == 3
 
 
 def test_the_published_teacher_config_finds_its_teacher_beside_the_repository() -> None:
@@ -180,3 +183,33 @@ def test_the_published_teacher_config_finds_its_teacher_beside_the_repository() 
     from kdci_ray.cgn.student import TINYGAN
 
     assert all(cgn_config.CGN_SCHEMA.value(cfg, k) == v for k, v in TINYGAN.items())
+
+
+def _published(tmp: Path, **extra) -> Path:
+    body = {"kind": "skdcgn", "teacher.mode": "pretrained", "data.published": True,
+            "teacher.checkpoint": str(tmp / "teacher.pth"), **extra}
+    path = tmp / "published.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_published_teacher_inputs_are_refused_before_ray(tmp_path: Path, capsys) -> None:
+    from refusal import assert_refused
+
+    out = tmp_path / "out"
+    no_published = tmp_path / "no_published.yaml"
+    no_published.write_text(yaml.safe_dump({"kind": "skdcgn", "teacher.mode": "pretrained",
+                                            "teacher.checkpoint": "/t.pth"}))
+    assert_refused(capsys, ["sweep", str(no_published), "--output", str(out)],
+                   ["generate 32x32 images", "set data.published: true"], out)
+    assert_refused(capsys, ["sweep", str(_published(tmp_path)), "--output", str(out),
+                            "teacher.checkpoint=rel.pth"],
+                   ["teacher.checkpoint 'rel.pth' is relative", "give the absolute path"], out)
+    (tmp_path / "textures" / "object").mkdir(parents=True)  # no background/, no JPEGs
+    wildlife = _published(tmp_path, **{"data.variant": "wildlife",
+                                       "data.textures": str(tmp_path / "textures")})
+    assert_refused(capsys, ["sweep", str(wildlife), "--output", str(out)],
+                   [str(tmp_path / "textures"), "object/"], out)
+    assert_refused(capsys, ["sweep", str(_published(tmp_path)), "--output", str(out),
+                            "composition.rotation=30"],
+                   ["'composition.rotation' was renamed to 'augmentation.rotation'"], out)

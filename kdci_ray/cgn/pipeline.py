@@ -10,6 +10,7 @@ students' parameter and sampling-speed ratios against the teacher's mechanisms.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -161,12 +162,13 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
         extra.update(teacher_shape_gap(cfg, box, train, test, num_classes))
     times["controls_s"] = time.perf_counter() - t
     if out_dir is not None:
-        write_samples(out_dir, {"originals (biased train)": train.images[:40],
-                                "teacher counterfactuals": cf_t[0][:40],
-                                "student counterfactuals": cf_s[0][:40],
-                                "shifted test": test.images[:40]})
-        write_samples(out_dir, mechanism_grids(teacher_mech, student_mech, *shape,
-                                               seed=cfg.seed), name="mechanisms.png")
+        write_samples(out_dir, {
+            "samples.png": {"originals (biased train)": train.images[:40],
+                            "teacher counterfactuals": cf_t[0][:40],
+                            "student counterfactuals": cf_s[0][:40],
+                            "shifted test": test.images[:40]},
+            "mechanisms.png": mechanism_grids(teacher_mech, student_mech, *shape,
+                                              seed=cfg.seed)})
 
     teacher_params = sum(parameter_count(teacher.mechanisms[m]) for m in MECHANISMS)
     student_params = sum(parameter_count(students[m]) for m in MECHANISMS)
@@ -211,22 +213,32 @@ def teacher_shape_gap(cfg: CGNConfig, box: BlackBoxCGN, train: MechanismData,
     return values
 
 
-def write_samples(out_dir: Path, grids: dict[str, torch.Tensor], name: str = "samples.png") -> Path:
-    """One PNG with a row block per named image set, and the same grids in TensorBoard."""
+def write_samples(out_dir: Path, sheets: dict[str, dict[str, torch.Tensor]]) -> list[Path]:
+    """Per sheet (file name -> named image sets) one PNG with a row block per image set, and
+    every image set in one TensorBoard event file."""
     from PIL import Image
     from tensorboardX import SummaryWriter
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocks = [image_grid(x) for x in grids.values()]
-    sheet = torch.cat([torch.cat([b, torch.ones(3, 2, b.shape[-1])], dim=1) for b in blocks],
-                      dim=1)
-    path = out_dir / name
-    Image.fromarray((sheet.permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()).resize(
-        (sheet.shape[2] * 4, sheet.shape[1] * 4), Image.NEAREST).save(path)
+    paths = []
     with SummaryWriter(str(out_dir)) as writer:
-        for name, block in zip(grids, blocks, strict=True):
-            writer.add_image(name, block.clamp(0, 1).numpy(), 0)
-    return path
+        for file_name, grids in sheets.items():
+            blocks = [image_grid(x) for x in grids.values()]
+            sheet = torch.cat([torch.cat([b, torch.ones(3, 2, b.shape[-1])], dim=1)
+                               for b in blocks], dim=1)
+            paths.append(out_dir / file_name)
+            Image.fromarray((sheet.permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()).resize(
+                (sheet.shape[2] * 4, sheet.shape[1] * 4), Image.NEAREST).save(paths[-1])
+            for name, block in zip(grids, blocks, strict=True):
+                writer.add_image(image_tag(file_name, name), block.clamp(0, 1).numpy(), 0)
+    return paths
+
+
+def image_tag(file_name: str, name: str) -> str:
+    """The TensorBoard tag of an image set: ``<sheet>/<name>`` in lower-case words joined by
+    ``_`` (``mechanisms.png``, ``shape: teacher`` -> ``mechanisms/shape_teacher``)."""
+    words = re.findall(r"[a-z0-9]+", name.lower())
+    return f"{Path(file_name).stem}/{'_'.join(words)}"
 
 
 def image_grid(images: torch.Tensor, per_row: int = 10, pad: int = 1) -> torch.Tensor:

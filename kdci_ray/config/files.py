@@ -62,14 +62,21 @@ def read_yaml(path: str | Path) -> Any:
     return parse_yaml(text, str(path))
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.lr=0.1", "kdci.enabled=true"]`` -> dotted dict (values parsed later, per type)."""
+def split_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.1", "kdci.enabled=true"]`` -> dotted dict (values parsed later, per type;
+    keys checked by the caller, against its experiment kind's schema)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         out[key.strip()] = value.strip()
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """:func:`split_overrides` with the keys checked against the distillation schema."""
+    out = split_overrides(items)
     check_keys(out, "command-line overrides")
     return out
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdci_ray.config import ConfigError, parse_overrides
+from kdci_ray.config import ConfigError
+from kdci_ray.config.files import split_overrides
 from kdci_ray.engine.files import load_experiment
 from kdci_ray.engine.kinds import DEFAULT_KIND, ExperimentKind, kind_named
 from kdci_ray.engine.sweep_dir import SWEEP_FILE, BadRecord, load_record
@@ -67,8 +68,9 @@ def plan_sweep(config: str | Path | dict[str, Any], overrides: list[str] | dict 
         raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     exp = load_experiment(config, kind)
     where = str(exp.path) if exp.path else "the experiment given"
-    over = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides or [])
-    exp.kind.schema.check_keys({k: v for k, v in over.items() if k != "smoke"}, "the overrides")
+    over = dict(overrides) if isinstance(overrides, dict) else split_overrides(overrides or [])
+    exp.kind.schema.check_keys({k: v for k, v in over.items() if k != "smoke"},
+                               "the command-line overrides")
     if smoke:
         over["smoke"] = True
     search = Search.parse({}, where, exp.kind.schema.check_keys) if single else exp.parsed
