@@ -4,7 +4,9 @@ counterfactuals, invariant classifiers, and the metrics of the report.
 Shifted-test accuracy of the classifier trained on (a) the biased originals, (b) teacher
 counterfactuals, (c) student counterfactuals, (d) unbiased data (oracle); the retained gain
 ``(c - a) / (b - a)``; per-mechanism fidelity on held-out queries (L1, and mask IoU at 0.5); the
-students' parameter and sampling-speed ratios against the teacher's mechanisms.
+students' parameter and sampling-speed ratios against the teacher's mechanisms; label fidelity
+and KID (``controls``), and with ``controls.*`` the teacher/student swaps, the untrained-student
+control and the shape-domain gap.
 """
 
 from __future__ import annotations
