@@ -148,3 +148,30 @@ def test_published_teacher_pipeline_reports_every_control(tmp_path: Path, monkey
     assert again["students_cached"] == 1.0 and again["references_cached"] == 2.0
     assert again["shape_gap"] == metrics["shape_gap"]
     assert yaml.safe_load(yaml.safe_dump(cgn_config.to_flat(cfg)))["data.published"] is True
+
+
+@needs_shared
+def test_a_retrained_teacher_is_fine_tuned_once_and_cached(tmp_path: Path, monkeypatch) -> None:
+    from kdci_ray.cgn.cache import cached_teacher_cgn, teacher_key
+    from kdci_ray.cgn.cgn_mnist import published_teacher
+    from kdci_ray.cgn.pipeline import load_split
+
+    monkeypatch.setenv("KDCI_RAY_CACHE", str(tmp_path / "cache"))
+    path = SHARED / "weights" / "cgn_double_colored_MNIST.pth"
+    base = {"teacher.mode": "pretrained", "data.published": True, "teacher.checkpoint": str(path),
+            "data.copies": 1, "retrain.steps": 2, "retrain.d_warmup": 1}
+    cfg = cgn_config.resolve(base)
+    train = load_split(cfg, "train")
+    first, cached = cached_teacher_cgn(cfg, train, log=lambda _: None)
+    again, cached_again = cached_teacher_cgn(cfg, train, log=lambda _: None)
+    assert (cached, cached_again) == (False, True)
+    z, y = torch.randn(4, 32), torch.arange(4)
+    with torch.no_grad():
+        assert torch.equal(first.mechanism("shape", z, y), again.mechanism("shape", z, y))
+        published = published_teacher(path).mechanism("shape", z, y)
+        assert not torch.equal(first.mechanism("shape", z, y), published)  # fine-tuned
+    # each perturbation is its own teacher; steps 0 is the published one, never cached
+    rotated = cgn_config.resolve({**base, "retrain.rotation": 180.0})
+    assert teacher_key(rotated) != teacher_key(cfg)
+    plain = cgn_config.resolve({**base, "retrain.steps": 0})
+    assert cached_teacher_cgn(plain, train, log=lambda _: None)[1] is False
