@@ -59,6 +59,18 @@ def _trials(out: Path) -> list[Path]:
         if out.is_dir() else []
 
 
+def _tune_saw_finished(out: Path, trial: Path) -> bool:
+    """Whether the newest saved Tune experiment state in ``out`` has ``trial`` TERMINATED."""
+    for state in sorted(out.glob("experiment_state-*.json"), reverse=True)[:1]:
+        try:
+            trials = [json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"]]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return False  # being written right now
+        return any(t.get("relative_logdir") == trial.name and t.get("status") == "TERMINATED"
+                   for t in trials)
+    return False
+
+
 def _wait_until_midway(proc: subprocess.Popen, out: Path, log: Path,
                        timeout: float = 240) -> tuple[Path, Path]:
     """Until one trial has finished and the other has checkpointed a few rounds, not all."""
@@ -66,7 +78,9 @@ def _wait_until_midway(proc: subprocess.Popen, out: Path, log: Path,
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"sweep ended early:\n{log.read_text()[-3000:]}"
         trials = _trials(out)
-        done = [t for t in trials if (t / "student.pt").is_file()]
+        # finished, and Tune's saved experiment state says so (a trial killed between writing
+        # its student and Tune's snapshot is resumed from its last checkpoint, as it should)
+        done = [t for t in trials if (t / "student.pt").is_file() and _tune_saw_finished(out, t)]
         going = [t for t in trials if t not in done and len(_reports(t)) >= 3]
         if done and going:
             return done[0], going[0]
