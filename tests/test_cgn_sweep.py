@@ -213,3 +213,15 @@ def test_published_teacher_inputs_are_refused_before_ray(tmp_path: Path, capsys)
     assert_refused(capsys, ["sweep", str(_published(tmp_path)), "--output", str(out),
                             "composition.rotation=30"],
                    ["'composition.rotation' was renamed to 'augmentation.rotation'"], out)
+
+
+def test_variants_keep_the_sweeps_order_not_the_alphabets(tmp_path: Path) -> None:
+    from kdci_ray.results.skdcgn import rows
+
+    for trial, variant, seed in (("zeta_seed1_00002", "zeta", 1), ("alpha_seed0_00001", "alpha", 0),
+                                 ("zeta_seed0_00000", "zeta", 0)):
+        (tmp_path / trial).mkdir()
+        (tmp_path / trial / "metrics.json").write_text(json.dumps(
+            {"variant": variant, "seed": seed, "acc_student_cf": 0.5}))
+    frame = rows(tmp_path)
+    assert list(frame["trial"]) == ["zeta_seed0_00000", "zeta_seed1_00002", "alpha_seed0_00001"]

@@ -56,7 +56,7 @@ def variant_name(params: dict[str, Any]) -> str:
 
 
 def rows(sweep_dir: Path) -> pd.DataFrame:
-    """One row per finished trial, sorted by variant then seed."""
+    """One row per finished trial, the variants in the sweep's order, then by seed."""
     found = []
     for path in sorted(Path(sweep_dir).glob(f"*/{METRICS_FILE}")):
         try:
@@ -66,7 +66,12 @@ def rows(sweep_dir: Path) -> pd.DataFrame:
         if isinstance(row, dict):
             found.append({"trial": path.parent.name, **row})
     frame = pd.DataFrame(found, columns=COLUMNS + EXTRA)
-    return frame.sort_values(["variant", "seed"], kind="stable").reset_index(drop=True)
+    # variants in the sweep's order (the first is every paired effect's reference): the order of
+    # their first trial, whose directory name ends with Tune's trial index
+    index = frame["trial"].str.extract(r"_(\d+)$")[0].astype(float).fillna(float("inf"))
+    first = index.groupby(frame["variant"]).transform("min")
+    return (frame.assign(_first=first).sort_values(["_first", "variant", "seed"], kind="stable")
+            .drop(columns="_first").reset_index(drop=True))
 
 
 def _ms(values: pd.Series, pct: bool = True) -> str:
