@@ -73,7 +73,7 @@ DOUBLE_COLORED_DIGIT = DOUBLE_COLORED_PALETTE[
 
 # colored: the digit colours the published teacher (cgn_colored_MNIST) generates, per class:
 # mean RGB over its mask > 0.9 region, 100 samples per class, seed 0 (pinned in
-# tests/test_cgn_mnist.py as MEASURED_COLORED_DIGIT). Background black.
+# tests/test_cgn_mnist.py against the teacher's samples). Background black.
 MEASURED_COLORED_DIGIT = torch.tensor([
     (0.78, 0.11, 0.32), (0.08, 0.46, 0.47), (0.90, 0.84, 0.16), (0.06, 0.36, 0.76),
     (0.90, 0.52, 0.22), (0.57, 0.21, 0.67), (0.25, 0.88, 0.72), (0.95, 0.82, 0.81),
