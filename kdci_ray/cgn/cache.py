@@ -111,7 +111,7 @@ def cached_reference(cfg: CGNConfig, which: str,
     return model.eval(), float(state["acc"]), cached
 
 
-def cached_metrics(cfg: CGNConfig, name: str, key_parts: list[Any],
+def cached_metrics(name: str, key_parts: list[Any],
                    compute: Callable[[], dict[str, float]]) -> tuple[dict[str, float], bool]:
     """Metrics computed once per ``key_parts`` (e.g. the shape-domain gap of a teacher)."""
     key = _key(f"metrics-v1-{name}", key_parts)

@@ -210,8 +210,7 @@ def teacher_shape_gap(cfg: CGNConfig, box: BlackBoxCGN, train: MechanismData,
                                 test.labels, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
                                 seed=cfg.seed, arch=c.arch, input_size=c.input_size)
 
-    values, _ = cached_metrics(cfg, "shape-gap", [teacher_key(cfg), dataclasses.asdict(c)],
-                               compute)
+    values, _ = cached_metrics("shape-gap", [teacher_key(cfg), dataclasses.asdict(c)], compute)
     return values
 
 
