@@ -174,9 +174,10 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
 
     teacher_params = sum(parameter_count(teacher.mechanisms[m]) for m in MECHANISMS)
     student_params = sum(parameter_count(students[m]) for m in MECHANISMS)
-    speed_t = box.speed()  # timed in the teacher's own process, not through the pipe
+    timing = {"n": 128, "repeats": 1} if cfg.smoke else {}  # smoke: a rough figure, quickly
+    speed_t = box.speed(**timing)  # timed in the teacher's own process, not through the pipe
     box.close()
-    speed_s = images_per_second(student_mech, box.latent_dim, num_classes)
+    speed_s = images_per_second(student_mech, box.latent_dim, num_classes, **timing)
     times["total_s"] = time.perf_counter() - t0
     return {**accs,
             "retained_gain": retained_gain(accs["acc_biased"], accs["acc_teacher_cf"],
