@@ -43,12 +43,22 @@ def rotate(mask: Tensor, degrees: Tensor) -> Tensor:
 
 def perturb_mask(mask: Tensor, variant: CounterfactualAugmentation,
                  generator: torch.Generator) -> Tensor:
-    if variant.rotation > 0:
-        angles = (torch.rand(len(mask), generator=generator) * 2 - 1) * variant.rotation
-        mask = rotate(mask, angles)
-    if variant.mask_noise > 0:
-        mask = mask + variant.mask_noise * torch.randn(mask.shape, generator=generator)
-    return (mask * variant.transparency).clamp(0.0, 1.0)
+    """A counterfactual's mask perturbed at sampling time (:func:`perturbed`)."""
+    return perturbed(mask, generator, variant.rotation, variant.mask_noise,
+                     variant.transparency)
+
+
+def perturbed(mask: Tensor, generator: torch.Generator, rotation: float, noise: float,
+              scale: float) -> Tensor:
+    """SKDCGN's mask perturbation: each mask rotated by a uniform angle in +-``rotation``
+    degrees, plus ``N(0, noise^2)``, times ``scale``, clamped to [0, 1]; differentiable, the
+    random draws from the CPU ``generator`` and only for the active parts."""
+    if rotation > 0:
+        angles = (torch.rand(len(mask), generator=generator) * 2 - 1) * rotation
+        mask = rotate(mask, angles.to(mask.device, mask.dtype))
+    if noise > 0:
+        mask = mask + noise * torch.randn(mask.shape, generator=generator).to(mask)
+    return (mask * scale).clamp(0.0, 1.0)
 
 
 @torch.no_grad()

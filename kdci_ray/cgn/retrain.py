@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from kdci_ray.cgn.cgn_mnist import LATENT_DIM, NUM_CLASSES, CGNMnist
 from kdci_ray.cgn.composition import compose, shuffle_texture
-from kdci_ray.cgn.counterfactuals import rotate
+from kdci_ray.cgn.counterfactuals import perturbed
 from kdci_ray.cgn.data import MechanismData
 from kdci_ray.cgn.student import mask_entropy
 
@@ -80,15 +80,9 @@ def _check(cfg: RetrainConfig) -> None:
 
 def perturb_composition_mask(mask: Tensor, cfg: RetrainConfig,
                              generator: torch.Generator) -> Tensor:
-    """SKDCGN's mask perturbation: rotate each mask by a uniform angle in +-``rotation``
-    degrees, add ``N(0, mask_noise^2)``, multiply by ``opacity``, clamp to [0, 1]
-    (differentiable; random draws from the CPU ``generator`` only for the active parts)."""
-    if cfg.rotation > 0:
-        angles = (torch.rand(len(mask), generator=generator) * 2 - 1) * cfg.rotation
-        mask = rotate(mask, angles.to(mask.device, mask.dtype))
-    if cfg.mask_noise > 0:
-        mask = mask + cfg.mask_noise * torch.randn(mask.shape, generator=generator).to(mask)
-    return (mask * cfg.opacity).clamp(0.0, 1.0)
+    """The mask the composite is built from during retraining: ``cfg``'s rotation, noise and
+    opacity (the sampling-time perturbation's code, :func:`counterfactuals.perturbed`)."""
+    return perturbed(mask, generator, cfg.rotation, cfg.mask_noise, cfg.opacity)
 
 
 class LinearDiscriminator(nn.Module):
