@@ -4,8 +4,11 @@ Counterfactual-augmentation variants change only how counterfactuals are sampled
 trials share one teacher per (data, teacher settings, seed) and one student set per (teacher,
 student settings, queries); a retrained published teacher is cached per (checkpoint content,
 retraining settings, data, seed). Keys hash the settings and the content of every input file
-(checkpoint, textures), never a path alone. Entries live under ``$KDCI_RAY_CACHE/cgn``; a file
-lock per key makes a second trial that needs the same entry wait for the first and load it.
+(checkpoint, textures), never a path alone, and an entry built on a device other than the CPU
+(whose numbers differ) by that device's type. Entries hold CPU tensors and are loaded onto the
+CPU (``map_location``), then moved to the run's device. They live under ``$KDCI_RAY_CACHE/cgn``;
+a file lock per key makes a second trial that needs the same entry wait for the first and load
+it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from kdci_ray.cgn.student import train_student
 from kdci_ray.cgn.teacher_fit import fit_teacher
 from kdci_ray.config import ConfigError
 
+CPU = torch.device("cpu")
+
 
 def _key(*parts: Any) -> str:
     payload = json.dumps(parts, sort_keys=True, default=str)
@@ -56,17 +61,24 @@ def data_key(cfg: CGNConfig) -> list[Any]:
     return [dataclasses.asdict(d), files]
 
 
-def teacher_key(cfg: CGNConfig) -> str:
+def device_key(device: str | torch.device) -> list[str]:
+    """The part of a key that names the device an entry was built on: the device's type, and
+    nothing for the CPU (so CPU entries keep the keys they always had)."""
+    device = torch.device(device)
+    return [] if device.type == "cpu" else [device.type]
+
+
+def teacher_key(cfg: CGNConfig, device: str | torch.device = CPU) -> str:
     # v3: a pretrained teacher is keyed by its file's content and the retraining settings
     content = (sha256_of(Path(cfg.teacher.checkpoint).expanduser())
                if cfg.teacher.mode == "pretrained" else None)
     retrain = dataclasses.asdict(cfg.retrain) if cfg.retrain.steps > 0 else None
     return _key("teacher-v3", data_key(cfg), dataclasses.asdict(cfg.teacher), cfg.seed, content,
-                retrain)
+                retrain, *device_key(device))
 
 
-def students_key(cfg: CGNConfig) -> str:
-    return _key("students-v1", teacher_key(cfg), dataclasses.asdict(cfg.student),
+def students_key(cfg: CGNConfig, device: str | torch.device = CPU) -> str:
+    return _key("students-v1", teacher_key(cfg, device), dataclasses.asdict(cfg.student),
                 cfg.queries.per_class, cfg.seed)
 
 
@@ -81,11 +93,25 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def on_cpu(state: Any) -> Any:
+    """``state`` (tensors in nested dicts, e.g. state dicts) with every tensor on the CPU; CPU
+    tensors and a state dict's ``_metadata`` are kept as they are."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if not isinstance(state, dict):
+        return state
+    out = type(state)((k, on_cpu(v)) for k, v in state.items())
+    if hasattr(state, "_metadata"):
+        out._metadata = state._metadata
+    return out
+
+
 def _load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """The entry at ``path`` (CPU tensors), built and written first when it is not there."""
     with _locked(path):
         if path.is_file():
-            return torch.load(path, weights_only=True), True
-        state = build()
+            return torch.load(path, map_location=CPU, weights_only=True), True
+        state = on_cpu(build())
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write(path, lambda fh: fh.write(buf.getvalue()))
@@ -94,12 +120,14 @@ def _load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> tuple[dic
 
 def cached_reference(cfg: CGNConfig, which: str,
                      train: Callable[[], tuple[nn.Module, float]],
-                     build_model: Callable[[], nn.Module]) -> tuple[nn.Module, float, bool]:
+                     build_model: Callable[[], nn.Module],
+                     device: str | torch.device = CPU) -> tuple[nn.Module, float, bool]:
     """A reference classifier (``which``: biased | oracle) and its shifted-test accuracy,
-    trained once per data, classifier settings and seed (the teacher, students and augmentation
-    do not change it): ``(model, accuracy, loaded from the cache)``."""
+    trained (by ``train``, on ``device``) once per data, classifier settings, seed and device
+    (the teacher, students and augmentation do not change it): ``(model on device, accuracy,
+    loaded from the cache)``."""
     key = _key("reference-v2", which, data_key(cfg), dataclasses.asdict(cfg.classifier),
-               cfg.seed)
+               cfg.seed, *device_key(device))
 
     def build() -> dict[str, Any]:
         model, acc = train()
@@ -108,7 +136,7 @@ def cached_reference(cfg: CGNConfig, which: str,
     state, cached = _load_or_build(cache_dir() / "cgn" / f"ref-{which}-{key}.pt", build)
     model = build_model()
     model.load_state_dict(state["state"])
-    return model.eval(), float(state["acc"]), cached
+    return model.to(device).eval(), float(state["acc"]), cached
 
 
 def cached_metrics(name: str, key_parts: list[Any],
@@ -123,22 +151,25 @@ def cached_metrics(name: str, key_parts: list[Any],
     return {k: float(v) for k, v in state.items()}, cached
 
 
-def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData,
-                       log=print) -> tuple[CGN | PublishedTeacher, bool]:
-    """The teacher CGN of ``cfg`` (fitted on ``train``), loaded when already cached; with
-    ``teacher.mode: pretrained`` the published CGN-MNIST teacher at ``teacher.checkpoint``
-    (loaded strictly, never cached, ``False``), refused unless it fits ``train``."""
+def cached_teacher_cgn(cfg: CGNConfig, train: MechanismData, log=print,
+                       device: str | torch.device = CPU) -> tuple[CGN | PublishedTeacher, bool]:
+    """The teacher CGN of ``cfg`` (fitted on ``train`` on ``device``), loaded when already
+    cached; with ``teacher.mode: pretrained`` the published CGN-MNIST teacher at
+    ``teacher.checkpoint`` (loaded strictly, never cached, ``False``), refused unless it fits
+    ``train``. Returned on the CPU: it goes to a ``BlackBoxCGN``, which puts it on the run's
+    device in the teacher's own process."""
     t = cfg.teacher
     if t.mode == "pretrained" and cfg.retrain.steps == 0:
         return pretrained_teacher(cfg, train, log), False
     if t.mode == "pretrained":
-        return retrained_teacher(cfg, train, log)
+        return retrained_teacher(cfg, train, log, device)
 
     def build() -> dict[str, Any]:
-        cgn, _ = fit_teacher(train, t, seed=cfg.seed, log=log)
+        cgn, _ = fit_teacher(train, t, seed=cfg.seed, log=log, device=device)
         return cgn.state_dict()
 
-    state, cached = _load_or_build(cache_dir() / "cgn" / f"teacher-{teacher_key(cfg)}.pt", build)
+    state, cached = _load_or_build(
+        cache_dir() / "cgn" / f"teacher-{teacher_key(cfg, device)}.pt", build)
     num_classes = int(train.labels.max()) + 1
     cgn = CGN(num_classes, t.latent_dim, t.width, train.images.shape[-1])
     cgn.load_state_dict(state)
@@ -164,20 +195,22 @@ def pretrained_teacher(cfg: CGNConfig, train: MechanismData, log=print) -> Publi
     return teacher
 
 
-def retrained_teacher(cfg: CGNConfig, train: MechanismData,
-                      log=print) -> tuple[PublishedTeacher, bool]:
+def retrained_teacher(cfg: CGNConfig, train: MechanismData, log=print,
+                      device: str | torch.device = CPU) -> tuple[PublishedTeacher, bool]:
     """The published teacher fine-tuned on ``train`` under ``cfg.retrain`` (SKDCGN's
-    composition study, ``kdci_ray.cgn.retrain``), cached."""
+    composition study, ``kdci_ray.cgn.retrain``) on ``device``, cached; returned on the CPU."""
     from kdci_ray.cgn.cgn_mnist import CGNMnist
     from kdci_ray.cgn.retrain import retrain_cgn
 
     published = pretrained_teacher(cfg, train, log)
 
     def build() -> dict[str, Any]:
-        model, _ = retrain_cgn(published.cgn, train, cfg.retrain, seed=cfg.seed, log=log)
+        model, _ = retrain_cgn(published.cgn.to(device), train, cfg.retrain, seed=cfg.seed,
+                               log=log)
         return model.state_dict()
 
-    state, cached = _load_or_build(cache_dir() / "cgn" / f"teacher-{teacher_key(cfg)}.pt", build)
+    state, cached = _load_or_build(
+        cache_dir() / "cgn" / f"teacher-{teacher_key(cfg, device)}.pt", build)
     model = CGNMnist()
     model.load_state_dict(state, strict=True)
     log(f"teacher: the published teacher retrained for {cfg.retrain.steps} steps "
@@ -185,22 +218,23 @@ def retrained_teacher(cfg: CGNConfig, train: MechanismData,
     return PublishedTeacher(model.eval()).eval(), cached
 
 
-def cached_students_of(cfg: CGNConfig, box: BlackBoxCGN,
-                       num_classes: int, log=print) -> tuple[dict[str, nn.Module], bool]:
-    """One student per mechanism, trained from ``box``'s stored queries (or loaded)."""
+def cached_students_of(cfg: CGNConfig, box: BlackBoxCGN, num_classes: int, log=print,
+                       device: str | torch.device = CPU) -> tuple[dict[str, nn.Module], bool]:
+    """One student per mechanism, trained on ``device`` from ``box``'s stored queries (or
+    loaded), returned on ``device``."""
     s = cfg.student
 
     def build() -> dict[str, Any]:
         queries = collect_queries(box, cfg.queries.per_class, seed=cfg.seed)
-        return {name: train_student(queries[name], s, num_classes, seed=cfg.seed,
-                                    log=log)[0].state_dict() for name in MECHANISMS}
+        return {name: train_student(queries[name], s, num_classes, seed=cfg.seed, log=log,
+                                    device=device)[0].state_dict() for name in MECHANISMS}
 
-    states, cached = _load_or_build(cache_dir() / "cgn" / f"students-{students_key(cfg)}.pt",
-                                    build)
+    states, cached = _load_or_build(
+        cache_dir() / "cgn" / f"students-{students_key(cfg, device)}.pt", build)
     students = {}
     for name in MECHANISMS:
         g = MechanismGenerator(CHANNELS[name], num_classes, box.latent_dim, s.width,
                                box.image_size)
         g.load_state_dict(states[name])
-        students[name] = g.eval()
+        students[name] = g.to(device).eval()
     return students, cached

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdci_ray.cgn.mechanisms import module_device
 from kdci_ray.models import create_model
 
 
@@ -36,17 +37,21 @@ def new_classifier(arch: str, num_classes: int, in_channels: int = 3,
 
 def train_classifier(images: Tensor, labels: Tensor, num_classes: int = 10, steps: int = 600,
                      batch_size: int = 64, lr: float = 0.05, seed: int = 0,
-                     arch: str = "digits_cnn", input_size: int = 0) -> torch.nn.Module:
-    """SGD with momentum and a cosine schedule on float [0, 1] images (centred at 0.5)."""
+                     arch: str = "digits_cnn", input_size: int = 0,
+                     device: str | torch.device = "cpu") -> torch.nn.Module:
+    """SGD with momentum and a cosine schedule on float [0, 1] images (centred at 0.5), on
+    ``device`` (the model is initialised and the batches drawn on the CPU, then moved)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = new_classifier(arch, num_classes, images.shape[1], input_size)
+    model = new_classifier(arch, num_classes, images.shape[1], input_size).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=g)
-        loss = F.cross_entropy(model((images[idx] - 0.5) / 0.5).logits, labels[idx])
+        x = images[idx.to(images.device)].to(device)
+        y = labels[idx.to(labels.device)].to(device)
+        loss = F.cross_entropy(model((x - 0.5) / 0.5).logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -57,8 +62,11 @@ def train_classifier(images: Tensor, labels: Tensor, num_classes: int = 10, step
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, images: Tensor, labels: Tensor,
              batch_size: int = 512) -> float:
+    """The share of ``images`` classified as ``labels``, computed on the model's device (the
+    CPU for one without parameters)."""
+    device = module_device(model)
     correct = 0
     for i in range(0, len(images), batch_size):
-        logits = model((images[i:i + batch_size] - 0.5) / 0.5).logits
-        correct += int((logits.argmax(1) == labels[i:i + batch_size]).sum())
+        logits = model((images[i:i + batch_size].to(device) - 0.5) / 0.5).logits
+        correct += int((logits.argmax(1) == labels[i:i + batch_size].to(device)).sum())
     return correct / max(1, len(images))

@@ -67,6 +67,14 @@ class ControlsConfig:
 
 
 @dataclass
+class CGNRunConfig:
+    """Where a trial computes (as the distillation kind's ``run.use_gpu`` / ``gpus_per_worker``)."""
+
+    use_gpu: bool = False  # the trial's pipeline (teacher, students, classifiers) on its GPU
+    gpus_per_trial: float = 1.0  # with use_gpu; a fraction packs several trials on one GPU
+
+
+@dataclass
 class CGNConfig:
     name: str = "skdcgn"
     seed: int = 0
@@ -79,6 +87,7 @@ class CGNConfig:
     augmentation: CounterfactualAugmentation = field(default_factory=CounterfactualAugmentation)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
+    run: CGNRunConfig = field(default_factory=CGNRunConfig)
 
 
 TOP_LEVEL = ("name", "seed", "smoke")
@@ -98,7 +107,7 @@ RENAMED = {f"composition.{k}": f"augmentation.{k}"
 CGN_SCHEMA = Schema(CGNConfig, TOP_LEVEL, {
     "data": CGNDataConfig, "teacher": TeacherFitConfig, "student": StudentConfig,
     "queries": QueryConfig, "retrain": RetrainConfig, "augmentation": CounterfactualAugmentation,
-    "classifier": ClassifierConfig, "controls": ControlsConfig,
+    "classifier": ClassifierConfig, "controls": ControlsConfig, "run": CGNRunConfig,
 }, label="SKDCGN ", keys_hint="see kdci_ray/cgn/config.py", renamed=RENAMED)
 valid_keys = CGN_SCHEMA.valid_keys
 check_keys = CGN_SCHEMA.check_keys
@@ -169,6 +178,10 @@ def validate(cfg: CGNConfig) -> None:
         raise ConfigError("config keys 'retrain.steps', 'retrain.d_warmup' and "
                           "'retrain.mask_loss_weight' must be >= 0")
     validate_published(cfg)
+    if not 0.0 < cfg.run.gpus_per_trial <= 1.0:
+        raise ConfigError(f"config key 'run.gpus_per_trial' must be in (0, 1] (a trial computes "
+                          f"on one GPU; a fraction packs several trials on it), got "
+                          f"{cfg.run.gpus_per_trial}")
     if cfg.student.losses not in STUDENT_LOSSES:
         raise ConfigError(f"config key 'student.losses' must be one of "
                           f"{', '.join(STUDENT_LOSSES)}, got {cfg.student.losses!r}")

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from kdci_ray.cgn.composition import compose, counterfactual_labels, shuffle_texture
 from kdci_ray.cgn.counterfactuals import Mechanism
-from kdci_ray.cgn.mechanisms import MECHANISMS
+from kdci_ray.cgn.mechanisms import MECHANISMS, module_device
 
 # which mechanism comes from the student (S) or the teacher (T), in MECHANISMS order
 SWAP_CODES = tuple("".join(c) for c in itertools.product("TS", repeat=len(MECHANISMS)))
@@ -93,8 +93,9 @@ def label_fidelity(classifier: torch.nn.Module, teacher: Mechanism, student: Mec
 def classifier_features(classifier: torch.nn.Module, images: Tensor,
                         batch_size: int = 500) -> Tensor:
     """Penultimate features (``Outputs.features``) of images in [0, 1] (centred as in
-    ``classifier.train_classifier``), float64."""
-    feats = [classifier((images[i:i + batch_size] - 0.5) / 0.5).features
+    ``classifier.train_classifier``), float64, on the classifier's device."""
+    device = module_device(classifier)
+    feats = [classifier((images[i:i + batch_size].to(device) - 0.5) / 0.5).features
              for i in range(0, len(images), batch_size)]
     return torch.cat(feats).double()
 
@@ -103,7 +104,8 @@ def kernel_inception_distance(x: Tensor, y: Tensor, subsets: int = 10, subset_si
                               seed: int = 0) -> tuple[float, float]:
     """KID between feature sets ``x`` (N, D) and ``y`` (M, D): the unbiased MMD² estimate with
     kernel ``k(a, b) = (a·b / D + 1)^3`` averaged over ``subsets`` random subsets of
-    ``subset_size`` (capped at the smaller set); returns ``(mean, std over subsets)``."""
+    ``subset_size`` (capped at the smaller set; drawn on the CPU, computed on the features'
+    device); returns ``(mean, std over subsets)``."""
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"KID needs two (N, D) feature sets of the same D, got "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
@@ -114,8 +116,8 @@ def kernel_inception_distance(x: Tensor, y: Tensor, subsets: int = 10, subset_si
     g = torch.Generator().manual_seed(seed)
     scores = []
     for _ in range(subsets):
-        a = x[torch.randperm(len(x), generator=g)[:m]]
-        b = y[torch.randperm(len(y), generator=g)[:m]]
+        a = x[torch.randperm(len(x), generator=g)[:m].to(x.device)]
+        b = y[torch.randperm(len(y), generator=g)[:m].to(y.device)]
         kxx, kyy, kxy = ((a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3)
         off = m * (m - 1)
         mmd = ((kxx.sum() - kxx.diagonal().sum()) / off + (kyy.sum() - kyy.diagonal().sum()) / off

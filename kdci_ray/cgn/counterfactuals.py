@@ -93,3 +93,12 @@ def students_mechanism(students: dict[str, torch.nn.Module]) -> Mechanism:
     if missing:
         raise ValueError(f"no student for mechanism(s) {', '.join(sorted(missing))}")
     return lambda name, noise, labels: students[name](noise, labels)
+
+
+def on_device(mechanism: Mechanism, device: str | torch.device) -> Mechanism:
+    """``mechanism`` taking its noise and labels on ``device`` and answering there, wherever
+    they come from and it computes (the CPU-drawn noise of :func:`counterfactual_dataset`, a
+    black box's CPU answers); a no-op where everything is on ``device`` already."""
+    device = torch.device(device)
+    return lambda name, noise, labels: mechanism(name, noise.to(device),
+                                                 labels.to(device)).to(device)

@@ -12,6 +12,7 @@ composition ``x = m * f + (1 - m) * b`` works in.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -96,3 +97,9 @@ def compose_mechanisms(mechanism, noise: dict[str, Tensor], labels: dict[str, Te
 
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter or buffer (the CPU for a module holding none)."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device

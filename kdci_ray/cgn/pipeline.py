@@ -7,6 +7,10 @@ counterfactuals, (c) student counterfactuals, (d) unbiased data (oracle); the re
 students' parameter and sampling-speed ratios against the teacher's mechanisms; label fidelity
 and KID (``controls``), and with ``controls.*`` the teacher/student swaps, the untrained-student
 control and the shape-domain gap.
+
+Everything that trains or evaluates runs on :func:`run`'s ``device`` (the teacher in the black
+box's own process); data and random draws are made on the CPU (CPU generators) and moved there,
+so a GPU run draws the same noise and labels as a CPU run.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from kdci_ray.cgn.controls import (
     mechanism_grids,
     swap_mechanism,
 )
-from kdci_ray.cgn.counterfactuals import counterfactual_dataset, students_mechanism
+from kdci_ray.cgn.counterfactuals import counterfactual_dataset, on_device, students_mechanism
 from kdci_ray.cgn.data import MechanismData, make_split
 from kdci_ray.cgn.data_published import make_published_split
-from kdci_ray.cgn.mechanisms import MECHANISMS, parameter_count
+from kdci_ray.cgn.mechanisms import MECHANISMS, module_device, parameter_count
 from kdci_ray.cgn.student import untrained_student
 
 
@@ -54,31 +58,46 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5) -> float:
 
 def fidelity(students: dict[str, torch.nn.Module],
              heldout: dict[str, QuerySet]) -> dict[str, float]:
+    """Per mechanism the L1 of the student's outputs to the held-out answers (and the mask IoU),
+    computed on each student's device."""
     out = {}
     with torch.no_grad():
         for name, q in heldout.items():
-            pred = students[name](q.noise, q.labels)
-            out[f"l1_{name}"] = float((pred - q.answers).abs().mean())
+            device = module_device(students[name])
+            pred = students[name](q.noise.to(device), q.labels.to(device))
+            answers = q.answers.to(device)
+            out[f"l1_{name}"] = float((pred - answers).abs().mean())
             if name == "shape":
-                out["mask_iou"] = mask_iou(pred, q.answers)
+                out["mask_iou"] = mask_iou(pred, answers)
     return out
 
 
 @torch.no_grad()
 def images_per_second(mechanism, latent_dim: int, num_classes: int, n: int = 512,
-                      batch_size: int = 256, repeats: int = 3) -> float:
-    """Sampling speed of all three mechanisms (best of ``repeats`` passes over ``n`` samples)."""
+                      batch_size: int = 256, repeats: int = 3,
+                      device: str | torch.device = "cpu") -> float:
+    """Sampling speed of all three mechanisms (best of ``repeats`` passes over ``n`` samples),
+    the inputs already on ``device``; on a GPU the clock is read after it has finished."""
+    device = torch.device(device)
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(n, latent_dim, generator=g)
-    y = torch.randint(num_classes, (n,), generator=g)
+    z = torch.randn(n, latent_dim, generator=g).to(device)
+    y = torch.randint(num_classes, (n,), generator=g).to(device)
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         for i in range(0, n, batch_size):
             for name in MECHANISMS:
                 mechanism(name, z[i:i + batch_size], y[i:i + batch_size])
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return n / best
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a CUDA GPU runs asynchronously; others do not)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def load_split(cfg: CGNConfig, split: str) -> MechanismData:
@@ -93,26 +112,32 @@ def load_split(cfg: CGNConfig, split: str) -> MechanismData:
     return make_split(d.variant, split, seed=cfg.seed, copies=copies, bias=d.bias)
 
 
-def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any]:
-    """Everything of one trial; returns the metrics (accuracies as fractions). With ``out_dir``
-    it also writes sample grids (``samples.png``, ``mechanisms.png``, TensorBoard images)."""
+def run(cfg: CGNConfig, out_dir: Path | None = None, log=print,
+        device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Everything of one trial on ``device`` (a Tune trial passes ``worker_device``'s; a tool
+    may pass ``cuda`` without Ray); returns the metrics (accuracies as fractions). With
+    ``out_dir`` it also writes sample grids (``samples.png``, ``mechanisms.png``, TensorBoard
+    images)."""
+    device = torch.device(device)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     train, test, oracle = (load_split(cfg, s) for s in ("train", "test", "oracle"))
     num_classes = int(train.labels.max()) + 1
 
-    teacher, cached_teacher = cached_teacher_cgn(cfg, train, log)
+    teacher, cached_teacher = cached_teacher_cgn(cfg, train, log, device=device)
     times["teacher_s"] = time.perf_counter() - t0
 
     # --- the black-box boundary: from here on the student side sees stored queries only
     t = time.perf_counter()
-    box = BlackBoxCGN(teacher)
-    students, cached_students = cached_students_of(cfg, box, num_classes, log)
+    box = BlackBoxCGN(teacher, device=device)  # the CPU teacher, put on the device there
+    students, cached_students = cached_students_of(cfg, box, num_classes, log, device=device)
     heldout = collect_queries(box, cfg.queries.heldout_per_class, seed=cfg.seed + 10_000)
     times["students_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    teacher_mech, student_mech = box.query, students_mechanism(students)
+    # both mechanisms take and give tensors on the device (the box answers on the CPU)
+    teacher_mech = on_device(box.query, device)
+    student_mech = on_device(students_mechanism(students), device)
     c = cfg.classifier
 
     def untrained_classifier() -> torch.nn.Module:
@@ -120,7 +145,8 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
 
     def classifier_of(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, float]:
         clf = train_classifier(x, y, num_classes, steps=c.steps, batch_size=c.batch_size,
-                               lr=c.lr, seed=cfg.seed, arch=c.arch, input_size=c.input_size)
+                               lr=c.lr, seed=cfg.seed, arch=c.arch, input_size=c.input_size,
+                               device=device)
         return clf, accuracy(clf, test.images, test.labels)
 
     def counterfactuals_of(mechanism) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +156,8 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
     accs, models, reused = {}, {}, []
     for which, split in (("biased", train), ("oracle", oracle)):
         models[which], accs[f"acc_{which}"], hit = cached_reference(
-            cfg, which, lambda s=split: classifier_of(s.images, s.labels), untrained_classifier)
+            cfg, which, lambda s=split: classifier_of(s.images, s.labels), untrained_classifier,
+            device=device)
         reused.append(hit)
     cf_t, cf_s = counterfactuals_of(teacher_mech), counterfactuals_of(student_mech)
     models["teacher_cf"], accs["acc_teacher_cf"] = classifier_of(*cf_t)
@@ -155,13 +182,14 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
                 f"{extra[f'acc_cf_{code}']:.4f}")
     if ctl.untrained:
         blank = {m: untrained_student(m, num_classes, box.latent_dim, cfg.student.width,
-                                      box.image_size, seed=cfg.seed) for m in MECHANISMS}
+                                      box.image_size, seed=cfg.seed).to(device)
+                 for m in MECHANISMS}
         _, extra["acc_untrained_cf"] = classifier_of(*counterfactuals_of(
-            students_mechanism(blank)))
+            on_device(students_mechanism(blank), device)))
         extra["retained_gain_untrained"] = retained_gain(
             accs["acc_biased"], accs["acc_teacher_cf"], extra["acc_untrained_cf"])
     if ctl.shape_gap:
-        extra.update(teacher_shape_gap(cfg, box, train, test, num_classes))
+        extra.update(teacher_shape_gap(cfg, box, train, test, num_classes, device))
     times["controls_s"] = time.perf_counter() - t
     if out_dir is not None:
         write_samples(out_dir, {
@@ -177,7 +205,8 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
     timing = {"n": 128, "repeats": 1} if cfg.smoke else {}  # smoke: a rough figure, quickly
     speed_t = box.speed(**timing)  # timed in the teacher's own process, not through the pipe
     box.close()
-    speed_s = images_per_second(student_mech, box.latent_dim, num_classes, **timing)
+    speed_s = images_per_second(students_mechanism(students), box.latent_dim, num_classes,
+                                **timing, device=device)
     times["total_s"] = time.perf_counter() - t0
     return {**accs,
             "retained_gain": retained_gain(accs["acc_biased"], accs["acc_teacher_cf"],
@@ -192,9 +221,11 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print) -> dict[str, Any
 
 
 def teacher_shape_gap(cfg: CGNConfig, box: BlackBoxCGN, train: MechanismData,
-                      test: MechanismData, num_classes: int) -> dict[str, float]:
+                      test: MechanismData, num_classes: int,
+                      device: str | torch.device = "cpu") -> dict[str, float]:
     """The shape-domain gap between the teacher's masks (queried from the box) and the data's
-    digits (``kdci_ray.cgn.shape_gap``), cached per teacher, data, classifier and seed."""
+    digits (``kdci_ray.cgn.shape_gap``, its classifiers on ``device``), cached per teacher, data,
+    classifier, seed and device."""
     from kdci_ray.cgn.cache import cached_metrics, teacher_key
     from kdci_ray.cgn.shape_gap import shape_domain_gap
 
@@ -209,15 +240,18 @@ def teacher_shape_gap(cfg: CGNConfig, box: BlackBoxCGN, train: MechanismData,
                            for i in range(0, len(labels), 500)])
         return shape_domain_gap(masks, labels, train.masks, train.labels, test.masks,
                                 test.labels, steps=c.steps, batch_size=c.batch_size, lr=c.lr,
-                                seed=cfg.seed, arch=c.arch, input_size=c.input_size)
+                                seed=cfg.seed, arch=c.arch, input_size=c.input_size,
+                                device=device)
 
-    values, _ = cached_metrics("shape-gap", [teacher_key(cfg), dataclasses.asdict(c)], compute)
+    # the teacher's key names a device other than the CPU: the classifiers trained there too
+    values, _ = cached_metrics("shape-gap", [teacher_key(cfg, device), dataclasses.asdict(c)],
+                               compute)
     return values
 
 
 def write_samples(out_dir: Path, sheets: dict[str, dict[str, torch.Tensor]]) -> list[Path]:
-    """Per sheet (file name -> named image sets) one PNG with a row block per image set, and
-    every image set in one TensorBoard event file."""
+    """Per sheet (file name -> named image sets, on any device) one PNG with a row block per
+    image set, and every image set in one TensorBoard event file."""
     from PIL import Image
     from tensorboardX import SummaryWriter
 
@@ -225,7 +259,7 @@ def write_samples(out_dir: Path, sheets: dict[str, dict[str, torch.Tensor]]) -> 
     paths = []
     with SummaryWriter(str(out_dir)) as writer:
         for file_name, grids in sheets.items():
-            blocks = [image_grid(x) for x in grids.values()]
+            blocks = [image_grid(x.detach().cpu()) for x in grids.values()]
             sheet = torch.cat([torch.cat([b, torch.ones(3, 2, b.shape[-1])], dim=1)
                                for b in blocks], dim=1)
             paths.append(out_dir / file_name)

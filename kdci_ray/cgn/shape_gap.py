@@ -44,8 +44,10 @@ def stratified_tail_split(labels: Tensor,
 def shape_domain_gap(teacher_masks: Tensor, teacher_labels: Tensor, train_masks: Tensor,
                      train_labels: Tensor, test_masks: Tensor, test_labels: Tensor, *,
                      steps: int = 500, batch_size: int = 64, lr: float = 0.05, seed: int = 0,
-                     arch: str = "digits_cnn_small", input_size: int = 0) -> dict[str, float]:
-    """Shape-only accuracies between the teacher's masks (binarised at 0.5) and our digits'.
+                     arch: str = "digits_cnn_small", input_size: int = 0,
+                     device: str | torch.device = "cpu") -> dict[str, float]:
+    """Shape-only accuracies between the teacher's masks (binarised at 0.5) and our digits',
+    the classifiers trained and scored on ``device``.
 
     - ``shape_acc_digits``: trained on our train masks, tested on our test masks.
     - ``shape_acc_teacher_to_digits``: trained on the teacher's masks (all but the last 20% of
@@ -71,7 +73,7 @@ def shape_domain_gap(teacher_masks: Tensor, teacher_labels: Tensor, train_masks:
         raise ValueError(f"too few teacher masks ({len(teacher_labels)}) to hold out "
                          f"{HELD_OUT_FRACTION:.0%} of a class; pass at least 5 per class")
     options = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, arch=arch,
-                   input_size=input_size)
+                   input_size=input_size, device=device)
     on_digits = train_classifier(train, train_labels, **options)
     on_teacher = train_classifier(teacher[fit], teacher_labels[fit], **options)
     acc_digits = accuracy(on_digits, test, test_labels)

@@ -166,23 +166,28 @@ def discriminator_loss(disc: Discriminator, fake: Tensor, real: Tensor,
 
 
 def train_student(queries: QuerySet, cfg: StudentConfig, num_classes: int, seed: int = 0,
-                  log=None) -> tuple[MechanismGenerator, dict[str, float]]:
-    """A student generator for ``queries.mechanism``, trained from the stored queries only."""
+                  log=None, device: str | torch.device = "cpu",
+                  ) -> tuple[MechanismGenerator, dict[str, float]]:
+    """A student generator for ``queries.mechanism``, trained from the stored queries only, on
+    ``device`` (initialised and its batches drawn on the CPU, then moved; the losses are read
+    back only at logging steps and at the end). Returns it (eval mode) and the last losses."""
     check_losses(cfg)
     g = torch.Generator().manual_seed(seed)
     mech = queries.mechanism
     student = untrained_student(mech, num_classes, queries.noise.shape[1], cfg.width,
-                                queries.answers.shape[-1], seed).train()
+                                queries.answers.shape[-1], seed).to(device).train()
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=betas)
     disc = opt_d = None
     if cfg.losses != "pixel":
-        disc = Discriminator(CHANNELS[mech], num_classes, cfg.d_width, cfg.spectral_norm)
+        disc = Discriminator(CHANNELS[mech], num_classes, cfg.d_width,
+                             cfg.spectral_norm).to(device)
         opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=betas)
     start, last = time.perf_counter(), {}
     for step in range(cfg.steps):
         idx = torch.randint(len(queries), (cfg.batch_size,), generator=g)
-        z, y, real = queries.noise[idx], queries.labels[idx], queries.answers[idx]
+        z, y, real = (t[idx].to(device) for t in (queries.noise, queries.labels,
+                                                   queries.answers))
         fake = student(z, y)
         if disc is not None:
             d_loss = discriminator_loss(disc, fake, real, y)
@@ -193,14 +198,14 @@ def train_student(queries: QuerySet, cfg: StudentConfig, num_classes: int, seed:
         opt_g.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt_g.step()
-        last = {k: float(v.detach()) for k, v in terms.items()}
+        last = {k: v.detach() for k, v in terms.items()}
         if disc is not None:
-            last["disc"] = float(d_loss.detach())
+            last["disc"] = d_loss.detach()
         if log is not None and (step + 1) % max(1, cfg.steps // 5) == 0:
             log(f"student {mech} step {step + 1}/{cfg.steps}: " +
-                ", ".join(f"{k} {v:.4f}" for k, v in last.items()) +
+                ", ".join(f"{k} {float(v):.4f}" for k, v in last.items()) +
                 f" ({time.perf_counter() - start:.0f} s)")
-    return student.eval(), last
+    return student.eval(), {k: float(v) for k, v in last.items()}
 
 
 def untrained_student(mechanism: str, num_classes: int, latent_dim: int, width: int,

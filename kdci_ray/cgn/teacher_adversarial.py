@@ -34,7 +34,8 @@ def mask_size_hinge(mask: Tensor, lo: float, hi: float) -> Tensor:
 def generator_terms(cgn: CGN, disc: Discriminator, labels: Tensor, cfg: TeacherFitConfig,
                     generator: torch.Generator) -> dict[str, Tensor]:
     """The CGN's loss terms for one batch of ``labels`` (``loss`` is their weighted sum)."""
-    noise = {m: torch.randn(len(labels), cfg.latent_dim, generator=generator) for m in MECHANISMS}
+    noise = {m: torch.randn(len(labels), cfg.latent_dim, generator=generator).to(labels.device)
+             for m in MECHANISMS}
     out = cgn.compose(noise, {m: labels for m in MECHANISMS}, generator)
     score, _ = disc(out.image, labels)
     terms = {"adversarial": ((score - 1.0) ** 2).mean(),
@@ -46,19 +47,22 @@ def generator_terms(cgn: CGN, disc: Discriminator, labels: Tensor, cfg: TeacherF
     return terms
 
 
-def train_adversarial(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0,
-                      log=None) -> tuple[CGN, dict[str, float]]:
+def train_adversarial(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0, log=None,
+                      device: str | torch.device = "cpu") -> tuple[CGN, dict[str, float]]:
+    """The CGN and its critic trained on ``device`` (initialised and every draw made on the
+    CPU, then moved; losses read back only at logging steps and at the end); returns the CGN
+    (eval mode, on ``device``) and the last step's losses."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     num_classes = int(data.labels.max()) + 1
-    cgn = CGN(num_classes, cfg.latent_dim, cfg.width, data.images.shape[-1]).train()
-    disc = Discriminator(3, num_classes, width=cfg.width)
+    cgn = CGN(num_classes, cfg.latent_dim, cfg.width, data.images.shape[-1]).to(device).train()
+    disc = Discriminator(3, num_classes, width=cfg.width).to(device)
     opt_g = torch.optim.Adam(cgn.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     start, last = time.perf_counter(), {}
     for step in range(cfg.steps):
         idx = torch.randint(len(data), (cfg.batch_size,), generator=g)
-        real, labels = data.images[idx], data.labels[idx]
+        real, labels = data.images[idx].to(device), data.labels[idx].to(device)
         terms = generator_terms(cgn, disc, labels, cfg, g)
         opt_g.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -69,10 +73,10 @@ def train_adversarial(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0,
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        last = {k: float(v.detach()) for k, v in terms.items() if k != "image"}
-        last["disc"] = float(d_loss.detach())
+        last = {k: v.detach() for k, v in terms.items() if k != "image"}
+        last["disc"] = d_loss.detach()
         if log is not None and (step + 1) % max(1, cfg.steps // 5) == 0:
             log(f"adversarial CGN step {step + 1}/{cfg.steps}: " +
-                ", ".join(f"{k} {v:.4f}" for k, v in last.items()) +
+                ", ".join(f"{k} {float(v):.4f}" for k, v in last.items()) +
                 f" ({time.perf_counter() - start:.0f} s)")
-    return cgn.eval(), last
+    return cgn.eval(), {k: float(v) for k, v in last.items()}

@@ -41,21 +41,25 @@ class TeacherFitConfig:
     mask_max: float = 0.6
 
 
-def _targets(data: MechanismData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {"shape": (data.masks, data.labels),
-            "foreground": (data.foregrounds, data.fg_labels),
-            "background": (data.backgrounds, data.bg_labels)}
+def _targets(data: MechanismData,
+             device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {name: (target.to(device), labels.to(device)) for name, (target, labels) in {
+        "shape": (data.masks, data.labels),
+        "foreground": (data.foregrounds, data.fg_labels),
+        "background": (data.backgrounds, data.bg_labels)}.items()}
 
 
-def fit_teacher(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0,
-                log=None) -> tuple[CGN, dict[str, float]]:
-    """A CGN whose mechanisms reproduce ``data``'s masks and textures; returns it (eval mode)
-    and the final per-mechanism L1 (``mode: adversarial``: the paper's GAN training instead,
-    see ``teacher_adversarial``)."""
+def fit_teacher(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0, log=None,
+                device: str | torch.device = "cpu") -> tuple[CGN, dict[str, float]]:
+    """A CGN whose mechanisms reproduce ``data``'s masks and textures, fitted on ``device``
+    (initialised and its draws made on the CPU, then moved; losses read back only at logging
+    steps and at the end); returns it (eval mode, on ``device``) and the final per-mechanism L1
+    (``mode: adversarial``: the paper's GAN training instead, see ``teacher_adversarial``)."""
+    device = torch.device(device)
     if cfg.mode == "adversarial":
         from kdci_ray.cgn.teacher_adversarial import train_adversarial
 
-        return train_adversarial(data, cfg, seed, log)
+        return train_adversarial(data, cfg, seed, log, device=device)
     if cfg.mode == "pretrained":
         raise ValueError("teacher mode pretrained loads the published CGN-MNIST teacher "
                          "(teacher.checkpoint) instead of fitting one: use "
@@ -66,23 +70,24 @@ def fit_teacher(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0,
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     num_classes = int(data.labels.max()) + 1
-    cgn = CGN(num_classes, cfg.latent_dim, cfg.width, data.images.shape[-1])
+    cgn = CGN(num_classes, cfg.latent_dim, cfg.width, data.images.shape[-1]).to(device)
     n = len(data)
-    codes = torch.randn(n, len(MECHANISMS), cfg.latent_dim, generator=g).requires_grad_(True)
+    codes = torch.randn(n, len(MECHANISMS), cfg.latent_dim,
+                        generator=g).to(device).requires_grad_(True)
     opt = torch.optim.Adam([{"params": cgn.parameters(), "lr": cfg.lr},
                             {"params": [codes], "lr": cfg.code_lr}], betas=(0.5, 0.999))
-    targets = _targets(data)
+    targets = _targets(data, device)
     start, losses = time.perf_counter(), {}
     radius = math.sqrt(cfg.latent_dim)
     cgn.train()
     for step in range(cfg.steps):
-        idx = torch.randint(n, (cfg.batch_size,), generator=g)
+        idx = torch.randint(n, (cfg.batch_size,), generator=g).to(device)
         total = 0.0
         for j, name in enumerate(MECHANISMS):
             target, labels = targets[name]
             out = cgn.mechanism(name, codes[idx, j], labels[idx])
             loss = F.l1_loss(out, target[idx])
-            losses[name] = float(loss.detach())
+            losses[name] = loss.detach()
             total = total + loss
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -91,6 +96,6 @@ def fit_teacher(data: MechanismData, cfg: TeacherFitConfig, seed: int = 0,
             codes.mul_(radius / codes.norm(dim=-1, keepdim=True).clamp_min(1e-8))
         if log is not None and (step + 1) % max(1, cfg.steps // 5) == 0:
             log(f"teacher CGN step {step + 1}/{cfg.steps}: " +
-                ", ".join(f"{k} L1 {v:.4f}" for k, v in losses.items()) +
+                ", ".join(f"{k} L1 {float(v):.4f}" for k, v in losses.items()) +
                 f" ({time.perf_counter() - start:.0f} s)")
-    return cgn.eval(), losses
+    return cgn.eval(), {k: float(v) for k, v in losses.items()}

@@ -1,12 +1,14 @@
 """The SKDCGN kind (``kind: skdcgn``): distil a counterfactual generative network's mechanisms
 into small student generators and score their counterfactuals (``kdci_ray.cgn``).
 
-A trial is the whole pipeline (``kdci_ray.cgn.pipeline.run``) in the Tune trial's process, one
-CPU; trials share teachers and students through the SKDCGN cache (``kdci_ray.cgn.cache``), so a
-resumed sweep reruns an unfinished trial quickly. Each trial directory gets ``config.yaml``,
-``metrics.json`` (its result row), ``samples.png`` and TensorBoard events; the sweep gets the
-same record, resume, placement check and report handling as every kind
-(``kdci_ray.results.skdcgn`` writes its tables).
+A trial is the whole pipeline (``kdci_ray.cgn.pipeline.run``) in the Tune trial's process: one
+CPU and, with ``run.use_gpu``, ``run.gpus_per_trial`` of a GPU, which the pipeline computes on (a
+cluster without GPUs is refused before any trial starts; a trial that sees no usable CUDA fails,
+never runs on the CPU instead). Trials share teachers and students through the SKDCGN cache
+(``kdci_ray.cgn.cache``), so a resumed sweep reruns an unfinished trial quickly. Each trial
+directory gets ``config.yaml``, ``metrics.json`` (its result row), ``samples.png`` and
+TensorBoard events; the sweep gets the same record, resume, placement check and report handling
+as every kind (``kdci_ray.results.skdcgn`` writes its tables).
 """
 
 from __future__ import annotations
@@ -20,6 +22,37 @@ from kdci_ray.cgn import config as cgn_config
 from kdci_ray.config import ConfigError
 from kdci_ray.engine.kinds import ExperimentKind, TuneOptions
 from kdci_ray.engine.plan import SweepPlan
+from kdci_ray.train.placement import (
+    NodeShape,
+    alive_shapes,
+    autoscaler_max_workers,
+    autoscaler_shapes,
+    placeable_workers,
+)
+
+
+def trial_bundle(run: cgn_config.CGNRunConfig) -> dict[str, float]:
+    """What one SKDCGN trial asks Tune for: one CPU, plus ``run.gpus_per_trial`` of a GPU with
+    ``run.use_gpu``."""
+    return {"CPU": 1.0, "GPU": float(run.gpus_per_trial)} if run.use_gpu else {"CPU": 1.0}
+
+
+def check_trial_placeable(bundle: dict[str, float], shapes: list[NodeShape],
+                          max_added: int | None = None) -> None:
+    """One ``ConfigError`` naming the fix when no node of the cluster (alive, or one the
+    autoscaler may add: ``kdci_ray.train.placement``) can hold one trial's ``bundle``."""
+    if placeable_workers(bundle, shapes, max_added) >= 1:
+        return
+    nodes = "; ".join(f"{s.count} x {s.name} (CPU {s.resources.get('CPU', 0):g}, GPU "
+                      f"{s.resources.get('GPU', 0):g}{', autoscaled' if s.autoscaled else ''})"
+                      for s in shapes) or "no nodes"
+    if bundle.get("GPU", 0) > 0 and not any(s.resources.get("GPU", 0) > 0 for s in shapes):
+        raise ConfigError(f"run.use_gpu is set but the Ray cluster has no GPU (nodes: {nodes}): "
+                          f"add a GPU node (cluster.yaml: a worker node type with GPUs) or set "
+                          f"run.use_gpu=false to run the SKDCGN trials on CPUs")
+    raise ConfigError(f"no node of the Ray cluster can hold an SKDCGN trial, which asks for "
+                      f"{bundle} (nodes: {nodes}): add a node with CPUs"
+                      f"{' and GPUs, or set run.use_gpu=false' if 'GPU' in bundle else ''}")
 
 
 class SKDCGN(ExperimentKind):
@@ -38,7 +71,14 @@ class SKDCGN(ExperimentKind):
 
     def check_plan(self, configs: list[Any], where: str) -> None:
         """Input files (a published teacher's checkpoint, the Wildlife textures) must be absolute
-        paths: a trial runs in its own directory, where a relative one would name another file."""
+        paths: a trial runs in its own directory, where a relative one would name another file.
+        Every trial asks for the same resources (Tune takes one request per sweep)."""
+        bundles = {tuple(sorted(trial_bundle(cfg.run).items())) for cfg in configs}
+        if len(bundles) > 1:
+            raise ConfigError(f"{where}: its trials ask for different resources "
+                              f"({', '.join(str(dict(b)) for b in sorted(bundles))}); Tune gives "
+                              f"every trial of a sweep the same: set run.use_gpu and "
+                              f"run.gpus_per_trial in the settings, not per case")
         for cfg in configs:
             for key, path in (("teacher.checkpoint", cfg.teacher.checkpoint),
                               ("data.textures", cfg.data.textures)):
@@ -68,14 +108,15 @@ class SKDCGN(ExperimentKind):
                 pretrained_teacher(cfg, probe, log)
 
     def check_resources(self, plan: SweepPlan) -> None:
+        """Ray is up: a trial (one CPU, a GPU share with ``run.use_gpu``) must fit a node."""
         import ray
 
-        if ray.cluster_resources().get("CPU", 0) < 1:
-            raise ConfigError("an SKDCGN trial needs one CPU and the Ray cluster has none; "
-                              "add a node with CPUs")
+        check_trial_placeable(self.trial_resources(plan),
+                              alive_shapes(ray.nodes()) + autoscaler_shapes(),
+                              autoscaler_max_workers())
 
     def trial_resources(self, plan: SweepPlan) -> dict[str, float]:
-        return {"CPU": 1.0}
+        return trial_bundle(plan.configs[0].run)
 
     def tune_options(self, plan: SweepPlan) -> TuneOptions:
         return TuneOptions(max_failures=0, reuse_actors=True)
@@ -86,10 +127,13 @@ class SKDCGN(ExperimentKind):
 
         from kdci_ray.cgn.pipeline import run
         from kdci_ray.results.skdcgn import METRICS_FILE, variant_name
-        from kdci_ray.train.runtime import limit_threads
+        from kdci_ray.train.runtime import limit_threads, worker_device
 
         limit_threads()
-        metrics = run(cfg, trial_dir, log=lambda msg: print(msg, flush=True))
+        # inside a Tune trial Ray set CUDA_VISIBLE_DEVICES to the trial's GPU; GPUUnavailable
+        # when run.use_gpu is set and no CUDA is usable
+        device = worker_device(cfg.run.use_gpu)
+        metrics = run(cfg, trial_dir, log=lambda msg: print(msg, flush=True), device=device)
         row = {"variant": variant_name(point), "seed": cfg.seed, **metrics}
         atomic_write_text(trial_dir / METRICS_FILE, json.dumps(row, indent=2))
         tune.report({**{k: v for k, v in row.items() if isinstance(v, (int, float))},
