@@ -94,7 +94,7 @@ def test_dfnd_selects_the_most_confident_once_and_caches(tmp_path) -> None:
     assert np.array_equal(again.subset.indices, expected) and teacher.seen == n
 
     # the KDCI source is the whole selected subset, normalised; samples come from it
-    source = method.substitution_batch()
+    source = method.substitution_batch()[:]
     assert len(source) == n and DFND.substitution_size(cfg) == n
     assert torch.equal(source, images[expected].float() / 255)
     assert _rows_in(method.sample(16), source).all()
@@ -190,7 +190,7 @@ def test_mosaickd_round_trains_generator_and_discriminator_on_the_entropy_subset
     entropy = -(logp.exp() * logp).sum(1)
     assert np.array_equal(method.ood.indices, np.sort(torch.argsort(entropy, descending=True)[
         :50].numpy()))
-    source = method.substitution_batch()
+    source = method.substitution_batch()[:]
     assert len(source) == 50 and torch.allclose(source, ctx.normalize(images[method.ood.indices]))
 
     # student batches: the first half synthetic, the second half OOD images

@@ -120,3 +120,53 @@ def test_dictionary_command_rejects_a_negative_worker_count(tiny_settings, tmp_p
     config.write_text(yaml.safe_dump({**tiny_settings, "method": "dfnd", "kdci.enabled": True}))
     assert main(["dictionary", str(config), "--workers", "-1"]) == 2
     assert "--workers must be 0 (all free) or a positive count, got -1" in capsys.readouterr().err
+
+
+def test_dictionary_actor_builds_what_the_driver_builds(ray_session) -> None:
+    """The GPU actor's code, asked for no GPU: the same dictionary as in this process."""
+    from kdci_ray.kdci.dictionary import build_dictionary
+    from kdci_ray.train.parallel_scoring import build_dictionary_on_ray
+
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 10, generator=gen) * 3
+    options = {"k": 8, "pca_dim": 4, "seed": 0, "n_init": 1, "backend": "auto",
+               "algorithm": "auto"}
+    _wait_for_free_cpus(ray_session, 1)
+    lines: list[str] = []
+    remote = build_dictionary_on_ray(features, options, {"CPU": 1}, start_timeout_s=60,
+                                     log=lines.append)
+    local = build_dictionary(features, **options)
+    assert torch.equal(remote.prototypes, local.prototypes)
+    assert torch.equal(remote.proportions, local.proportions)
+    assert (remote.inertia, remote.backend, remote.num_samples) == \
+        (local.inertia, "sklearn", 300)
+    assert lines == ["dictionary build: clustering 300 samples on a worker of {CPU: 1}"]
+
+
+def test_dictionary_job_clusters_on_an_actor_and_stores_it_in_the_driver(
+        tiny_settings, ray_session) -> None:
+    from kdci_ray.train.dictionary_job import build_shared_dictionary
+    from kdci_ray.train.kdci_setup import dictionary_store
+
+    cfg = resolve({**tiny_settings, "method": "dfnd", "kdci.enabled": True, "pool.seed": 4322})
+    _wait_for_free_cpus(ray_session, 1)
+    on_actor = build_shared_dictionary(cfg, log=lambda msg: None, actor_gpus=0)
+    assert on_actor["built_on"] == "actor" and not on_actor["cached"]
+    store = dictionary_store()
+    assert any(e["key"] == on_actor["key"] for e in store.entries())  # saved by the driver
+    actor_tensors = torch.load(on_actor["path"], weights_only=True)
+    spec = _spec(on_actor)
+    assert spec.key == on_actor["key"]
+    for path in store.paths(spec):
+        path.unlink()
+    here = build_shared_dictionary(cfg, log=lambda msg: None)  # Ray up, no GPU: the driver
+    assert here["built_on"] == "driver" and here["key"] == on_actor["key"]
+    here_tensors = torch.load(here["path"], weights_only=True)
+    assert all(torch.equal(actor_tensors[k], here_tensors[k]) for k in here_tensors)
+    assert here["inertia"] == on_actor["inertia"]
+
+
+def _spec(entry: dict):
+    from kdci_ray.kdci.artifact import DictionarySpec
+
+    return DictionarySpec(**entry["spec"])

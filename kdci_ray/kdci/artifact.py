@@ -1,8 +1,9 @@
 """Confounder dictionaries as artifacts: saved once with their metadata, shared by key.
 
-A build-once dictionary (sampling-based methods: DFND, MosaicKD) depends only on the selected
-pool, the model that scored it and the clustering settings, not on the trial nor on the machine
-that builds it (the k-means backend). Its key is the SHA-1 of exactly those (``DictionarySpec``);
+A build-once dictionary (sampling-based methods: DFND, MosaicKD) depends only on the images it
+clusters (the selected pool images the ranks' shares cover), the model that scored them and the
+clustering settings, not on the trial, the world size that covered them, nor the machine that
+builds it (the k-means backend). Its key is the SHA-1 of exactly those (``DictionarySpec``);
 every trial of a sweep that asks for the same spec loads the same file, and changing the pool,
 the selection, the teacher/source model or a clustering setting gives a new key (the old file is
 simply not used again; so are entries of older versions whose spec still named the backend).
@@ -36,7 +37,9 @@ class DictionarySpec:
     clusters or how: one built by cuML on a GPU worker is found by a GPU-less head (where
     ``auto`` means sklearn) and the other way round. The backend that ran is in the metadata."""
 
-    data_key: str  # identity of the substitution images (pool fingerprint + selected indices)
+    # identity of the substitution images: pool fingerprint, normalisation and the selected
+    # indices the ranks' equal shares cover (``OpenWorldSubset.data_key``; not the world size)
+    data_key: str
     model_key: str  # identity of the model whose logits are clustered (weights + normalisation)
     source: str  # teacher | model | random
     k: int

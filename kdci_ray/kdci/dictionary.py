@@ -38,6 +38,16 @@ class ConfounderDictionary:
         return replace(self, **changes)
 
 
+def dictionary_features(logits: Tensor, space: str = "logits") -> Tensor:
+    """The features a dictionary clusters, from a model's ``(N, C)`` logits: the logits
+    themselves (float32) or, with ``space = "log_probs"``, their log-softmax (row-wise, so it is
+    the same applied per rank's share or per chunk)."""
+    if space not in ("logits", "log_probs"):
+        raise ValueError(f"unknown dictionary feature space {space!r} (logits | log_probs)")
+    feats = logits.float()
+    return torch.log_softmax(feats, dim=1) if space == "log_probs" else feats
+
+
 def build_dictionary(features: Tensor, k: int, pca_dim: int = 0, seed: int = 0, n_init: int = 1,
                      backend: str = "sklearn", algorithm: str = "auto") -> ConfounderDictionary:
     """Cluster ``(N, D)`` features into a K-entry dictionary (see the module docstring)."""

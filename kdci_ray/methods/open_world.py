@@ -1,8 +1,15 @@
 """The open-world subset shared by the sampling-based methods (DFND, MosaicKD).
 
 ``OpenWorldSubset`` is the part of the unlabeled open-world pool a method keeps (selected by the
-teacher's scores: "confidence" for DFND, "entropy" for MosaicKD), held in memory as uint8.
-Moved here unchanged from ``methods/dfnd.py`` so that no method module imports another one.
+teacher's scores: "confidence" for DFND, "entropy" for MosaicKD), held in memory as uint8; it lives
+here so that no method module imports another one.
+
+Its KDCI dictionary (K = 128 over the whole subset, KDCI, Wang et al., CVPR 2024) is built from
+the images the ranks' equal shares cover, ``len // workers * workers`` of them in order, and is
+keyed by exactly those (``data_key``): the pre-build (``kdci-ray dictionary``, which knows
+``run.workers``) and every rank of a trial compute the same key, whatever the world size each runs
+with. Normalised images exist only a chunk at a time (``NormalizedImages``): at paper scale the
+whole subset in float32 is ~7 GB (600k x 3x32x32).
 """
 
 from __future__ import annotations
@@ -27,6 +34,26 @@ def teacher_key(ctx: MethodContext) -> str:
     return state_fingerprint(ctx.teacher, f"{ctx.mean}|{ctx.std}")
 
 
+class NormalizedImages:
+    """A view of uint8 images that normalises only what is indexed: ``len(view)`` and
+    ``view[a:b]`` (the normalised chunk, on the method's device) are all a KDCI refresh uses, so
+    a subset's share is never held in float32 at once. ``view[:]`` materialises the whole view."""
+
+    def __init__(self, images: Tensor, normalize: Callable[[Tensor], Tensor]) -> None:
+        self.images = images
+        self.normalize = normalize
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.images.shape
+
+    def __getitem__(self, index) -> Tensor:
+        return self.normalize(self.images[index])
+
+
 class OpenWorldSubset:
     """The part of the open-world pool a sampling-based method keeps, in memory as uint8.
 
@@ -49,10 +76,9 @@ class OpenWorldSubset:
             self.indices = np.arange(len(pool), dtype=np.int64)
         self.images = self._materialise(pool, self.indices)
         self.seconds = time.perf_counter() - start
-        h = hashlib.sha1(f"{pool.fingerprint}|{criterion}|{ctx.mean}|{ctx.std}|"
-                         f"{ctx.world_size}|{ctx.imbalance!r}".encode())
-        h.update(self.indices.tobytes())
-        self.key = h.hexdigest()[:20]  # what the subset's KDCI dictionary is keyed by
+        # what the images are, whatever the ranks: the pool, how they were chosen (only through
+        # the indices, kept for safety) and the normalisation the scoring model sees them with
+        self._identity = f"{pool.fingerprint}|{criterion}|{ctx.mean}|{ctx.std}|{ctx.imbalance!r}"
 
     def _select(self, pool, criterion: str, n: int, progress: bool,
                 pool_scores: Callable[[str], np.ndarray] | None) -> np.ndarray:
@@ -83,6 +109,32 @@ class OpenWorldSubset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def covered(self, workers: int) -> int:
+        """Images the equal shares of ``workers`` ranks cover: the first ``len // workers *
+        workers`` (the rest, fewer than ``workers``, are in no rank's share)."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        return len(self) // workers * workers
+
+    def data_key(self, workers: int = 1) -> str:
+        """Identity of the images a KDCI dictionary of ``workers`` ranks is built from (the
+        first ``covered(workers)`` of the subset): the key its ``DictionarySpec`` is stored under.
+        Two world sizes that cover the same images share it."""
+        count = self.covered(workers)
+        h = hashlib.sha1(f"{self._identity}|{count}".encode())
+        h.update(self.indices[:count].tobytes())
+        return h.hexdigest()[:20]
+
+    @property
+    def key(self) -> str:
+        """``data_key`` for this run's world size (what every rank of a trial computes)."""
+        return self.data_key(self.ctx.world_size)
+
+    def normalized(self, count: int | None = None) -> NormalizedImages:
+        """The first ``count`` images (all by default), normalised only when indexed."""
+        return NormalizedImages(self.images[:len(self) if count is None else count],
+                                self.ctx.normalize)
+
     def sample(self, batch_size: int, generator: torch.Generator, pad: int = 0,
                flip: bool = False) -> Tensor:
         """``batch_size`` images drawn with replacement, normalised, optionally augmented."""
@@ -90,9 +142,10 @@ class OpenWorldSubset:
         x = self.ctx.normalize(self.images[idx])
         return augment(x, generator, pad=pad, flip=flip) if pad > 0 or flip else x
 
-    def shard(self) -> Tensor:
-        """This rank's equal share of the subset, normalised (the whole subset on one rank):
-        the KDCI refresh gathers all ranks' shares, so the dictionary sees each image once."""
+    def shard(self) -> NormalizedImages:
+        """This rank's equal share of the subset (the whole subset on one rank), normalised a
+        chunk at a time when indexed: the KDCI refresh scores it in slices and gathers all
+        ranks' shares in rank order, i.e. the first ``covered(world_size)`` images, each once."""
         per = len(self.images) // self.ctx.world_size
         start = self.ctx.rank * per
-        return self.ctx.normalize(self.images[start:start + per])
+        return NormalizedImages(self.images[start:start + per], self.ctx.normalize)

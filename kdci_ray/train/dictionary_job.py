@@ -2,12 +2,16 @@
 
 Methods whose substitution data is a fixed pool (``substitution.kind == "fixed"``: MosaicKD, DFND)
 cluster a dictionary once over their whole selected open-world subset (KDCI, Wang et al., CVPR
-2024: K = 128 over the 600k sampled images). This job runs exactly what a trial would run up to
-that point (the teacher's selection of the pool, then the dictionary source's logits on the
-subset, PCA + K-Means++) and saves the result in the dictionary store; every trial with the same
-spec then loads it (``kdci/cached = 1``). It is what ``kdci-ray dictionary CONFIG`` runs
-(``build_all``), and what a sweep runs before its trials start (``prepare_kdci``: also the other
-models of ``kdci.source: model`` and the pool selections of the vanilla trials).
+2024: K = 128 over the 600k sampled images). This job runs exactly what a trial of ``run.workers``
+ranks would run up to that point (the teacher's selection of the pool, then the dictionary
+source's logits on the images the ranks' shares cover, PCA + K-Means++) and saves the result in
+the dictionary store under the key of those images (``OpenWorldSubset.data_key``), which every
+rank of such a trial computes too: the trials load it (``kdci/cached = 1``). A dictionary already
+stored is found before anything is scored. Images are normalised and scored a batch at a time
+(never the whole subset in float32); on a GPU cluster the clustering runs on a Ray actor with one
+GPU (``builds_on_gpu_actor``), elsewhere in this process. It is what ``kdci-ray dictionary CONFIG``
+runs (``build_all``), and what a sweep runs before its trials start (``prepare_kdci``: also the
+other models of ``kdci.source: model`` and the pool selections of the vanilla trials).
 """
 
 from __future__ import annotations
@@ -17,15 +21,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kdci_ray.config import ConfigError, ExperimentConfig
+import torch
+from torch import Tensor, nn
+
+from kdci_ray.config import ConfigError, ExperimentConfig, RunConfig
 from kdci_ray.kdci import plugin_from_config
+from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary, dictionary_features
+from kdci_ray.kdci.plugin import teacher_logits
 from kdci_ray.methods import METHODS
-from kdci_ray.methods.open_world import OpenWorldSubset
+from kdci_ray.methods.open_world import NormalizedImages, OpenWorldSubset
 from kdci_ray.models import create_model
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.kdci_setup import dictionary_store, load_source_model
 from kdci_ray.train.loop import method_context
-from kdci_ray.train.runtime import current_runtime, limit_threads
+from kdci_ray.train.placement import NodeShape, placeable_workers, worker_bundle
+from kdci_ray.train.runtime import Runtime, host_device, limit_threads
 from kdci_ray.train.teacher import ensure_teacher, load_teacher
 
 
@@ -62,7 +72,8 @@ class _PoolJob:
         limit_threads()
         self.cfg, self.log, self.workers = cfg, log, workers
         self.method_cls = METHODS[cfg.method]
-        self.rt = current_runtime(cfg.run.use_gpu)
+        # the driver, possibly on a GPU-less head: its GPU if it has one, else the CPU
+        self.rt = Runtime(rank=0, world_size=1, device=host_device(cfg.run.use_gpu))
         self.data = load_data(cfg)
         ensure_teacher(cfg, log)  # the embedded teacher is trained once; a given one must exist
         self.teacher = load_teacher(cfg, self.data, self.rt.device)
@@ -76,7 +87,7 @@ class _PoolJob:
     def scorer(self) -> Any:
         if not self._scorers:
             from kdci_ray.train.parallel_scoring import RayScorer
-            from kdci_ray.train.placement import cluster_capacity, worker_bundle
+            from kdci_ray.train.placement import cluster_capacity
 
             run = self.cfg.run
             count = self.workers or max(1, cluster_capacity(run))
@@ -104,16 +115,61 @@ class _PoolJob:
             s.close()
 
 
-def build_shared_dictionary(cfg: ExperimentConfig, log=print,
-                            workers: int = 1) -> dict[str, Any]:
-    """Select the subset, score it, build (or load) and store the dictionary of ``cfg``.
+def dictionary_bundle(run: RunConfig, gpus: float = 1.0) -> dict[str, float]:
+    """What the dictionary-building actor asks for: a trial worker's CPUs and custom resources
+    (so it lands on a node the trials use) and ``gpus`` GPUs (one; 0 only in tests)."""
+    bundle = {**worker_bundle(run), "GPU": float(gpus)}
+    return {k: v for k, v in bundle.items() if v > 0}
 
-    ``workers``: 1 scores in this process; otherwise the two forward passes (the teacher over the
-    pool, the source model over the kept subset) run on that many Ray actors, each asking for a
-    trial's Train worker resources (0: as many as the cluster can hold, counting the nodes its
-    autoscaler may add; Ray must be initialised; they wait up to ``run.start_timeout_s``).
-    Returns the artifact's metadata plus ``path``, ``cached``, ``seconds`` and
-    ``scoring_workers``."""
+
+def builds_on_gpu_actor(run: RunConfig, shapes: list[NodeShape] | None,
+                        max_added: int | None = None) -> bool:
+    """Whether a dictionary is clustered on a Ray actor with one GPU rather than in the driver:
+    with ``run.use_gpu``, when Ray is reachable (``shapes``: its alive and autoscalable nodes,
+    ``train.placement``; None without Ray) and some node has or may add room for
+    :func:`dictionary_bundle` (``max_added``: the autoscaler's global ``max_workers``)."""
+    if not run.use_gpu or shapes is None:
+        return False
+    return placeable_workers(dictionary_bundle(run), shapes, max_added) > 0
+
+
+def _cluster_shapes() -> tuple[list[NodeShape] | None, int | None]:
+    """The connected Ray cluster's node shapes and autoscaler cap; ``(None, None)`` without Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return None, None
+    from kdci_ray.train.placement import alive_shapes, autoscaler_max_workers, autoscaler_shapes
+
+    return alive_shapes(ray.nodes()) + autoscaler_shapes(), autoscaler_max_workers()
+
+
+@torch.no_grad()
+def score_in_chunks(model: nn.Module, images: NormalizedImages, batch_size: int) -> Tensor:
+    """``(N, C)`` float32 logits of ``model`` on ``images``, on the CPU: each batch normalised
+    only when scored (the trial's refresh scores the same batches: ``kdci.plugin.teacher_logits``
+    over slices, so the numbers are identical)."""
+    parts = [teacher_logits(model, images[i:i + batch_size], batch_size).float().cpu()
+             for i in range(0, len(images), batch_size)]
+    return torch.cat(parts)
+
+
+def build_shared_dictionary(cfg: ExperimentConfig, log=print, workers: int = 1,
+                            actor_gpus: float | None = None) -> dict[str, Any]:
+    """Select the subset, then find the dictionary of ``cfg`` in the store, or score, build and
+    store it.
+
+    The store is checked first: a dictionary already there (built for the same images, model
+    and clustering settings) is reported, with nothing scored, normalised or clustered.
+    ``workers``: 1 scores in this process (a batch at a time); otherwise the two forward passes
+    (the teacher over the pool, the source model over the kept subset) run on that many Ray
+    actors, each asking for a trial's Train worker resources (0: as many as the cluster can hold,
+    counting the nodes its autoscaler may add; Ray must be initialised; they wait up to
+    ``run.start_timeout_s``). ``actor_gpus``: None clusters on a Ray actor with one GPU when
+    :func:`builds_on_gpu_actor` says so, else here; a number always uses the actor, with that
+    many GPUs (0: the same code on a CPU actor, for tests). Returns the artifact's metadata plus
+    ``path``, ``cached``, ``seconds``, ``scoring_workers`` and ``built_on`` (driver | actor |
+    none)."""
     if not METHODS[cfg.method].substitution.fixed:
         raise ConfigError(
             f"method '{cfg.method}' rebuilds its KDCI dictionary every synthesis round from fresh "
@@ -133,24 +189,47 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print,
     model = kdci.source_model if kdci.source_model is not None else job.teacher
     source_name = "teacher" if model is job.teacher else "source"
     job.models[source_name] = model  # one entry when they are one
+    built_on = "none"
     try:
         subset = job.select()
-        spec = kdci.spec(model, subset.key)
+        # the images a trial of run.workers ranks covers with its equal shares, and their key
+        keep = subset.covered(cfg.run.workers)
+        spec = kdci.spec(model, subset.data_key(cfg.run.workers))
         cached = kdci.store.load(spec) is not None
         if not cached:
-            # as a trial of `run.workers` ranks would see it: each rank's equal share, gathered
-            keep = len(subset) // cfg.run.workers * cfg.run.workers
             if workers == 1:
-                kdci.refresh(job.teacher, job.ctx.normalize(subset.images[:keep]),
-                             data_key=subset.key)
+                logits = score_in_chunks(model, subset.normalized(keep), kdci.settings.score_batch)
             else:
                 logits = job.scorer().logits(source_name, subset.indices[:keep])
-                kdci.refresh(job.teacher, None, data_key=subset.key, logits=logits)
+            job.close()  # the scorers' resources are the builder's now
+            dictionary, built_on = _build(cfg, kdci.settings, dictionary_features(
+                logits, kdci.settings.space), spec.seed, actor_gpus, log)
+            kdci.store.save(spec, dictionary)
     finally:
         job.close()
     return {**kdci.store.metadata(spec), "path": str(kdci.store.paths(spec)[0]),
             "cached": cached, "seconds": time.perf_counter() - start,
-            "scoring_workers": job.scoring_workers}
+            "scoring_workers": job.scoring_workers, "built_on": built_on}
+
+
+def _build(cfg: ExperimentConfig, settings: Any, features: Tensor, seed: int,
+           actor_gpus: float | None, log) -> tuple[ConfounderDictionary, str]:
+    """PCA + K-Means++ of ``features`` as a trial's refresh would cluster them (the settings'
+    K, PCA, backend, algorithm; ``seed``: the spec's), here or on a Ray actor (see
+    :func:`build_shared_dictionary`); the dictionary and where it was built."""
+    options = {"k": settings.k, "pca_dim": settings.pca_dim, "seed": seed,
+               "n_init": settings.n_init, "backend": settings.backend,
+               "algorithm": settings.algorithm}
+    if actor_gpus is None and cfg.run.use_gpu:
+        shapes, max_added = _cluster_shapes()
+        actor_gpus = 1.0 if builds_on_gpu_actor(cfg.run, shapes, max_added) else None
+    if actor_gpus is None:
+        return build_dictionary(features, **options), "driver"
+    from kdci_ray.train.parallel_scoring import build_dictionary_on_ray
+
+    dictionary = build_dictionary_on_ray(features, options, dictionary_bundle(cfg.run, actor_gpus),
+                                         cfg.run.start_timeout_s, log)
+    return dictionary, "actor"
 
 
 def build_selection(cfg: ExperimentConfig, log=print, workers: int = 1) -> None:
@@ -173,6 +252,9 @@ def default_scoring_workers() -> int:
 def sampling_methods() -> list[str]:
     """The methods whose substitution data is a fixed pool (a build-once dictionary)."""
     return [name for name, cls in METHODS.items() if cls.substitution.fixed]
+
+
+_WHERE = {"none": "", "driver": "", "actor": " on a Ray worker"}
 
 
 def build_all(configs: list[ExperimentConfig], log=print, only_shared: bool = True,
@@ -201,7 +283,7 @@ def build_all(configs: list[ExperimentConfig], log=print, only_shared: bool = Tr
         log(f"dictionary {e['key']}: {cfg.method}, K={e['k']}, source={e['spec']['source']}, "
             f"N={e['num_samples']}, backend={e['backend']}/{e['algorithm']}, "
             f"inertia={e['inertia']:.4g}, {'reused' if e['cached'] else 'built'} in "
-            f"{e['seconds']:.1f} s -> {e['path']}")
+            f"{e['seconds']:.1f} s{_WHERE[e['built_on']]} -> {e['path']}")
     return out
 
 

@@ -9,6 +9,11 @@ object (lazy: memmaps, file lists, crop parameters) and the models go to the obj
 the index range is cut into chunks that the actors take in turn, and the results come back in
 index order, with a progress line every tenth of the work. Same numbers as the in-process pass
 (``data.selection.score_pool``) up to floating-point summation order.
+
+The clustering of those logits (PCA + k-means, ``kdci.dictionary.build_dictionary``) can run on
+a Ray actor too (:func:`build_dictionary_on_ray`): on a GPU cluster the head that drives the job
+may have no GPU, so the 600k-sample dictionaries are clustered on a worker with one (cuML under
+``kdci.backend: auto``), and only the small dictionary comes back.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import Tensor, nn
 from kdci_ray.config import ConfigError
 from kdci_ray.data.labeled import normalize
 from kdci_ray.data.selection import scores_from_logits
+from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary
 
 
 class ClusterWaitTimeout(ConfigError):
@@ -38,15 +44,65 @@ def _describe(bundle: dict[str, float]) -> str:
                            for k, v in sorted(bundle.items())) + "}"
 
 
+def _remote(cls: type, bundle: dict[str, float]) -> Any:
+    """``cls`` as a Ray actor class asking for ``bundle`` (CPU, GPU and custom resources)."""
+    import ray
+
+    custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
+    return ray.remote(num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
+                      resources=custom or None)(cls)
+
+
+def wait_for_actors(actors: list[Any], timeout_s: float, what: str, unit: str,
+                    log) -> list[Any]:
+    """The actors that started within ``timeout_s`` (the others are killed), with a line every
+    ``INTERVAL_S`` while some wait for their nodes; none placed is a
+    :class:`ClusterWaitTimeout`. ``what`` names them in the messages, ``unit`` their request."""
+    import ray
+
+    from kdci_ray.train.cluster_wait import INTERVAL_S
+
+    pending = {a.__ray_ready__.remote(): a for a in actors}
+    ready: list[Any] = []
+    start = time.monotonic()
+    while pending:
+        left = timeout_s - (time.monotonic() - start)
+        if left <= 0:
+            break
+        done, _ = ray.wait(list(pending), num_returns=len(pending),
+                           timeout=min(INTERVAL_S, left))
+        for ref in done:
+            ray.get(ref)  # an actor that failed to start raises here
+            ready.append(pending.pop(ref))
+        if pending:
+            log(f"{what}: {len(ready)} of {len(actors)} workers of {unit} placed after "
+                f"{time.monotonic() - start:.0f} s (waiting up to run.start_timeout_s="
+                f"{timeout_s:g} s for the cluster's nodes)")
+    for actor in pending.values():
+        ray.kill(actor)
+    if not ready:
+        raise ClusterWaitTimeout(
+            f"no {what} worker of {unit} was placed within run.start_timeout_s={timeout_s:g} s: "
+            f"the cluster has or added no node that fits (see `ray status`); raise "
+            f"run.start_timeout_s, or check the node types and their max_workers"
+        )
+    if pending:
+        log(f"{what}: going on with {len(ready)} of {len(actors)} workers (the others were "
+            f"not placed within run.start_timeout_s)")
+    return ready
+
+
 class _ScoringWorker:
-    """One Ray actor: the pool and the models, on this worker's device."""
+    """One Ray actor: the pool and the models, on this worker's device (``worker_device``: the
+    GPU Ray gave it with ``use_gpu``; an actor that sees none raises ``GPUUnavailable`` rather
+    than scoring 600k images on its CPU)."""
 
     def __init__(self, pool: Any, models: dict[str, nn.Module], mean: Sequence[float],
                  std: Sequence[float], use_gpu: bool, batch_size: int) -> None:
-        from kdci_ray.train.runtime import limit_threads
+        from kdci_ray.train.runtime import limit_threads, worker_device
 
         limit_threads()
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = worker_device(use_gpu)
         self.pool = pool
         self.models = {name: m.to(self.device).eval() for name, m in models.items()}
         self.mean, self.std = tuple(mean), tuple(std)
@@ -82,55 +138,18 @@ class RayScorer:
             raise RuntimeError("RayScorer needs ray.init() first (kdci-ray dictionary does it)")
         if workers < 1:
             raise ValueError(f"RayScorer needs at least one worker, got {workers}")
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = log or _stderr
         self.chunk = int(chunk)
         use_gpu = bundle.get("GPU", 0) > 0
-        custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
-        remote = ray.remote(num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
-                            resources=custom or None)(_ScoringWorker)
+        remote = _remote(_ScoringWorker, bundle)
         pool_ref = ray.put(pool)
         models_ref = ray.put({name: copy.deepcopy(m).cpu() for name, m in models.items()})
         self.unit = _describe(bundle)
         actors = [remote.remote(pool_ref, models_ref, list(mean), list(std), use_gpu,
                                 batch_size) for _ in range(int(workers))]
-        self.actors = self._wait_ready(actors, start_timeout_s)
+        self.actors = wait_for_actors(actors, start_timeout_s, "pool scoring", self.unit,
+                                      self.log)
         self.workers = len(self.actors)
-
-    def _wait_ready(self, actors: list[Any], timeout_s: float) -> list[Any]:
-        """The actors that started within ``timeout_s`` (the others are killed)."""
-        import ray
-
-        from kdci_ray.train.cluster_wait import INTERVAL_S
-
-        pending = {a.__ray_ready__.remote(): a for a in actors}
-        ready: list[Any] = []
-        start = time.monotonic()
-        while pending:
-            left = timeout_s - (time.monotonic() - start)
-            if left <= 0:
-                break
-            done, _ = ray.wait(list(pending), num_returns=len(pending),
-                               timeout=min(INTERVAL_S, left))
-            for ref in done:
-                ray.get(ref)  # an actor that failed to start raises here
-                ready.append(pending.pop(ref))
-            if pending:
-                self.log(f"pool scoring: {len(ready)} of {len(actors)} workers of {self.unit} "
-                         f"placed after {time.monotonic() - start:.0f} s (waiting up to "
-                         f"run.start_timeout_s={timeout_s:g} s for the cluster's nodes)")
-        for actor in pending.values():
-            ray.kill(actor)
-        if not ready:
-            raise ClusterWaitTimeout(
-                f"no pool scoring worker of {self.unit} was placed within "
-                f"run.start_timeout_s={timeout_s:g} s: the cluster has or added no node that "
-                f"fits (see `ray status`); raise run.start_timeout_s, or check the node types "
-                f"and their max_workers"
-            )
-        if pending:
-            self.log(f"pool scoring: going on with {len(ready)} of {len(actors)} workers "
-                     f"(the others were not placed within run.start_timeout_s)")
-        return ready
 
     def _run(self, what: str, method: str, model: str, indices: np.ndarray,
              *extra: Any) -> list[np.ndarray]:
@@ -179,3 +198,43 @@ class RayScorer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _DictionaryBuilder:
+    """One Ray actor that clusters features into a confounder dictionary (PCA + K-Means++;
+    ``kdci.backend: auto`` resolves on the actor's node: cuML where it has a GPU and cuML)."""
+
+    def __init__(self) -> None:
+        from kdci_ray.train.runtime import limit_threads
+
+        limit_threads()
+
+    def build(self, features: Tensor, options: dict[str, Any]) -> ConfounderDictionary:
+        return build_dictionary(features, **options)
+
+
+def build_dictionary_on_ray(features: Tensor, options: dict[str, Any],
+                            bundle: dict[str, float], start_timeout_s: float = 1800.0,
+                            log=None) -> ConfounderDictionary:
+    """``build_dictionary(features, **options)`` on one Ray actor asking for ``bundle`` (on a
+    GPU cluster: one GPU and a trial worker's custom resources; without ``GPU`` the same code on
+    a CPU actor). The features go to the object store once; the small dictionary comes back for
+    the driver to store (worker nodes need not share its disk). The actor waits for its node up
+    to ``start_timeout_s`` (:class:`ClusterWaitTimeout`), and is killed after the build."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("build_dictionary_on_ray needs ray.init() first")
+    log = log or _stderr
+    unit = _describe(bundle)
+    actor = _remote(_DictionaryBuilder, bundle).remote()
+    try:
+        wait_for_actors([actor], start_timeout_s, "dictionary build", unit, log)
+        log(f"dictionary build: clustering {len(features)} samples on a worker of {unit}")
+        return ray.get(actor.build.remote(features, dict(options)))
+    finally:
+        ray.kill(actor)
