@@ -126,3 +126,37 @@ def test_ray_train_two_workers_same_weights_different_data(tiny_settings, ray_se
     # every rank's attention saw the same dictionary (built from all ranks, broadcast from 0)
     assert torch.equal(r0["kdci"]["prototypes"], r1["kdci"]["prototypes"])
     assert all(torch.equal(r0["kdci"][k], r1["kdci"][k]) for k in r0["kdci"])
+
+
+LOG_PRIOR_FROM_MODEL = {"method": "dafl", "kdci.enabled": True, "kdci.source": "model",
+                        "kdci.source_arch": "tiny_cnn", "kdci.fusion": "log_prior",
+                        "kdci.features": "source", "train.rounds": 1, "train.kd_steps": 3}
+
+
+def _log_prior_rank(rank: int, settings: dict, store_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    try:
+        rep = Collect()
+        final = distill(resolve(settings, LOG_PRIOR_FROM_MODEL), rep)
+        torch.save({"final": final, "state": rep.state["state_dict"]},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_with_another_models_dictionary_and_the_fixed_log_prior(tiny_settings,
+                                                                    tmp_path) -> None:
+    """Issue 22, fault 8: with ``kdci.source: model`` the attention carries a learned map of the
+    other model's prototypes; the ``log_prior`` fusion reads only their arg-max, so the map gets
+    no gradient and DDP refused the second step on two ranks. The map is frozen there."""
+    from kdci_ray.train.datasets import load_data
+    from kdci_ray.train.kdci_setup import load_source_model
+
+    cfg = resolve(tiny_settings, LOG_PRIOR_FROM_MODEL)
+    load_source_model(cfg, load_data(cfg), torch.device("cpu"), log=lambda m: None)  # cached once
+    mp.spawn(_log_prior_rank, args=(tiny_settings, str(tmp_path / "store"), str(tmp_path)),
+             nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert all(r["final"]["finished"] == 1.0 and r["final"]["step"] == 3 for r in ranks)
+    p0, p1 = _params(ranks[0]["state"]), _params(ranks[1]["state"])
+    assert all(torch.equal(p0[k], p1[k]) for k in p0)  # DDP kept the ranks' students equal

@@ -138,6 +138,13 @@ class RunConfig:
     #   node type's own resource, to pin workers to it); asked for by Train workers and scorers
     start_timeout_s: float = 1800.0  # how long a worker group (or the pool scorers) may wait for
     #   the cluster to place it, e.g. while the autoscaler boots GPU nodes; then the trial fails
+    # GPU speed and exactness, opt-in (see kdci_ray.train.numerics): bf16 autocast of the KD
+    # step's forwards (amp: none | bf16), TF32 matmuls and convolutions, NHWC memory format;
+    # deterministic: deterministic algorithms and cuDNN settings (bit-for-bit on a GPU too)
+    amp: str = "none"
+    tf32: bool = False
+    channels_last: bool = False
+    deterministic: bool = False
 
 
 SECTIONS: dict[str, type] = {
@@ -162,6 +169,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pool.source": ("embedded", "folder", "npz"),
     "pool.transform": ("none", "edges"),
     "run.trainer": ("auto", "ray_train", "tune_trial"),
+    "run.amp": ("none", "bf16"),
 }
 
 SMOKE: dict[str, Any] = {

@@ -157,6 +157,13 @@ def _check_run(cfg: ExperimentConfig) -> None:
             f"config key 'run.gpus_per_worker' above 1 must be a whole number, "
             f"got {run.gpus_per_worker}"
         )
+    if run.use_gpu and run.workers > 1 and run.gpus_per_worker < 1:
+        raise ConfigError(
+            f"config keys 'run.workers' ({run.workers}) and 'run.gpus_per_worker' "
+            f"({run.gpus_per_worker}) would put several DDP ranks of one trial on one GPU, which "
+            f"NCCL refuses: give each worker a whole GPU (run.gpus_per_worker: 1), or keep "
+            f"run.workers: 1 and let fractional GPUs pack several trials onto a GPU"
+        )
     if run.max_failures < -1:
         raise ConfigError(
             f"config key 'run.max_failures' must be >= 0, or -1 for no cap, got {run.max_failures}"

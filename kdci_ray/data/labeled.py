@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,12 +10,32 @@ import torch
 from torch import Tensor
 
 
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` on ``device`` without making the host wait: a CPU tensor bound for a GPU is copied
+    through pinned memory without blocking (a copy from pageable memory synchronises the
+    stream); the copy back to the CPU blocks, as reading a value must."""
+    if x.device == device:
+        return x
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device, non_blocking=device.type != "cpu")
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype,
+                       device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(1, C, 1, 1)`` mean and std, made once per device (never copied to it per batch)."""
+    mean_t = torch.tensor(mean, dtype=dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=dtype).view(1, -1, 1, 1)
+    return to_device(mean_t, device), to_device(std_t, device)
+
+
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 (or [0, 1] float) ``(B, C, H, W)`` -> ``(x - mean) / std`` per channel, on the
     images' device: the one pixel-to-model-input mapping of teachers, methods and scorers."""
     x = images.float().div(255.0) if images.dtype == torch.uint8 else images
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    mean_t, std_t = _channel_constants(tuple(float(m) for m in mean),
+                                       tuple(float(s) for s in std), x.dtype, x.device)
     return (x - mean_t) / std_t
 
 

@@ -33,7 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from kdci_ray.kdci.artifact import DictionaryStore
-from kdci_ray.kdci.plugin import KDCI, KDCISettings, attention_entropy, prior_ratio
+from kdci_ray.kdci.plugin import (
+    KDCI,
+    Images,
+    KDCISettings,
+    attention_entropy_tensor,
+    prior_ratio,
+    prior_ratio_tensor,
+)
 
 if TYPE_CHECKING:
     from kdci_ray.config import ExperimentConfig
@@ -42,7 +49,7 @@ if TYPE_CHECKING:
 class SubstitutionSource(Protocol):
     """What the hook asks of a method at a refresh (``kdci_ray.methods.base.Method``)."""
 
-    def substitution_batch(self) -> Tensor: ...
+    def substitution_batch(self) -> Images: ...
 
     def substitution_key(self) -> str | None: ...
 
@@ -112,23 +119,25 @@ class KDCIHook:
                  method: SubstitutionSource) -> dict[str, float]:
         """After the method's synthesis of ``round_idx``: refresh the dictionary when due, from
         the method's substitution batch (a fixed pool's is keyed by its content, so a stored
-        dictionary is loaded or the built one stored). The refresh's metrics; ``{}`` when none."""
+        dictionary is loaded, before the batch is even asked for, or the built one stored).
+        The refresh's metrics; ``{}`` when none."""
         if not self.refreshes_in(round_idx):
             return {}
         data_key = method.substitution_key() if self.fixed else None
-        return self.kdci.refresh(teacher, method.substitution_batch(), data_key=data_key)
+        return self.kdci.refresh(teacher, method.substitution_batch, data_key=data_key)
 
     def on_batch(self, student_logits: Tensor,
-                 teacher_logits: Tensor) -> tuple[Tensor, dict[str, float]]:
+                 teacher_logits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """One KD step, before its loss: keep the teacher's logits for the next refresh
         (generated data only: a fixed pool's dictionary is never rebuilt), compensate the
         student's logits. Returns the logits the KD loss sees (adjusted with ``train_through``,
-        else the raw ones) and this step's metrics (summed and averaged by the loop)."""
+        else the raw ones) and this step's metrics as 0-d tensors on the device (summed there
+        and averaged by the loop at its next evaluation: nothing is read back per step)."""
         if not self.fixed:
             self.kdci.observe(teacher_logits)
         adjusted, lam = self.kdci.compensate(student_logits, self.attention)
-        logs = {"kdci/attn_entropy": attention_entropy(lam.detach()),
-                "kdci/prior_ratio": prior_ratio(student_logits, adjusted)}
+        logs = {"kdci/attn_entropy": attention_entropy_tensor(lam),
+                "kdci/prior_ratio": prior_ratio_tensor(student_logits, adjusted)}
         return (adjusted if self.train_through else student_logits), logs
 
     @torch.no_grad()

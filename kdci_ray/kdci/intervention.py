@@ -84,6 +84,10 @@ class BackdoorAdjustment(nn.Module):
         if self.random_lambda or fusion == "log_prior":  # no learned attention
             for layer in (self.w_s, self.w_z, self.v):
                 layer.requires_grad_(False)
+        if fusion == "log_prior" and self.map is not None:
+            # the fixed adjustment reads only the mapped prototypes' arg-max: the map gets no
+            # gradient, so it is frozen (DDP refuses a trainable parameter without one)
+            self.map.requires_grad_(False)
         self.register_buffer("prototypes", torch.zeros(k, dim))
         self.register_buffer("proportions", torch.zeros(k))
 

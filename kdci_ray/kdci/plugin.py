@@ -4,14 +4,20 @@ It owns the attention module and the dictionary life cycle: ``refresh`` scores s
 with the teacher and rebuilds the dictionary (under DDP: features gathered from every rank, built on
 rank 0, broadcast, so every rank's attention sees the same prototypes); ``compensate`` returns the
 adjusted logits for the KD loss.
+
+Collectives run only with two or more ranks (Ray Train creates a process group even for one
+worker) and take tensors on a device their backend accepts: the module's device when the backend
+supports it (NCCL: the GPU), else the CPU (``collective_device``). A KD step's calls
+(``observe``, ``compensate``) never read a value back to the host.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -19,7 +25,11 @@ from torch import Tensor, nn
 
 from kdci_ray.kdci.ablations import apply_ablations, random_dictionary
 from kdci_ray.kdci.artifact import DictionarySpec, DictionaryStore
-from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary
+from kdci_ray.kdci.dictionary import (
+    ConfounderDictionary,
+    build_dictionary,
+    dictionary_features,
+)
 from kdci_ray.kdci.intervention import BackdoorAdjustment
 from kdci_ray.models.fingerprint import state_fingerprint
 
@@ -65,24 +75,65 @@ class KDCISettings:
         return settings
 
 
+class Images(Protocol):
+    """What a refresh scores: a tensor, or anything sized whose slices are the model's input
+    batches (a fixed pool's share, normalised a slice at a time)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice) -> Tensor: ...
+
+
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+def teacher_logits(teacher: nn.Module, images: Images, batch_size: int = 256) -> Tensor:
     return torch.cat([teacher(images[i:i + batch_size]).logits
                       for i in range(0, len(images), batch_size)])
 
 
-def _gather(x: Tensor) -> Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([len(x)]))
-    if len({int(s) for s in sizes}) != 1:
-        raise RuntimeError(
-            "KDCI refresh needs the same number of substitution images on every rank"
-        )
-    parts = [torch.empty_like(x) for _ in sizes]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+def world_size() -> int:
+    """Ranks of the default process group (1 without one): collectives only when it is > 1."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_rank() -> bool:
+    return world_size() == 1 or dist.get_rank() == 0
+
+
+def collective_device(preferred: torch.device) -> torch.device:
+    """Where tensors handed to the default group's collectives must live: ``preferred`` (the
+    trial's device) when its backend takes that device type, else the CPU when it takes that
+    (gloo with a CUDA model); NCCL takes only CUDA tensors."""
+    backend = str(dist.get_backend())
+    takes = dist.Backend.backend_capability.get(backend.lower(), ["cpu"])
+    if preferred.type in takes:
+        return preferred
+    if "cpu" in takes:
+        return torch.device("cpu")
+    raise RuntimeError(f"the process group's backend {backend!r} takes only {takes} tensors, "
+                       f"but this rank computes on {preferred}")
+
+
+def _gather(x: Tensor, device: torch.device) -> Tensor:
+    """Every rank's ``x``, concatenated in rank order, on the CPU. The ranks' shares are equal
+    by construction (the same KD steps and batches on every rank; a fixed pool's equal shares,
+    ``Method.substitution_size``)."""
+    if world_size() == 1:
+        return x.cpu()
+    x = x.to(collective_device(device)).contiguous()
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts).cpu()
+
+
+def _broadcast(tensors: list[Tensor], device: torch.device) -> list[Tensor]:
+    """Rank 0's ``tensors`` on every rank (returned on ``device``)."""
+    if world_size() == 1:
+        return [t.to(device) for t in tensors]
+    where = collective_device(device)
+    out = [t.to(where).contiguous() for t in tensors]
+    for t in out:
+        dist.broadcast(t, src=0)
+    return [t.to(device) for t in out]
 
 
 class KDCI:
@@ -128,7 +179,7 @@ class KDCI:
         """Keep a KD step's teacher logits for the next refresh (``features: observed`` with the
         teacher as source; otherwise a no-op)."""
         if self.settings.features == "observed" and self.settings.source != "model":
-            self._observed.append(teacher_logits.detach().float().cpu())
+            self._observed.append(teacher_logits.detach().float())  # stays on the device
 
     def spec(self, model: nn.Module, data_key: str) -> DictionarySpec:
         """The artifact spec of a build-once dictionary of ``data_key`` scored by ``model``."""
@@ -139,65 +190,80 @@ class KDCI:
                               k=s.k, pca_dim=s.pca_dim, algorithm=s.algorithm,
                               n_init=s.n_init, seed=0, space=s.space)
 
-    def _dictionary(self, model: nn.Module, feats: Tensor,
-                    data_key: str | None) -> tuple[ConfounderDictionary, bool]:
+    def _lookup(self, model: nn.Module,
+                data_key: str | None) -> tuple[ConfounderDictionary | None, bool]:
+        """Rank 0's stored dictionary of a build-once ``data_key`` and whether there is one,
+        agreed by every rank (so all skip scoring, or all score): ``(None, False)`` when the
+        dictionary is not build-once or none is stored."""
+        if data_key is None or self.store is None or self.settings.source == "random":
+            return None, False
+        stored = self.store.load(self.spec(model, data_key)) if is_main_rank() else None
+        found = stored is not None
+        if world_size() > 1:
+            (flag,) = _broadcast([torch.tensor([float(found)])], self.module.prototypes.device)
+            found = bool(flag.cpu())
+        return stored, found
+
+    def _build(self, model: nn.Module, feats: Tensor, data_key: str | None) -> ConfounderDictionary:
         s = self.settings
         if s.source == "random":
-            return random_dictionary(feats, s.k, self.generator), False
-        spec = self.spec(model, data_key) if data_key is not None and self.store else None
-        if spec is not None and self.store is not None:
-            stored = self.store.load(spec)
-            if stored is not None:
-                return stored, True
+            return random_dictionary(feats, s.k, self.generator)
         seed = 0 if data_key is not None else s.seed + self.refreshes
         built = build_dictionary(feats, s.k, s.pca_dim, seed, s.n_init, s.backend, s.algorithm)
-        if spec is not None and self.store is not None:
-            self.store.save(spec, built)
-        return built, False
+        if data_key is not None and self.store is not None:
+            self.store.save(self.spec(model, data_key), built)
+        return built
 
-    def refresh(self, teacher: nn.Module, images: Tensor | None, data_key: str | None = None,
-                logits: Tensor | None = None) -> dict[str, float]:
-        """Score ``images`` (this rank's share), rebuild the dictionary, load it into the module.
-        ``data_key`` identifies the images of a build-once dictionary (enables the store);
-        ``logits``: the source model's logits on those images, already computed elsewhere (the
-        dictionary job's Ray workers), used instead of scoring ``images``."""
-        start = time.perf_counter()
-        model = self.source_model if self.source_model is not None else teacher
+    def _features(self, model: nn.Module, images: Images | Callable[[], Images] | None,
+                  data_key: str | None, logits: Tensor | None) -> Tensor:
+        """This rank's features of the refresh (in the dictionary's space)."""
         if logits is not None:
-            local = logits.float().cpu()
+            local = logits
         elif self._observed and data_key is None:  # reuse what the KD steps already computed
             local = torch.cat(self._observed)
         elif images is not None:
-            local = teacher_logits(model, images, self.settings.score_batch).float().cpu()
+            batch = images() if callable(images) else images
+            local = teacher_logits(model, batch, self.settings.score_batch)
         else:
             raise ValueError("KDCI.refresh needs images to score or precomputed logits")
+        return dictionary_features(local, self.settings.space)
+
+    def refresh(self, teacher: nn.Module, images: Images | Callable[[], Images] | None,
+                data_key: str | None = None, logits: Tensor | None = None) -> dict[str, float]:
+        """Rebuild the dictionary from this rank's substitution ``images`` (or a zero-argument
+        callable giving them, called only when they are scored) and load it into the module.
+        ``data_key`` identifies the images of a build-once dictionary: with a store, a stored
+        one is loaded before anything is scored (unless ``random_z`` needs the features), else
+        the built one is stored; ``logits``: the source model's logits on those images,
+        computed elsewhere (the dictionary job's Ray workers), used instead of scoring."""
+        start = time.perf_counter()
+        model = self.source_model if self.source_model is not None else teacher
+        device = self.module.prototypes.device
+        stored, found = self._lookup(model, data_key)
+        feats = None
+        if not found or self.settings.random_z:
+            feats = _gather(self._features(model, images, data_key, logits), device)
         self._observed = []
-        if self.settings.space == "log_probs":
-            local = torch.log_softmax(local, dim=1)
-        feats = _gather(local)
-        distributed = dist.is_available() and dist.is_initialized()
-        cached = False
-        if not distributed or dist.get_rank() == 0:
-            built, cached = self._dictionary(model, feats, data_key)
+        if is_main_rank():
+            built = stored if found else self._build(model, feats, data_key)
             self.dictionary = apply_ablations(built, feats, random_z=self.settings.random_z,
                                               uniform_p=self.settings.uniform_p,
                                               without_p=self.settings.without_p,
                                               generator=self.generator)
             protos, props = self.dictionary.prototypes, self.dictionary.proportions
         else:
-            protos = torch.empty_like(self.module.prototypes.cpu())
-            props = torch.empty_like(self.module.proportions.cpu())
-        if distributed:
-            dist.broadcast(protos, src=0)
-            dist.broadcast(props, src=0)
-        device = self.module.prototypes.device
-        self.module.set_dictionary(protos.to(device), props.to(device))
+            protos = torch.empty_like(self.module.prototypes, device="cpu")
+            props = torch.empty_like(self.module.proportions, device="cpu")
+        protos, props = _broadcast([protos.float(), props.float()], device)
+        self.module.set_dictionary(protos, props)
         self.refreshes += 1
+        props_cpu = props.cpu()
+        d = self.dictionary
+        samples = len(feats) if feats is not None else (d.num_samples if d is not None else 0)
         metrics = {"kdci/refresh_s": time.perf_counter() - start,
                    "kdci/scale": self.module.scale(),
-                   "kdci/prop_max": float(props.max()), "kdci/samples": float(len(feats)),
-                   "kdci/cached": float(cached)}
-        d = self.dictionary
+                   "kdci/prop_max": float(props_cpu.max()), "kdci/samples": float(samples),
+                   "kdci/cached": float(found)}
         if d is not None:  # what ran, recorded as numbers (rank 0 knows; others report 0)
             metrics["kdci/backend_cuml"] = float(d.backend == "cuml")
             metrics["kdci/minibatch"] = float(d.algorithm == "minibatch")
@@ -225,15 +291,27 @@ class KDCI:
         self.generator.set_state(state["generator"])
         self.module.set_random_state(state["random_lambda"])
         self.refreshes = int(state["refreshes"])
-        observed = state["observed"]
-        self._observed = [] if observed is None else [observed]
+        observed = state["observed"]  # a checkpoint is read onto the CPU: back to the device
+        self._observed = [] if observed is None else \
+            [observed.to(self.module.prototypes.device)]
+
+
+def prior_ratio_tensor(raw: Tensor, adjusted: Tensor) -> Tensor:
+    """Mean over samples of ``||prior|| / ||s||`` (how much the adjustment moves the logits), as
+    a 0-d tensor on their device (a KD step reads nothing back)."""
+    prior = (adjusted - raw).detach().float()
+    return (prior.norm(dim=1) / raw.detach().float().norm(dim=1).clamp_min(1e-12)).mean()
+
+
+def attention_entropy_tensor(lam: Tensor) -> Tensor:
+    """Mean entropy of the attention weights, as a 0-d tensor on their device."""
+    lam = lam.detach()
+    return -(lam * torch.log(lam + 1e-12)).sum(1).mean()
 
 
 def prior_ratio(raw: Tensor, adjusted: Tensor) -> float:
-    """Mean over samples of ``||prior|| / ||s||`` (how much the adjustment moves the logits)."""
-    prior = (adjusted - raw).detach().float()
-    return float((prior.norm(dim=1) / raw.detach().float().norm(dim=1).clamp_min(1e-12)).mean())
+    return float(prior_ratio_tensor(raw, adjusted))
 
 
 def attention_entropy(lam: Tensor) -> float:
-    return float(-(lam * torch.log(lam + 1e-12)).sum(1).mean())
+    return float(attention_entropy_tensor(lam))

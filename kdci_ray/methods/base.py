@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from kdci_ray.data.labeled import normalize
+from kdci_ray.data.labeled import normalize, to_device
 from kdci_ray.methods.losses import kd_loss
 from kdci_ray.methods.pool import ImagePool, augment
 
@@ -100,9 +100,13 @@ class MethodContext:
 
         return class_profile(self.num_classes, self.imbalance)
 
+    def to_device(self, x: Tensor) -> Tensor:
+        """``x`` on the run's device, copied without making the host wait (a KD step's draws)."""
+        return to_device(x, self.device)
+
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 or [0, 1] float ``(B, C, H, W)`` -> the teacher's input space, on ``device``."""
-        return normalize(images.to(self.device), self.mean, self.std)
+        return normalize(self.to_device(images), self.mean, self.std)
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """Inverse of ``normalize`` (clamped to [0, 255]) for compact pools."""

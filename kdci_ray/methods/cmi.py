@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdci_ray.data.labeled import to_device
 from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.generators import DatafreeGenerator, dcgan_reset_
 from kdci_ray.methods.hooks import (
@@ -149,7 +150,13 @@ class FeatureBank:
         if self.data is None or len(self.data) == 0:
             return None
         idx = torch.randperm(len(self.data), generator=rng)[:k]
-        return self.data[idx.to(self.device)]
+        return self.data[to_device(idx, self.device)]
+
+    def load_state_dict(self, state: dict) -> None:
+        """Rows and write pointer from a checkpoint (read onto the CPU), back on the device."""
+        data = state["data"]
+        self.data = None if data is None else data.to(self.device)
+        self.ptr = int(state["ptr"])
 
 
 # ----------------------------------------------------------------------------- the method
@@ -197,7 +204,7 @@ class CMI(Method):
         self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.lr_g,
                                                betas=(0.9, 0.999))
         self.bank = FeatureBank(cfg.bank_size, ctx.device)  # rows: [local | global] features
-        self.pool = ImagePool(cfg.pool_size)
+        self.pool = ImagePool(cfg.pool_size, ctx.device)
 
     def _contrastive(self, local: Tensor, glob: Tensor) -> Tensor:
         """InfoNCE of local views against (detached) global views, bank rows as negatives."""
@@ -283,6 +290,6 @@ class CMI(Method):
     def load_state_dict(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
         self.head_optimizer.load_state_dict(state["head_optimizer"])
-        self.bank.data, self.bank.ptr = state["bank"], state["bank_ptr"]
+        self.bank.load_state_dict({"data": state["bank"], "ptr": state["bank_ptr"]})
         self.pool.load_state_dict(state["pool"])
         self.rng.set_state(state["rng"])

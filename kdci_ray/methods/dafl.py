@@ -89,7 +89,7 @@ class DAFL(Method):
 
     def _z(self, n: int) -> Tensor:
         z = torch.randn(n, self.cfg.latent_dim, generator=self.rng)
-        return z.to(self.ctx.device)
+        return self.ctx.to_device(z)
 
     def generator_losses(self, images: Tensor) -> dict[str, Tensor]:
         out = self.ctx.teacher(images)

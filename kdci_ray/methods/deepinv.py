@@ -108,7 +108,7 @@ class DeepInversion(Method):
 
     def __init__(self, cfg: DeepInversionConfig, ctx: MethodContext) -> None:
         super().__init__(cfg, ctx)
-        self.pool = ImagePool(cfg.pool_size)
+        self.pool = ImagePool(cfg.pool_size, ctx.device)
         # the valid pixel range [0, 1] in the teacher's input space, per channel (``clip``)
         mean = torch.tensor(ctx.mean, device=ctx.device).view(1, -1, 1, 1)
         std = torch.tensor(ctx.std, device=ctx.device).view(1, -1, 1, 1)

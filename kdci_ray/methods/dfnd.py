@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
-from kdci_ray.methods.open_world import OpenWorldSubset
+from kdci_ray.methods.open_world import NormalizedImages, OpenWorldSubset
 
 
 def transition_matrix(logits: Tensor, teacher_acc: float) -> Tensor:
@@ -181,11 +181,14 @@ class DFND(Method):
         return self._require_subset().sample(batch_size, self.rng, self.cfg.augment_pad,
                                              self.cfg.augment_flip)
 
-    def substitution_batch(self) -> Tensor:
-        """This rank's share of the selected subset (normalised)."""
+    def substitution_batch(self) -> NormalizedImages:
+        """This rank's share of the selected subset, normalised a slice at a time when indexed
+        (``len()`` and slices: what the KDCI refresh scores)."""
         return self._require_subset().shard()
 
     def substitution_key(self) -> str | None:
+        """The images all ranks' shares cover (``OpenWorldSubset.data_key``): the same key for
+        the dictionary pre-build of ``run.workers`` ranks and for every rank of the trial."""
         return self._require_subset().key
 
     def transition(self) -> Tensor:

@@ -127,8 +127,8 @@ class Fast(Method):
                                            cfg.width).to(ctx.device).train()
         self.meta_optimizer = torch.optim.Adam(self.generator.parameters(),
                                                lr=cfg.lr_g * cfg.g_steps, betas=(0.5, 0.999))
-        self.bn_memory = BNMomentum(cfg.bn_mmt)
-        self.pool = ImagePool(cfg.pool_size)
+        self.bn_memory = BNMomentum(cfg.bn_mmt, ctx.device)
+        self.pool = ImagePool(cfg.pool_size, ctx.device)
         self._sync_generator()
 
     def _sync_generator(self) -> None:

@@ -89,10 +89,11 @@ class BNMomentum:
     each call the memory becomes ``rate * memory + (1 - rate) * last batch``.
     """
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, device: torch.device | None = None) -> None:
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"BN momentum must be in [0, 1), got {rate}")
         self.rate = rate
+        self.device = device  # where the statistics live (the teacher's device)
         self.stats: list[tuple[Tensor, Tensor]] | None = None  # (mean, var) per BN layer
 
     def update(self, last: list[tuple[Tensor, Tensor]]) -> None:
@@ -108,7 +109,11 @@ class BNMomentum:
         return {"rate": self.rate, "stats": self.stats}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rate, self.stats = state["rate"], state["stats"]
+        """The memory from a checkpoint (read onto the CPU), moved back to ``device``."""
+        self.rate, stats = state["rate"], state["stats"]
+        if stats is not None and self.device is not None:
+            stats = [(m.to(self.device), v.to(self.device)) for m, v in stats]
+        self.stats = stats
 
 
 class MomentumBNStatistics(BNStatistics):

@@ -55,7 +55,7 @@ from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
 from kdci_ray.methods.discriminators import PatchDiscriminator
 from kdci_ray.methods.generators import DatafreeGenerator
 from kdci_ray.methods.losses import kd_loss
-from kdci_ray.methods.open_world import OpenWorldSubset
+from kdci_ray.methods.open_world import NormalizedImages, OpenWorldSubset
 
 
 @dataclass
@@ -150,7 +150,7 @@ class MosaicKD(Method):
 
     def _fake(self, n: int) -> Tensor:
         """``n`` generator images in the teacher's input space (G outputs [0, 1] pixels)."""
-        z = torch.randn(n, self.cfg.latent_dim, generator=self.rng).to(self.ctx.device)
+        z = self.ctx.to_device(torch.randn(n, self.cfg.latent_dim, generator=self.rng))
         return self.ctx.normalize(self.generator(z))
 
     def _require_ood(self) -> OpenWorldSubset:
@@ -222,12 +222,15 @@ class MosaicKD(Method):
                                     self.cfg.augment_flip))
         return torch.cat(parts)
 
-    def substitution_batch(self) -> Tensor:
-        """The (normalised) selected OOD subset, this rank's share: summarised once over the
-        whole subset (the synthetic images vary per round; the fixed subset is what it keeps)."""
+    def substitution_batch(self) -> NormalizedImages:
+        """The selected OOD subset, this rank's share, normalised a slice at a time when indexed:
+        summarised once over the whole subset (the synthetic images vary per round; the fixed
+        subset is what it keeps)."""
         return self._require_ood().shard()
 
     def substitution_key(self) -> str | None:
+        """The images all ranks' shares cover (``OpenWorldSubset.data_key``): the same key for
+        the dictionary pre-build of ``run.workers`` ranks and for every rank of the trial."""
         return self._require_ood().key
 
     def state_dict(self) -> dict:

@@ -17,24 +17,31 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 from kdci_ray.cache import cache_dir
 from kdci_ray.config import ExperimentConfig
 from kdci_ray.kdci import KDCIHook
+from kdci_ray.kdci.plugin import collective_device
 from kdci_ray.methods import METHODS, Method, MethodContext
 from kdci_ray.models import create_model
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.evaluate import accuracy, predict_logits
 from kdci_ray.train.kdci_setup import dictionary_store, load_source_model
+from kdci_ray.train.numerics import autocast, format_input, numerics, to_memory_format
 from kdci_ray.train.resume import Progress, Snapshot, capture, restore
-from kdci_ray.train.runtime import Runtime, current_runtime, limit_threads, seed_everything
+from kdci_ray.train.runtime import (
+    Runtime,
+    current_runtime,
+    limit_threads,
+    seed_everything,
+    worker_threads,
+)
 from kdci_ray.train.teacher import load_teacher
 
 
@@ -124,18 +131,19 @@ def stop_reason(metrics: dict[str, float]) -> str:
     return f"non-finite {what}; train.lr may be too high"
 
 
-def _nonfinite_loss(loss: float, rt: Runtime) -> float | None:
+def _nonfinite_loss(loss: Tensor, rt: Runtime) -> float | None:
     """This step's loss if it is NaN or inf on this rank or any other (NaN first), else None:
-    every rank must stop at the same step."""
-    flags = [math.isnan(loss), math.isinf(loss)]
+    every rank must stop at the same step. The KD step's one read back to the host."""
+    flags = torch.stack([loss.detach().isnan(), loss.detach().isinf()]).float()
     if rt.distributed:
-        t = torch.tensor(flags, dtype=torch.float32, device=rt.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        flags = [bool(v) for v in t.tolist()]
-    if flags[0]:
+        flags = flags.to(collective_device(rt.device))
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    nan, inf, value = torch.cat([flags.to(loss.device),
+                                 loss.detach().double().view(1).to(loss.device)]).tolist()
+    if nan:
         return math.nan
-    if flags[1]:
-        return loss if math.isinf(loss) else math.inf
+    if inf:
+        return value if math.isinf(value) else math.inf
     return None
 
 
@@ -146,21 +154,94 @@ def _nonfinite_weights(*modules: nn.Module | None) -> bool:
     return bool(checks) and not bool(torch.stack(checks).all())
 
 
+class KDStep:
+    """One KD step of the loop, and what it accumulates between evaluations, on the device.
+
+    ``__call__`` draws a batch, runs the teacher (no grad) and the student, applies the KDCI hook
+    when there is one, and steps the student's optimiser. Its one read back to the host is the
+    non-finite check of the loss (every rank stops at the same step, before the weights are
+    touched); the teacher's arg-max counts and the summed losses stay on the device until
+    :meth:`take_sums` (an evaluation) reads them."""
+
+    def __init__(self, cfg: ExperimentConfig, method: Method, teacher: nn.Module,
+                 student: nn.Module, hook: KDCIHook | None, opt: torch.optim.Optimizer,
+                 sched: Any, rt: Runtime, num_classes: int,
+                 class_counts: list[int] | None = None) -> None:
+        self.cfg, self.method, self.teacher, self.student = cfg, method, teacher, student
+        self.hook, self.opt, self.sched, self.rt = hook, opt, sched, rt
+        self.num_classes = num_classes
+        # the teacher's arg-max over every KD batch so far: which class the substitution data
+        # lacks (restored from a checkpoint when resuming)
+        self.class_counts = torch.zeros(num_classes, dtype=torch.long, device=rt.device)
+        if class_counts is not None:
+            self.class_counts += torch.tensor(class_counts, dtype=torch.long).to(rt.device)
+        self.classes = torch.arange(num_classes, device=rt.device)
+        self.sums: dict[str, Tensor] = {}
+
+    def _add(self, name: str, value: Tensor) -> None:
+        value = value.detach().double()  # summed as the float64 a host-side sum would use
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def __call__(self) -> float | None:
+        """One step; the non-finite loss that stopped it (nothing was updated), else None."""
+        cfg, run = self.cfg, self.cfg.run
+        x = format_input(run, self.method.sample(cfg.train.batch_size).to(self.rt.device))
+        with autocast(run, self.rt.device):
+            with torch.no_grad():
+                t_logits = self.teacher(x).logits
+            self.class_counts += (t_logits.argmax(1, keepdim=True) == self.classes).sum(0)
+            s_logits = self.student(x).logits
+            if self.hook is not None:  # compensated logits (raw ones when post-hoc)
+                s_logits, step_logs = self.hook.on_batch(s_logits, t_logits)
+                for name, value in step_logs.items():
+                    self._add(name, value)
+            losses = self.method.student_loss(s_logits.float(), t_logits.float())
+        bad = _nonfinite_loss(losses["loss"], self.rt)
+        if bad is not None:
+            return bad
+        self.opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.opt.step()
+        self.method.after_student_step()
+        self.sched.step()
+        for name, value in losses.items():
+            self._add(f"train/{name}", value)
+        return None
+
+    def take_sums(self) -> dict[str, float]:
+        """The summed step metrics since the last call, read back (an evaluation's one read)."""
+        names = list(self.sums)
+        values = torch.stack([self.sums[n] for n in names]).tolist() if names else []
+        self.sums = {}
+        return dict(zip(names, values, strict=True))
+
+    def counts(self) -> list[int]:
+        return self.class_counts.tolist()
+
+
 def distill(cfg: ExperimentConfig, report: Reporter | None = None,
             runtime: Runtime | None = None,
             resume: dict[str, Any] | None = None) -> dict[str, float]:
     """Train a student from the teacher without data; returns the final metrics.
 
-    ``resume``: this rank's state from a checkpoint (``Snapshot.resume``); the run continues with
-    the round after it and ends as the uninterrupted run would have. A non-finite loss or student
-    stops it early (``stop_reason`` of the returned metrics)."""
-    limit_threads()
+    ``runtime``: rank, world size and device (default: this process's, ``current_runtime``:
+    the CPU, or with ``run.use_gpu`` this worker's GPU, never silently the CPU).
+    ``resume``: this rank's state from a checkpoint (``Snapshot.resume``, on any device); the
+    run continues with the round after it and ends as the uninterrupted run would have. A
+    non-finite loss or student stops it early (``stop_reason`` of the returned metrics)."""
     rt = runtime or current_runtime(cfg.run.use_gpu)
-    report = report or Collect()
+    limit_threads(worker_threads(cfg.run, rt.device))
+    with numerics(cfg.run):
+        return _distill(cfg, report or Collect(), rt, resume)
+
+
+def _distill(cfg: ExperimentConfig, report: Reporter, rt: Runtime,
+             resume: dict[str, Any] | None) -> dict[str, float]:
     seed_everything(cfg.seed)  # same initial weights on every rank
     data = load_data(cfg)
     teacher = load_teacher(cfg, data, rt.device)
     student = create_model(cfg.student.arch, data.num_classes, data.channels).to(rt.device)
+    to_memory_format(cfg.run, teacher, student)
     student_ddp = rt.wrap(student)
 
     method_cls = METHODS[cfg.method]
@@ -183,19 +264,16 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
         progress = Progress(round=0, step=0, elapsed_s=0.0,
                             teacher_acc=accuracy(*predict_logits(teacher, data, rt.device)))
     teacher_acc, step = progress.teacher_acc, progress.step
-    # the teacher's arg-max over every KD batch so far: which class the substitution data lacks
-    class_counts = torch.zeros(data.num_classes, dtype=torch.long)
-    if progress.class_counts is not None:
-        class_counts += torch.tensor(progress.class_counts, dtype=torch.long)
+    kd_step = KDStep(cfg, method, teacher, student_ddp, hook, opt, sched, rt,
+                     data.num_classes, progress.class_counts)
     start, last_eval_step = time.perf_counter() - progress.elapsed_s, step
     final: dict[str, float] = {}
-    sums: dict[str, float] = defaultdict(float)
 
-    def stop(rnd: int, kd_step: int, loss: float | None = None) -> dict[str, float]:
+    def stop(rnd: int, steps_in_round: int, loss: float | None = None) -> dict[str, float]:
         metrics = {"eval/teacher_acc": teacher_acc, "round": rnd, "step": step,
                    "lr": sched.get_last_lr()[0], "time/elapsed_s": time.perf_counter() - start,
                    "finished": 0.0, "stopped_nonfinite": 1.0, "stopped_round": rnd + 1,
-                   "stopped_kd_step": kd_step}
+                   "stopped_kd_step": steps_in_round}
         if loss is not None:
             metrics["stopped_loss"] = loss
         report(metrics, step, None)
@@ -206,48 +284,30 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
         if hook is not None:
             logs.update(hook.on_round(rnd, teacher, method))
         student.train()
-        for kd_step in range(cfg.train.kd_steps if method.kd_active(rnd) else 0):
-            x = method.sample(cfg.train.batch_size).to(rt.device)
-            with torch.no_grad():
-                t_logits = teacher(x).logits
-            class_counts += torch.bincount(t_logits.argmax(1).cpu(), minlength=data.num_classes)
-            s_logits = student_ddp(x).logits
-            if hook is not None:  # compensated logits (raw ones when post-hoc)
-                s_logits, step_logs = hook.on_batch(s_logits, t_logits)
-                for name, value in step_logs.items():
-                    sums[name] += value
-            losses = method.student_loss(s_logits, t_logits)
-            values = {name: float(value.detach()) for name, value in losses.items()}
-            bad = _nonfinite_loss(values["loss"], rt)
+        for i in range(cfg.train.kd_steps if method.kd_active(rnd) else 0):
+            bad = kd_step()
             if bad is not None:
-                return stop(rnd, kd_step + 1, bad)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
-            method.after_student_step()
-            sched.step()
+                return stop(rnd, i + 1, bad)
             step += 1
-            for name, value in values.items():
-                sums[f"train/{name}"] += value
         last = rnd + 1 == cfg.train.rounds
         if (rnd + 1) % cfg.train.eval_every == 0 or last:
             if _nonfinite_weights(student, hook.module if hook is not None else None):
                 return stop(rnd, cfg.train.kd_steps)
-            rare = int(class_counts.argmin()) if cfg.shift.imbalance else None
+            counts = kd_step.counts()
+            rare = int(torch.tensor(counts).argmin()) if cfg.shift.imbalance else None
             metrics = _evaluate(student, hook, data, rt, rare)
             n = max(1, step - last_eval_step)
-            metrics.update({k: v / n for k, v in sums.items()})
+            metrics.update({k: v / n for k, v in kd_step.take_sums().items()})
             last_eval_step = step
             metrics.update(logs)
             metrics.update({"eval/teacher_acc": teacher_acc, "round": rnd + 1, "step": step,
                             "lr": sched.get_last_lr()[0],
                             "time/elapsed_s": time.perf_counter() - start,
                             "finished": float(last)})
-            sums.clear()
             snapshot = None
             if _checkpoint_round(cfg, rnd + 1):
                 done = Progress(round=rnd + 1, step=step, elapsed_s=metrics["time/elapsed_s"],
-                                teacher_acc=teacher_acc, class_counts=class_counts.tolist())
+                                teacher_acc=teacher_acc, class_counts=counts)
                 student_state = copy.deepcopy(_state(student, hook, cfg, data))
                 snapshot = Snapshot(student=student_state, resume=capture(done, **parts),
                                     final=last)

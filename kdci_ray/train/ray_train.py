@@ -39,6 +39,17 @@ from kdci_ray.train.run_reporter import (
     record_stop,
     resume_state,
 )
+from kdci_ray.train.runtime import Runtime, current_runtime, worker_device
+
+
+def train_runtime(cfg: ExperimentConfig) -> Runtime:
+    """This Train worker's rank, world size and device: with ``run.use_gpu`` the GPU Ray Train
+    assigned it (``ray.train.torch.get_device()``, whatever its local rank), and a worker that
+    was given a GPU but sees no usable CUDA stops with ``GPUUnavailable``."""
+    import ray.train.torch
+
+    assigned = ray.train.torch.get_device() if cfg.run.use_gpu else None
+    return current_runtime(cfg.run.use_gpu, worker_device(cfg.run.use_gpu, assigned))
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -48,6 +59,7 @@ def train_func(config: dict[str, Any]) -> None:
     cfg = resolve(config["settings"])
     run_dir = Path(config["run_dir"])
     rank = ray.train.get_context().get_world_rank()
+    runtime = train_runtime(cfg)
 
     def send(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         checkpoint = (None if checkpoint_dir is None
@@ -58,7 +70,7 @@ def train_func(config: dict[str, Any]) -> None:
     report = RunReporter(cfg, run_dir, rank, send, searched=config.get("searched"),
                          resume=resume)
     try:
-        final = distill(cfg, report, resume=resume)
+        final = distill(cfg, report, runtime=runtime, resume=resume)
     finally:
         report.close()
     record_stop(final, run_dir, rank)

@@ -117,14 +117,25 @@ def thread_count() -> int:
     return count
 
 
-def limit_threads() -> int:
-    """Pin this process and the processes it starts to ``thread_count()`` threads: the
-    OMP / MKL / OpenBLAS variables (unless the user set them), torch's intra-op pool and every
-    BLAS / OpenMP library loaded so far (threadpoolctl). Returns the count."""
+def worker_threads(run, device: torch.device) -> int:
+    """Threads for a worker's CPU-side work: :func:`thread_count` on a CPU worker (its numbers
+    depend on it); on a GPU worker the CPUs it asked for (``run.cpus_per_worker``, at least 1),
+    so pool sampling, augmentation and k-means do not run on one core while the GPU waits."""
+    if device.type == "cpu":
+        return thread_count()
+    return max(1, int(run.cpus_per_worker))
+
+
+def limit_threads(count: int | None = None) -> int:
+    """Pin torch's intra-op pool and every BLAS / OpenMP library loaded so far (threadpoolctl)
+    to ``count`` threads (default :func:`thread_count`), and the OMP / MKL / OpenBLAS variables
+    of the processes this one starts to the job's count (unless the user set them). That job
+    count, not ``count``, is what keys a cached teacher: a GPU worker using more threads finds
+    the same teacher. Returns the count applied."""
     from threadpoolctl import threadpool_limits
 
     os.environ.update(thread_env())
-    count = thread_count()
+    count = thread_count() if count is None else int(count)
     torch.set_num_threads(count)
     threadpool_limits(count)
     return count
