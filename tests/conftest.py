@@ -72,3 +72,14 @@ def ray_session():
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``KDCI_TEST_SHUFFLE=<seed>`` runs the tests in a shuffled order (``make test-shuffled``):
+    every test must own what it reads from a shared store, whatever ran before it."""
+    seed = os.environ.get("KDCI_TEST_SHUFFLE")
+    if seed:
+        import random
+
+        random.Random(int(seed)).shuffle(items)
+        config.get_terminal_writer().line(f"tests shuffled with KDCI_TEST_SHUFFLE={seed}")

@@ -262,7 +262,8 @@ def test_plugin_reuses_a_stored_dictionary_until_the_model_changes(tmp_path) -> 
 
 @pytest.mark.parametrize("method", ["dfnd", "mosaickd"])
 def test_sampling_runs_share_one_dictionary_across_seeds(tiny_settings, method) -> None:
-    settings = {**tiny_settings, "method": method, "kdci.enabled": True}
+    # a pool no other test selects from: the session's store cannot hold its dictionary yet
+    settings = {**tiny_settings, "method": method, "kdci.enabled": True, "pool.seed": 5501}
     states = []
     for seed in (0, 1):
         c = Collect()
@@ -286,29 +287,40 @@ def test_other_model_source_end_to_end(tiny_settings) -> None:
 
 
 def test_dictionary_command_builds_once_then_reuses(tiny_settings, tmp_path, capsys) -> None:
+    import re
+
     import yaml
 
     from kdci_ray.cli import main
+    from kdci_ray.train.kdci_setup import dictionary_store
+
+    def built_and_reused(out: str) -> tuple[dict[str, str], list[str]]:
+        """The dictionaries this command reported (key -> built / reused) and their order."""
+        rows = re.findall(r"dictionary (\w+): .*?, (built|reused) in ", out)
+        return dict(rows), [key for key, _ in rows]
 
     config = tmp_path / "dict.yaml"
-    # a pool seed no other test uses: the session's store starts without these dictionaries
     config.write_text(yaml.safe_dump({**tiny_settings, "method": "dfnd", "kdci.enabled": True,
                                       "pool.seed": 1234,
                                       "search": {"kdci.k": [4, 6], "seed": [0, 1]}}))
     assert main(["dictionary", str(config)]) == 0
-    first = capsys.readouterr().out
-    assert first.count("built in") == 2 and "reused" not in first  # one per K, not per seed
-    assert main(["dictionary", str(config)]) == 0
-    second = capsys.readouterr().out
-    assert second.count("reused in") == 2 and "built in" not in second
-    from kdci_ray.train.kdci_setup import dictionary_store
-
-    metas = {e["k"]: e for e in dictionary_store().entries()
-             if e["created"] and e["spec"]["data_key"] and e["spec"]["k"] in (4, 6)}
-    assert {4, 6} <= set(metas)
-    for meta in (metas[4], metas[6]):
+    first, keys = built_and_reused(capsys.readouterr().out)
+    assert len(keys) == 2  # one per K, not per seed
+    # the test owns what it reads: only the entries this command named, never whatever else the
+    # shared store holds (another test's dictionaries, listed in any order)
+    entries = {e["key"]: e for e in dictionary_store().entries() if e["key"] in first}
+    assert set(entries) == set(keys)
+    assert sorted(entries[k]["k"] for k in keys) == [4, 6]
+    for key in keys:
+        meta = entries[key]
         assert meta["num_samples"] == 64 and meta["backend"] == "sklearn"
         assert meta["spec"]["source"] == "teacher" and len(meta["spec"]["model_key"]) == 16
+        assert meta["spec"]["data_key"]
+    # a pool seed no other test uses: this command built both, the next one reuses both
+    assert set(first.values()) == {"built"}
+    assert main(["dictionary", str(config)]) == 0
+    second, again = built_and_reused(capsys.readouterr().out)
+    assert again == keys and set(second.values()) == {"reused"}
     # a sweep of generation-based methods has no build-once dictionary: one clear error
     gen = tmp_path / "gen.yaml"
     gen.write_text(yaml.safe_dump({**tiny_settings, "method": "dafl"}))
