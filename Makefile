@@ -9,7 +9,7 @@ export MKL_NUM_THREADS ?= 1
 export RAY_AUTH_MODE ?= disabled
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.25
 
-.PHONY: demo test lint venv dev clean
+.PHONY: demo test test-shuffled gpu-check lint venv dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ demo: venv
 test: dev
 	$(BIN)/ruff check kdci_ray tests benchmarks tools
 	$(BIN)/python -m pytest -q
+
+# the suite in a shuffled order (a seed of your choice: KDCI_TEST_SHUFFLE=7 make test-shuffled)
+test-shuffled: dev
+	KDCI_TEST_SHUFFLE=$${KDCI_TEST_SHUFFLE:-$$RANDOM} $(BIN)/python -m pytest -q
+
+# every GPU path once on this machine's GPU (tools/gpu_check.py; --device cpu runs in the suite)
+gpu-check: venv
+	$(BIN)/python tools/gpu_check.py --device cuda --json gpu_check.json
 
 lint: dev
 	$(BIN)/ruff check kdci_ray tests benchmarks tools
