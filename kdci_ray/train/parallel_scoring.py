@@ -98,11 +98,13 @@ class _ScoringWorker:
     than scoring 600k images on its CPU)."""
 
     def __init__(self, pool: Any, models: dict[str, nn.Module], mean: Sequence[float],
-                 std: Sequence[float], use_gpu: bool, batch_size: int) -> None:
-        from kdci_ray.train.runtime import limit_threads, worker_device
+                 std: Sequence[float], use_gpu: bool, batch_size: int,
+                 cpus: float = 1.0) -> None:
+        from kdci_ray.train.runtime import limit_threads, thread_count, worker_device
 
-        limit_threads()
         self.device = worker_device(use_gpu)
+        # on a GPU the crops are read and cut on the CPUs it was given, not on one core
+        limit_threads(max(1, int(cpus)) if self.device.type != "cpu" else thread_count())
         self.pool = pool
         self.models = {name: m.to(self.device).eval() for name, m in models.items()}
         self.mean, self.std = tuple(mean), tuple(std)
@@ -146,7 +148,7 @@ class RayScorer:
         models_ref = ray.put({name: copy.deepcopy(m).cpu() for name, m in models.items()})
         self.unit = _describe(bundle)
         actors = [remote.remote(pool_ref, models_ref, list(mean), list(std), use_gpu,
-                                batch_size) for _ in range(int(workers))]
+                                batch_size, bundle.get("CPU", 1.0)) for _ in range(int(workers))]
         self.actors = wait_for_actors(actors, start_timeout_s, "pool scoring", self.unit,
                                       self.log)
         self.workers = len(self.actors)
