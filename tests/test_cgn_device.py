@@ -282,3 +282,19 @@ def test_cache_entries_written_on_a_gpu_load_onto_the_cpu_then_the_device(tmp_pa
     model, acc, cached = cached_reference(cfg, "biased", reference,
                                           lambda: new_classifier("tiny_cnn", 10), device=META)
     assert (module_device(model), acc, cached) == (META, 0.25, True)
+
+
+def test_gpu_cache_entries_are_keyed_by_tf32_and_cpu_ones_are_not() -> None:
+    """``run.tf32`` changes a GPU run's numbers: a teacher fitted with it is another entry."""
+    from kdci_ray.cgn.cache import device_key, teacher_key
+    from kdci_ray.cgn.config import resolve
+    from kdci_ray.train.numerics import numerics
+
+    plain, fast = resolve({"smoke": True}), resolve({"smoke": True, "run.tf32": True})
+    with numerics(plain.run):
+        assert device_key("cuda") == ["cuda"] and device_key("cpu") == []
+        key_plain, key_cpu = teacher_key(plain, "cuda"), teacher_key(plain, "cpu")
+    with numerics(fast.run):
+        assert device_key("cuda") == ["cuda", "tf32"] and device_key("cpu") == []
+        assert teacher_key(fast, "cuda") != key_plain
+        assert teacher_key(fast, "cpu") == key_cpu  # TF32 is a GPU matter

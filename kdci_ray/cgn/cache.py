@@ -62,10 +62,14 @@ def data_key(cfg: CGNConfig) -> list[Any]:
 
 
 def device_key(device: str | torch.device) -> list[str]:
-    """The part of a key that names the device an entry was built on: the device's type, and
+    """The part of a key that names the device an entry was built on: the device's type, with
+    ``tf32`` when TF32 is allowed now (``run.tf32``, set for the run by ``pipeline.run``), and
     nothing for the CPU (so CPU entries keep the keys they always had)."""
     device = torch.device(device)
-    return [] if device.type == "cpu" else [device.type]
+    if device.type == "cpu":
+        return []
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    return [device.type, "tf32"] if tf32 else [device.type]
 
 
 def teacher_key(cfg: CGNConfig, device: str | torch.device = CPU) -> str:

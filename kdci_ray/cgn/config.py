@@ -72,6 +72,8 @@ class CGNRunConfig:
 
     use_gpu: bool = False  # the trial's pipeline (teacher, students, classifiers) on its GPU
     gpus_per_trial: float = 1.0  # with use_gpu; a fraction packs several trials on one GPU
+    tf32: bool = False  # TF32 matmuls and convolutions on a GPU (off: float32 means float32)
+    deterministic: bool = False  # deterministic algorithms and cuDNN: bit for bit on a GPU too
 
 
 @dataclass

@@ -39,6 +39,7 @@ from kdci_ray.cgn.data import MechanismData, make_split
 from kdci_ray.cgn.data_published import make_published_split
 from kdci_ray.cgn.mechanisms import MECHANISMS, module_device, parameter_count
 from kdci_ray.cgn.student import untrained_student
+from kdci_ray.train.numerics import numerics
 
 
 def retained_gain(biased: float, teacher_cf: float, student_cf: float) -> float:
@@ -117,8 +118,13 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print,
     """Everything of one trial on ``device`` (a Tune trial passes ``worker_device``'s; a tool
     may pass ``cuda`` without Ray); returns the metrics (accuracies as fractions). With
     ``out_dir`` it also writes sample grids (``samples.png``, ``mechanisms.png``, TensorBoard
-    images)."""
-    device = torch.device(device)
+    images). ``run.tf32`` and ``run.deterministic`` hold for its duration
+    (``kdci_ray.train.numerics``)."""
+    with numerics(cfg.run):
+        return _run(cfg, out_dir, log, torch.device(device))
+
+
+def _run(cfg: CGNConfig, out_dir: Path | None, log, device: torch.device) -> dict[str, Any]:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     train, test, oracle = (load_split(cfg, s) for s in ("train", "test", "oracle"))
