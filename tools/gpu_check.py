@@ -260,20 +260,25 @@ def check_syncs(c: Checker) -> str:
                 torch.cuda.set_sync_debug_mode("default")
                 per_step.append(sum("synchroniz" in str(w.message) for w in seen))
 
-    worst = {}
+    worst: dict[str, int] = {}
+    first: dict[str, int] = {}
     loop.KDStep.__call__ = counted
     try:
         for method in METHODS:
             for kdci in (False, True):
                 per_step.clear()
-                loop.distill(resolve(settings(c.device, method, kdci)), loop.Collect())
-                worst[f"{method}{'+kdci' if kdci else ''}"] = max(per_step, default=0)
+                loop.distill(resolve(settings(c.device, method, kdci,
+                                              **{"train.kd_steps": 6})), loop.Collect())
+                # a run's first step may initialise CUDA libraries: counted apart
+                first[f"{method}{'+kdci' if kdci else ''}"] = per_step[0] if per_step else 0
+                worst[f"{method}{'+kdci' if kdci else ''}"] = max(per_step[1:], default=0)
     finally:
         loop.KDStep.__call__ = original
     over = {k: v for k, v in worst.items() if v > 1}
     if over:
         raise RuntimeError(f"more than one synchronisation per KD step: {over}")
-    return f"at most {max(worst.values())} per step in every method ± KDCI"
+    return (f"at most {max(worst.values())} per step after the first in every method ± KDCI "
+            f"(first steps: at most {max(first.values())})")
 
 
 def check_resume(c: Checker, method: str) -> str:
@@ -470,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ddp_worker is not None:
         ddp_worker(args.ddp_worker, args.device)
         return 0
+    import kdci_ray  # noqa: F401  (pins the thread count before torch loads)
+
     work = Path(tempfile.mkdtemp(prefix="kdci_gpu_check_"))
     os.environ["KDCI_RAY_CACHE"] = str(work / "cache")  # nothing cached elsewhere is trusted
     c = Checker(args.device, work, args.only)
