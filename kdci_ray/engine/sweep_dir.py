@@ -16,13 +16,17 @@ and a ``digest`` of exactly that content, written at launch. A resume is allowed
 A hand-edited or unreadable ``sweep.yaml`` is not trusted: resuming with the experiment YAML
 (``CONFIG --output DIR --resume``) checks that experiment against the trials (and the digest,
 when it is still readable) and then writes the record again.
+
+The caller holds the directory's lock (``lock.sweep_lock``) around these checks and the run, so
+they hold for the whole run; its lock file does not count as content. ``--overwrite`` removes
+only what a sweep writes (``sweep_files``) and refuses, before deleting anything, a directory
+that holds anything else.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +35,13 @@ import yaml
 from kdci_ray.atomic import NOT_A_DIRECTORY, atomic_write_text, write_problem
 from kdci_ray.config import ConfigError
 from kdci_ray.config.files import DuplicateKeyError, UniqueKeyLoader, read_yaml
+from kdci_ray.engine.lock import LOCK_FILE
+from kdci_ray.engine.sweep_files import SWEEP_FILE, foreign_problem, remove_sweep_entries
 from kdci_ray.search.cases import is_case_key
 
 if TYPE_CHECKING:
     from kdci_ray.engine.plan import SweepPlan
 
-SWEEP_FILE = "sweep.yaml"
 DIGEST = "digest"
 RECORD_KEYS = ("name", "kind", "settings", "overrides", "search", "num_samples", "only", DIGEST)
 _MAPPINGS = ("settings", "overrides", "search")
@@ -144,6 +149,18 @@ def _looks_like_sweep(out: Path) -> bool:
     return _has_tune_state(out) or bool(_trial_dirs(out))
 
 
+def _content(out: Path) -> list[str]:
+    """The names in ``out`` (none while it is not a directory), its writer's lock file left
+    out."""
+    return [p.name for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
+
+
+def _check_overwrite(out: Path) -> None:
+    problem = foreign_problem(out)
+    if problem:
+        raise ConfigError(problem)
+
+
 def check_writable(directory: Path, fix: str) -> None:
     """``directory`` (or, while it does not exist, its nearest existing parent) is a directory
     this process can create files in (``atomic.write_problem``); else a ConfigError ending in
@@ -166,7 +183,7 @@ def check_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None
     if resume and overwrite:
         raise ConfigError("--resume continues a sweep and --overwrite replaces it: pass one")
     check_writable(out, "choose another --output, or make it writable")
-    occupied = out.is_dir() and any(out.iterdir())
+    occupied = bool(_content(out))
     if resume:
         _check_resume(plan, occupied)
         return
@@ -177,12 +194,17 @@ def check_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None
     except BadRecord as exc:
         _check_replace_bad_record(out, exc, overwrite)
         return
+    if recorded is None and _looks_like_sweep(out):  # a sweep whose record was deleted
+        _check_replace_bad_record(out, BadRecord(out / SWEEP_FILE, "it was deleted"), overwrite)
+        return
     if recorded is None:
         raise ConfigError(
             f"refusing to write into {out}: it exists, is not empty and is not a kdci-ray "
             f"sweep directory (no {SWEEP_FILE}); choose another --output"
         )
-    if not overwrite:
+    if overwrite:
+        _check_overwrite(out)
+    else:
         same = _body(recorded) == _as_read(sweep_record(plan))
         what = "the same sweep" if same else f"a different sweep ('{recorded.get('name')}')"
         hint = "pass --resume to continue it, --overwrite to replace it" if same else \
@@ -196,8 +218,9 @@ def check_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None
 def _check_replace_bad_record(out: Path, exc: BadRecord, overwrite: bool) -> None:
     """A new sweep into a directory whose ``sweep.yaml`` is not a record: ``--overwrite`` may
     replace it if the directory is a sweep's (or holds nothing else); else refused."""
-    lone = [p.name for p in out.iterdir()] == [SWEEP_FILE]
+    lone = _content(out) == [SWEEP_FILE]
     if overwrite and (lone or _looks_like_sweep(out)):
+        _check_overwrite(out)
         return
     if lone or _looks_like_sweep(out):
         raise ConfigError(f"{exc}; pass --resume to resume the sweep there with this experiment "
@@ -214,11 +237,13 @@ def _check_resume(plan: SweepPlan, occupied: bool) -> None:
         recorded = load_record(out) if occupied else None
     except BadRecord:  # the trials are checked against the sweep to resume instead
         recorded, broken = None, True
+    if recorded is None and occupied and _looks_like_sweep(out):  # its record was deleted
+        broken = True
     if recorded is None and not broken:
-        raise ConfigError(
-            f"nothing to resume in {out}: it holds no kdci-ray sweep ({SWEEP_FILE}); "
-            f"run without --resume to start the sweep there"
-        )
+        fix = "choose another --output" if occupied else \
+            "run without --resume to start the sweep there"
+        raise ConfigError(f"nothing to resume in {out}: it holds no kdci-ray sweep "
+                          f"({SWEEP_FILE}); {fix}")
     ours = _as_read(sweep_record(plan))
     ours_digest = record_digest(ours)
     stored = recorded.get(DIGEST) if recorded is not None else None
@@ -318,9 +343,10 @@ def _trial_params(trial_dir: Path, saved: dict[str, Any], search: dict[str, Any]
 
 
 def prepare_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
-    """A sweep writes into a new directory; ``overwrite`` replaces an earlier sweep's results;
-    ``resume`` continues the same sweep there (anything else there is refused, untouched). A
-    resumed sweep whose record was unreadable or edited gets its record written again."""
+    """A sweep writes into a new directory; ``overwrite`` replaces an earlier sweep's results
+    (what a sweep wrote there, nothing else); ``resume`` continues the same sweep there
+    (anything else there is refused, untouched). A resumed sweep whose record was unreadable or
+    edited gets its record written again."""
     check_output(plan, overwrite, resume)
     out = plan.out_dir
     if resume:
@@ -328,8 +354,8 @@ def prepare_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> No
         if recorded is None or _body(recorded) != _as_read(sweep_record(plan)):
             write_record(plan)
         return
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
+    if out.is_dir():
+        remove_sweep_entries(out)
     out.mkdir(parents=True, exist_ok=True)
     write_record(plan)
 
