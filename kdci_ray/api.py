@@ -9,7 +9,8 @@
 The command line is a thin layer over this function: the same plan (every grid point resolved,
 ``--only`` and smoke mode applied), the same output-directory rules and record, the same
 pre-trial checks, one Ray layer, the same report. Every problem is a ``ConfigError`` raised
-before a trial starts.
+before a trial starts; so is a second writer: the run holds the output directory's lock
+(``kdci_ray.engine.lock``) from its checks to its report.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ def sweep(config: str | Path | dict[str, Any], overrides: dict[str, Any] | list[
     trials drive Ray Train worker groups. ``kind`` forces an experiment kind (``skdcgn``).
     ``log`` hears progress lines. Raises ``ConfigError`` (``kdci_ray.config``) on bad input.
     """
+    from kdci_ray.engine.plan import check_sweep_arguments
+
+    check_sweep_arguments(config=config, overrides=overrides, output=output, smoke=smoke,
+                          resume=resume, overwrite=overwrite, only=only,
+                          num_samples=num_samples, kind=kind, single=single)
     import ray
 
     from kdci_ray.engine import (
@@ -79,6 +85,7 @@ def sweep(config: str | Path | dict[str, Any], overrides: dict[str, Any] | list[
         plan_sweep,
         prepare_output,
         run_sweep,
+        sweep_lock,
     )
     from kdci_ray.engine.runner import check_tuning
     from kdci_ray.results import summary
@@ -86,22 +93,23 @@ def sweep(config: str | Path | dict[str, Any], overrides: dict[str, Any] | list[
     from kdci_ray.train.runtime import limit_threads
 
     limit_threads()
-    plan = plan_sweep(config, _overrides(overrides), str(output) if output else None, smoke,
-                      single=single, only=only, num_samples=num_samples, kind=kind)
+    plan = plan_sweep(config, _overrides(overrides), None if output is None else str(output),
+                      smoke, single=single, only=only, num_samples=num_samples, kind=kind)
     if only:
         log(describe(parse_only(only, plan.kind.schema), len(plan.configs), plan.grid_size))
     check_tuning(plan, scheduler, search_alg)
-    check_output(plan, overwrite, resume=resume)
-    check_inputs(plan, log)
-    started = init_ray()
-    try:
-        check_resources(plan)  # a trial the cluster can never place: refused, nothing written
-        prepare_output(plan, overwrite, resume=resume)
-        log(f"{plan.trials} trial(s) -> {plan.out_dir}" + (" (resumed)" if resume else ""))
-        outcome = run_sweep(plan, resume=resume, callbacks=callbacks, search_alg=search_alg,
-                            scheduler=scheduler, metric=metric, mode=mode)
-    finally:
-        if started:
-            ray.shutdown()
+    with sweep_lock(plan.out_dir, log=log):  # one writer: held from the checks to the report
+        check_output(plan, overwrite, resume=resume)
+        check_inputs(plan, log)
+        started = init_ray()
+        try:
+            check_resources(plan)  # a trial the cluster can never place: refused, nothing written
+            prepare_output(plan, overwrite, resume=resume)
+            log(f"{plan.trials} trial(s) -> {plan.out_dir}" + (" (resumed)" if resume else ""))
+            outcome = run_sweep(plan, resume=resume, callbacks=callbacks, search_alg=search_alg,
+                                scheduler=scheduler, metric=metric, mode=mode)
+        finally:
+            if started:
+                ray.shutdown()
     return SweepResult(plan.out_dir, summary(plan.out_dir), outcome.table, outcome.result_grid,
                        outcome.errors, outcome.stopped, outcome.unfinished)

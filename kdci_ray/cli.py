@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from kdci_ray.config import ConfigError, parse_overrides, resolve, valid_keys
+from kdci_ray.config.files import not_an_override
 from kdci_ray.models import CheckpointMismatchError
 from kdci_ray.train.runtime import limit_threads
 
@@ -34,11 +35,14 @@ def _log(msg: str) -> None:
 
 def cmd_teacher(args: argparse.Namespace) -> None:
     from kdci_ray.cache import check_cache_dir
-    from kdci_ray.engine.files import load_experiment
+    from kdci_ray.engine.files import absolute_paths, load_experiment
+    from kdci_ray.engine.kinds import kind_named
     from kdci_ray.train.teacher import cached_teacher_problem, teacher_path, train_teacher
 
     settings = load_experiment(args.config, kind="dfkd").settings if args.config else {}
-    cfg = resolve(settings, parse_overrides(args.overrides))
+    over = absolute_paths(parse_overrides(args.overrides), kind_named("dfkd").file_keys,
+                          Path.cwd())  # read against the working directory, as by `sweep`
+    cfg = resolve(settings, over)
     check_cache_dir()  # before training, not after
     path = teacher_path(cfg)
     problem = cached_teacher_problem(cfg)
@@ -54,7 +58,9 @@ def cmd_teacher(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace, single: bool, kind: str | None = None) -> int:
     """``kdci-ray sweep`` / ``train`` / ``cgn``: ``kdci_ray.sweep`` and its exit code."""
     from kdci_ray.api import sweep
+    from kdci_ray.engine.plan import check_sweep_arguments
 
+    check_sweep_arguments(output=args.output)  # `--output ""` is no default: refused
     start = time.perf_counter()
     resume = getattr(args, "resume", False)
     result = sweep(args.config, args.overrides, args.output, args.smoke, resume=resume,
@@ -114,10 +120,10 @@ def cmd_cgn(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from kdci_ray.results import report
+    from kdci_ray.engine.lock import locked_report
 
     written: list[str] = []
-    print(report(Path(args.dir), log=written.append), flush=True)
+    print(locked_report(Path(args.dir), log=written.append), flush=True)
     for line in written:
         _log(line)
 
@@ -197,6 +203,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     """Like ``parse_args``, but ``key=value`` overrides may also follow options
     (``sweep CONFIG --smoke --only method=dafl data.root=/data``)."""
     args, extra = parser.parse_known_args(argv)
+    words = [a for a in extra if not a.startswith("-") and "=" not in a]
+    if words and hasattr(args, "overrides"):
+        raise not_an_override(words[0], _keys_of(args.command))
     stray = [a for a in extra
              if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
@@ -204,6 +213,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     if extra:
         args.overrides = list(args.overrides) + extra
     return args
+
+
+def _keys_of(command: str) -> list[str]:
+    """The config keys a command's overrides may name (``sweep`` / ``train``: any kind's)."""
+    from kdci_ray.cgn.config import valid_keys as skdcgn_keys
+
+    if command == "cgn":
+        return skdcgn_keys()
+    return valid_keys() + ([] if command in ("teacher", "dictionary") else skdcgn_keys())
 
 
 def _continue_hint(args: argparse.Namespace, argv: list[str]) -> str:
@@ -216,7 +234,11 @@ def _continue_hint(args: argparse.Namespace, argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(build_parser(), argv)
+    try:
+        args = parse_args(build_parser(), argv)
+    except ConfigError as exc:
+        print(f"kdci-ray: error: {exc}", file=sys.stderr)
+        return 2
     try:
         limit_threads()  # one thread unless OMP_NUM_THREADS says otherwise, however launched
         code = args.func(args)

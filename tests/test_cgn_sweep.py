@@ -151,7 +151,8 @@ def test_cgn_smoke_sweep_through_the_cli(ray_session, tmp_path: Path, capsys) ->
     assert (out / "summary.md").read_text() == table
 
 
-def test_input_files_in_an_experiment_file_are_read_beside_it(tmp_path: Path) -> None:
+def test_input_files_in_an_experiment_file_are_read_beside_it(tmp_path: Path,
+                                                              monkeypatch) -> None:
     (tmp_path / "configs").mkdir()
     config = tmp_path / "configs" / "published.yaml"
     config.write_text(yaml.safe_dump({
@@ -161,9 +162,11 @@ def test_input_files_in_an_experiment_file_are_read_beside_it(tmp_path: Path) ->
     cfg = plan(config).configs[0]
     assert cfg.teacher.checkpoint == str(tmp_path / "weights" / "teacher.pth")
     assert cfg.data.textures == str(tmp_path / "textures")
-    # a relative path from the command line names no file's directory: refused, fix named
-    with pytest.raises(ConfigError, match="teacher.checkpoint 'w.pth' is relative.*absolute"):
-        plan(config, overrides=["teacher.checkpoint=w.pth"])
+    # a relative path from the command line is read against the working directory, at once
+    monkeypatch.chdir(tmp_path)
+    relative = plan(config, overrides=["teacher.checkpoint=w.pth"])
+    assert relative.configs[0].teacher.checkpoint == str(tmp_path / "w.pth")
+    assert relative.overrides["teacher.checkpoint"] == str(tmp_path / "w.pth")  # as recorded
     absolute = plan(config, overrides=[f"teacher.checkpoint={tmp_path / 'other.pth'}",
                                        "student.losses=pixel", "retrain.steps=3"])
     assert absolute.configs[0].teacher.checkpoint == str(tmp_path / "other.pth")
@@ -193,9 +196,11 @@ def _published(tmp: Path, **extra) -> Path:
     return path
 
 
-def test_published_teacher_inputs_are_refused_before_ray(tmp_path: Path, capsys) -> None:
+def test_published_teacher_inputs_are_refused_before_ray(tmp_path: Path, capsys,
+                                                         monkeypatch) -> None:
     from refusal import assert_refused
 
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     no_published = tmp_path / "no_published.yaml"
     no_published.write_text(yaml.safe_dump({"kind": "skdcgn", "teacher.mode": "pretrained",
@@ -204,7 +209,7 @@ def test_published_teacher_inputs_are_refused_before_ray(tmp_path: Path, capsys)
                    ["generate 32x32 images", "set data.published: true"], out)
     assert_refused(capsys, ["sweep", str(_published(tmp_path)), "--output", str(out),
                             "teacher.checkpoint=rel.pth"],
-                   ["teacher.checkpoint 'rel.pth' is relative", "give the absolute path"], out)
+                   [f"checkpoint not found: {tmp_path / 'rel.pth'}"], out)  # the cwd's
     (tmp_path / "textures" / "object").mkdir(parents=True)  # no background/, no JPEGs
     wildlife = _published(tmp_path, **{"data.variant": "wildlife",
                                        "data.textures": str(tmp_path / "textures")})

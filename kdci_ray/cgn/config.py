@@ -9,6 +9,7 @@ schedule so the whole pipeline runs in seconds.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def resolve(*layers: dict[str, Any], where: str = "") -> CGNConfig:
         merged.update(CGN_SCHEMA.flatten(layer, where))
     cfg = CGN_SCHEMA.apply(CGNConfig(), merged, where)
     if cfg.smoke:
+        validate(cfg)  # the user's own values as given: smoke mode must not hide a bad one
         CGN_SCHEMA.apply(cfg, SMOKE, "smoke mode")
         CGN_SCHEMA.apply(cfg, {k: min(cap, CGN_SCHEMA.value(cfg, k))
                                for k, cap in SMOKE_CAPS.items()}, "smoke mode")
@@ -151,6 +153,7 @@ def validate(cfg: CGNConfig) -> None:
         raise ConfigError(f"config key 'teacher.checkpoint' is read only by teacher.mode="
                           f"pretrained, but teacher.mode is {cfg.teacher.mode}: set "
                           f"teacher.mode=pretrained or drop teacher.checkpoint")
+    check_ranges(cfg)
     positive = {"data.copies": cfg.data.copies, "teacher.steps": cfg.teacher.steps,
                 "teacher.batch_size": cfg.teacher.batch_size, "teacher.width": cfg.teacher.width,
                 "student.steps": cfg.student.steps, "student.width": cfg.student.width,
@@ -200,6 +203,36 @@ def validate(cfg: CGNConfig) -> None:
             f"{cfg.teacher.width}: SKDCGN students must compress the teacher's mechanisms "
             f"(the published MNIST students were larger than their teachers); lower "
             f"student.width")
+
+
+def check_ranges(cfg: CGNConfig) -> None:
+    """Learning rates > 0, Adam's betas in [0, 1), widths, intervals and other sizes >= 1,
+    loss weights >= 0 and fractions in [0, 1]: a bad one is named before Ray starts."""
+    t, value = cfg.teacher, CGN_SCHEMA.value
+    for key in ("teacher.lr", "teacher.code_lr", "student.lr", "student.d_lr", "retrain.lr",
+                "classifier.lr"):
+        if not 0 < value(cfg, key) < math.inf:
+            raise ConfigError(f"config key '{key}' must be a learning rate > 0, got "
+                              f"{value(cfg, key)}")
+    for key in ("student.beta1", "student.beta2", "retrain.beta1", "retrain.beta2"):
+        if not 0 <= value(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' (an Adam beta) must be in [0, 1), got "
+                              f"{value(cfg, key)}")
+    for key in ("teacher.latent_dim", "student.d_width", "student.adv_every",
+                "retrain.d_width"):
+        if value(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {value(cfg, key)}")
+    for key in ("student.pixel_weight", "student.adv_weight", "student.mask_loss_weight",
+                "teacher.mask_entropy_weight", "classifier.input_size"):
+        if not 0 <= value(cfg, key) < math.inf:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {value(cfg, key)}")
+    for key in ("student.pixel_decay", "teacher.mask_min", "teacher.mask_max"):
+        if not 0 <= value(cfg, key) <= 1:
+            raise ConfigError(f"config key '{key}' (a fraction) must be in [0, 1], got "
+                              f"{value(cfg, key)}")
+    if t.mask_min > t.mask_max:
+        raise ConfigError(f"config keys 'teacher.mask_min' ({t.mask_min}) and 'teacher.mask_max' "
+                          f"({t.mask_max}): the smallest mask share must not exceed the largest")
 
 
 def validate_published(cfg: CGNConfig) -> None:

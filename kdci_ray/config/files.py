@@ -8,7 +8,8 @@ from typing import Any
 import yaml
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config.keys import check_keys, to_flat
+from kdci_ray.config.keys import DFKD_SCHEMA, check_keys, to_flat
+from kdci_ray.config.schema import closest_key
 from kdci_ray.config.sections import ConfigError, ExperimentConfig
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -62,16 +63,26 @@ def read_yaml(path: str | Path) -> Any:
     return parse_yaml(text, str(path))
 
 
-def split_overrides(items: list[str]) -> dict[str, Any]:
+def split_overrides(items: list[str], keys: list[str] | None = None) -> dict[str, Any]:
     """``["train.lr=0.1", "kdci.enabled=true"]`` -> dotted dict (values parsed later, per type;
-    keys checked by the caller, against its experiment kind's schema)."""
+    keys checked by the caller, against its experiment kind's schema). An item without ``=`` is
+    refused with the closest of ``keys`` (default: the distillation keys)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
+        if not sep or not key.strip():
+            raise not_an_override(item, DFKD_SCHEMA.valid_keys() if keys is None else keys)
         out[key.strip()] = value.strip()
     return out
+
+
+def not_an_override(item: str, keys: list[str]) -> ConfigError:
+    """The error for a command-line word that is not ``key=value``, naming the closest key."""
+    key = item.partition("=")[0].strip()
+    close = closest_key(key, keys) if key else None
+    hint = f"did you mean {close}=...?" if close else "`kdci-ray keys` lists the keys"
+    return ConfigError(f"{item!r} is not a key=value override (section.key=value, e.g. "
+                       f"train.rounds=40); {hint}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

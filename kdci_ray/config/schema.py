@@ -62,6 +62,22 @@ def coerce_value(key: str, value: Any, typ: Any) -> Any:
     )
 
 
+def _squashed(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def closest_key(word: str, keys: list[str]) -> str | None:
+    """The key of ``keys`` closest to ``word``, separators ignored (``trainlr`` -> ``train.lr``);
+    None when none is close."""
+    by_letters = {_squashed(k): k for k in keys}
+    if _squashed(word) in by_letters:
+        return by_letters[_squashed(word)]
+    close = difflib.get_close_matches(word, keys, n=1, cutoff=0.6) or [
+        by_letters[m] for m in difflib.get_close_matches(_squashed(word), list(by_letters), n=1,
+                                                         cutoff=0.6)]
+    return close[0] if close else None
+
+
 ABSENT = object()  # a key the config does not hold (another method's section)
 
 

@@ -194,6 +194,11 @@ def _check_run(cfg: ExperimentConfig) -> None:
         )
 
 
+def clusters_with_cuml(cfg: ExperimentConfig) -> bool:
+    """KDCI is on and its k-means runs on cuML (``kdci.backend: cuml``), which needs a GPU."""
+    return cfg.kdci.enabled and cfg.kdci.backend == "cuml"
+
+
 def resolved_k(cfg: ExperimentConfig) -> int:
     """``kdci.k`` with 0 decided: the method's default dictionary size
     (``substitution.default_clusters``: 8 for generators, 32 for model inversion, 128 for the

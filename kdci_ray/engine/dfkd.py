@@ -7,6 +7,8 @@ data readable; each distinct teacher present (the embedded one trained once here
 architecture and giving finite logits; file-backed pools readable; KDCI's other models trained or
 checked; the build-once dictionaries and the pool selections of the sampling-based methods made
 (on the cluster's workers when ``RAY_ADDRESS`` is set, waiting visibly for its nodes).
+``kdci.backend: cuml`` needs a GPU with cuML: without ``RAY_ADDRESS`` one on this machine
+(checked while planning), on a cluster a node with a GPU (checked once Ray is up).
 
 A trial runs the loop with its ``run.trainer``: in the Tune trial's own process (``tune_trial``,
 one CPU worker) or on a Ray Train worker group (``ray_train``: the trial holds no CPU, its
@@ -16,11 +18,13 @@ keep its workers' CPUs).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from kdci_ray.config import ConfigError, ExperimentConfig, resolve, save_resolved, to_flat
 from kdci_ray.config.keys import DFKD_SCHEMA
+from kdci_ray.config.validate import clusters_with_cuml
 from kdci_ray.engine.kinds import ExperimentKind, TuneOptions
 from kdci_ray.engine.plan import SweepPlan
 
@@ -30,6 +34,8 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the he
 class DFKD(ExperimentKind):
     name = "dfkd"
     schema = DFKD_SCHEMA
+    file_keys = ("data.root", "teacher.checkpoint", "kdci.source_checkpoint", "pool.path",
+                 "run.output")
 
     def resolve(self, *layers: dict[str, Any]) -> ExperimentConfig:
         return resolve(*layers)
@@ -42,14 +48,19 @@ class DFKD(ExperimentKind):
 
     def check_plan(self, configs: list[ExperimentConfig], where: str) -> None:
         sweep_trainer(configs, where)
+        check_cuml_here(configs, where)
 
     def check_inputs(self, plan: SweepPlan, log) -> None:
         check_dfkd_inputs(plan, log)
 
     def check_resources(self, plan: SweepPlan) -> None:
-        """Every distinct worker request of the grid must fit the cluster."""
-        from kdci_ray.train.placement import check_cluster
+        """Every distinct worker request of the grid must fit the cluster, and one with a GPU
+        must be there for ``kdci.backend: cuml``."""
+        import ray
 
+        from kdci_ray.train.placement import alive_shapes, autoscaler_shapes, check_cluster
+
+        check_cuml_cluster(plan.configs, alive_shapes(ray.nodes()) + autoscaler_shapes())
         seen = set()
         for cfg in plan.configs:
             r = cfg.run
@@ -119,6 +130,38 @@ def sweep_trainer(configs: list[ExperimentConfig], where: str = "the sweep") -> 
             f"run.worker_resources): set run.trainer to one of them in the settings"
         )
     return kinds.pop()
+
+
+def _cuml_trials(configs: list[ExperimentConfig]) -> int:
+    """Trials whose KDCI clusters with cuML (``kdci.backend: cuml``, KDCI on)."""
+    return sum(map(clusters_with_cuml, configs))
+
+
+CUML_FIX = ("set kdci.backend: auto (cuML where a GPU and cuML are present, else scikit-learn) "
+            "or sklearn")
+
+
+def check_cuml_here(configs: list[ExperimentConfig], where: str) -> None:
+    """Without ``RAY_ADDRESS`` every trial runs on this machine: ``kdci.backend: cuml`` needs
+    cuML and a CUDA GPU here (on a cluster, ``check_cuml_cluster`` asks the cluster)."""
+    if os.environ.get("RAY_ADDRESS") or not _cuml_trials(configs):
+        return
+    from kdci_ray.cluster import cuml_backend
+
+    if not cuml_backend.available():
+        raise ConfigError(f"{where}: kdci.backend=cuml clusters on a GPU with cuML, but this "
+                          f"machine has no CUDA GPU with cuML (the gpu extra), and without "
+                          f"RAY_ADDRESS every trial runs here; {CUML_FIX}")
+
+
+def check_cuml_cluster(configs: list[ExperimentConfig], shapes: list[Any]) -> None:
+    """``kdci.backend: cuml`` on a cluster none of whose nodes (alive, or one its autoscaler
+    may add: ``NodeShape``) has a GPU is refused before any trial."""
+    if not _cuml_trials(configs) or any(s.resources.get("GPU", 0) > 0 for s in shapes):
+        return
+    nodes = ", ".join(f"{s.count} x {s.name}" for s in shapes) or "no nodes"
+    raise ConfigError(f"kdci.backend=cuml clusters on a GPU with cuML, but no node of the Ray "
+                      f"cluster has a GPU (nodes: {nodes}); add a GPU node type, or {CUML_FIX}")
 
 
 def check_dfkd_inputs(plan: SweepPlan, log=print) -> None:

@@ -44,8 +44,9 @@ class ExperimentKind:
     name: ClassVar[str]
     schema: ClassVar[Schema]
     summary_columns: ClassVar[tuple[str, ...]] = ()
-    # keys naming input files: a relative value written in an experiment file is read against
-    # that file's directory (a command-line value against the working directory)
+    # keys naming files or directories: a relative value is made absolute before Ray starts, in
+    # an experiment file against that file's directory, on the command line, in a dict or in
+    # ``overrides`` against the working directory (a trial runs in a directory of its own)
     file_keys: ClassVar[tuple[str, ...]] = ()
 
     def resolve(self, *layers: dict[str, Any]) -> Any:

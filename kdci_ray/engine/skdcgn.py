@@ -70,22 +70,14 @@ class SKDCGN(ExperimentKind):
         return ""  # results/<file stem>/ under the launch directory, like every kind
 
     def check_plan(self, configs: list[Any], where: str) -> None:
-        """Input files (a published teacher's checkpoint, the Wildlife textures) must be absolute
-        paths: a trial runs in its own directory, where a relative one would name another file.
-        Every trial asks for the same resources (Tune takes one request per sweep)."""
+        """Every trial asks for the same resources (Tune takes one request per sweep). Input
+        files (``file_keys``) are absolute by now: the front door made them so."""
         bundles = {tuple(sorted(trial_bundle(cfg.run).items())) for cfg in configs}
         if len(bundles) > 1:
             raise ConfigError(f"{where}: its trials ask for different resources "
                               f"({', '.join(str(dict(b)) for b in sorted(bundles))}); Tune gives "
                               f"every trial of a sweep the same: set run.use_gpu and "
                               f"run.gpus_per_trial in the settings, not per case")
-        for cfg in configs:
-            for key, path in (("teacher.checkpoint", cfg.teacher.checkpoint),
-                              ("data.textures", cfg.data.textures)):
-                if path.strip() and not Path(path).expanduser().is_absolute():
-                    raise ConfigError(f"{where}: {key} {path!r} is relative; a trial runs in "
-                                      f"its own directory: give the absolute path "
-                                      f"({Path(path).expanduser().resolve()})")
 
     def check_inputs(self, plan: SweepPlan, log) -> None:
         """Each published teacher (``teacher.mode: pretrained``) loaded strictly once and checked

@@ -14,7 +14,7 @@ import pandas as pd
 
 from kdci_ray.config import ConfigError
 from kdci_ray.results.report import write_report
-from kdci_ray.results.table import rows_from_sweep, write_tables
+from kdci_ray.results.table import rows_from_sweep, summary_markdown, write_tables
 
 
 def _kind(sweep_dir: Path) -> str:
@@ -23,9 +23,22 @@ def _kind(sweep_dir: Path) -> str:
     return str((read_record(sweep_dir) or {}).get("kind") or "dfkd")
 
 
+def sweep_directory(path: str | Path) -> Path:
+    """``path`` as an absolute sweep directory; a file or a missing path is a ConfigError
+    saying what ``kdci-ray report`` takes."""
+    sweep_dir = Path(path).expanduser().resolve()
+    takes = ("`kdci-ray report` takes a sweep directory (a sweep's --output, holding its "
+             "sweep.yaml and one directory per trial)")
+    if sweep_dir.is_file():
+        raise ConfigError(f"{sweep_dir} is a file; {takes}")
+    if not sweep_dir.exists():
+        raise ConfigError(f"no such directory: {sweep_dir}; {takes}")
+    return sweep_dir
+
+
 def summary(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per trial of the sweep in ``sweep_dir`` (the rows of ``summary.csv``)."""
-    sweep_dir = Path(sweep_dir).expanduser().resolve()
+    sweep_dir = sweep_directory(sweep_dir)
     if _kind(sweep_dir) == "skdcgn":
         from kdci_ray.results.skdcgn import rows
 
@@ -39,7 +52,7 @@ def report(sweep_dir: str | Path, title: str | None = None, log=None) -> str:
     (``log`` hears each file written)."""
     from kdci_ray.engine.sweep_dir import read_record
 
-    sweep_dir = Path(sweep_dir).expanduser().resolve()
+    sweep_dir = sweep_directory(sweep_dir)
     record = read_record(sweep_dir) or {}
     title = title or record.get("name") or sweep_dir.name
     if str(record.get("kind") or "dfkd") == "skdcgn":
@@ -47,6 +60,24 @@ def report(sweep_dir: str | Path, title: str | None = None, log=None) -> str:
 
         return write_all(sweep_dir, title, log)
     return dfkd_report(sweep_dir, title, log)
+
+
+def preview(sweep_dir: str | Path, title: str | None = None) -> str:
+    """The summary Markdown ``report`` would return, computed without writing anything (the
+    table of a running sweep's trials so far)."""
+    from kdci_ray.engine.sweep_dir import read_record
+
+    sweep_dir = sweep_directory(sweep_dir)
+    record = read_record(sweep_dir) or {}
+    title = title or record.get("name") or sweep_dir.name
+    if str(record.get("kind") or "dfkd") == "skdcgn":
+        from kdci_ray.results.skdcgn import rows, summary_text
+
+        return summary_text(rows(sweep_dir), sweep_dir, title)
+    rows = rows_from_sweep(sweep_dir)
+    if rows.empty:
+        return f"## {title}\n\nno trial has started yet\n"
+    return summary_markdown(rows, sweep_dir, title)
 
 
 def check_writable(sweep_dir: Path) -> None:

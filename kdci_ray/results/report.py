@@ -10,11 +10,12 @@ writes next to ``summary.md``:
 - ``kdci_gain.png``: mean final acc with KDCI minus without, per method, error bar as defined in
   ``gain_error``; not written when no method ran both ways.
 - ``acc_vs_<key>.png``: ``kdci_ray.results.plots.write_plots`` (numeric searched key, ≥ 3 values).
-- ``report.md``: a headline (winner, margin against seed noise, best/worst KDCI gain, noise;
-  differences also paired by seed with a 95% interval, ``kdci_ray.results.paired``), the figures
-  with captions, each KDCI arm against vanilla (raw / compensated gain, what to ship, gain vs a
-  numeric level: ``kdci_ray.results.comparisons``), the summary table, a per-trial table and the
-  unfinished trials.
+- ``report.md``: a smoke sweep's note that its numbers mean nothing (``SMOKE_NOTE``), then a
+  headline (winner, margin against seed noise, best/worst KDCI gain, noise; differences also
+  paired by seed with a 95% interval, ``kdci_ray.results.paired``), the figures with captions,
+  each KDCI arm against vanilla (raw / compensated gain, what to ship, gain vs a numeric level:
+  ``kdci_ray.results.comparisons``), the summary table, a per-trial table and the unfinished
+  trials.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from kdci_ray.results.columns import label as _label
 from kdci_ray.results.comparisons import comparison_section, select
 from kdci_ray.results.paired import CELL_ALIGN, CELL_HEADER, cells, inline, paired_frames
 from kdci_ray.results.plots import plot_curves, plot_gain, write_plots
-from kdci_ray.results.table import summarize, trial_reports
+from kdci_ray.results.table import SMOKE_NOTE, is_smoke_sweep, summarize, trial_reports
 
 CURVE_COLUMNS = ["trial", "method", "kdci", "seed", "round", "step", "eval_acc", "eval_acc_kdci"]
 GAIN_COLUMNS = ["label", "method", "gain", "err", "paired", "n_on", "n_off", "stat"]
@@ -342,17 +343,21 @@ def _figures(paths: dict[str, Path | None], searched: list[Path], gains: pd.Data
 
 
 def _summary_section(summary_markdown: str) -> list[str]:
-    """The tables' Markdown under a "Summary" heading (its own ``## title`` line replaced)."""
-    lines = summary_markdown.rstrip("\n").splitlines()
+    """The tables' Markdown under a "Summary" heading (its own ``## title`` line replaced, and
+    the smoke note, which the report states first)."""
+    lines = [line for line in summary_markdown.rstrip("\n").splitlines() if line != SMOKE_NOTE]
     if lines and lines[0].startswith("## "):
+        lines = lines[1:]
+    while len(lines) > 1 and lines[0] == lines[1] == "":
         lines = lines[1:]
     return ["## Summary", *lines, ""]
 
 
 def report_markdown(title: str, rows: pd.DataFrame, summary_markdown: str, gains: pd.DataFrame,
-                    paths: dict[str, Path | None], searched: list[Path]) -> str:
-    """The text of ``report.md``."""
-    lines = [f"# {title}", "", headline(rows, gains), ""]
+                    paths: dict[str, Path | None], searched: list[Path],
+                    smoke: bool = False) -> str:
+    """The text of ``report.md``; a smoke sweep's says so before anything else."""
+    lines = [f"# {title}", "", *([SMOKE_NOTE, ""] if smoke else []), headline(rows, gains), ""]
     lines += _figures(paths, searched, gains)
     lines += comparison_section(rows)
     lines += _summary_section(summary_markdown)
@@ -386,6 +391,7 @@ def write_report(sweep_dir: Path, rows: pd.DataFrame, summary_markdown: str,
         paths["gain"] = plot_gain(gains, sweep_dir / GAIN_FILE)
     searched = write_plots(rows, sweep_dir) if len(rows) else []
     written += [p for p in paths.values() if p is not None] + searched
-    text = report_markdown(title, rows, summary_markdown, gains, paths, searched)
+    text = report_markdown(title, rows, summary_markdown, gains, paths, searched,
+                           smoke=is_smoke_sweep(sweep_dir))
     written.append(atomic_write_text(sweep_dir / REPORT_FILE, text))
     return written

@@ -165,14 +165,21 @@ def _ratio_cells(p: Any) -> list[str]:
     return [f"{p.mean:+.3f}", ci, sig_cell(p), str(p.n), str(p.dropped)]
 
 
+def summary_text(frame: pd.DataFrame, sweep_dir: Path, title: str) -> str:
+    """The text of ``summary.md`` (with the smoke note of a smoke sweep)."""
+    from kdci_ray.results.table import with_smoke_note
+
+    return with_smoke_note(summary_markdown(frame, title) if len(frame) else
+                           f"## {title}\n\nno finished trial yet\n", sweep_dir)
+
+
 def write_all(sweep_dir: Path, title: str, log=None) -> str:
     """``summary.csv``, ``summary.md`` and ``report.md``; returns the summary Markdown."""
     from kdci_ray.results import check_writable
 
     frame = rows(sweep_dir)
     check_writable(sweep_dir)
-    text = summary_markdown(frame, title) if len(frame) else \
-        f"## {title}\n\nno finished trial yet\n"
+    text = summary_text(frame, sweep_dir, title)
     written = [atomic_write_text(sweep_dir / "summary.csv", frame.to_csv(index=False)),
                atomic_write_text(sweep_dir / "summary.md", text)]
     started = sorted(p.parent.name for p in Path(sweep_dir).glob("*/config.yaml"))

@@ -49,7 +49,7 @@ from kdci_ray.results.trials import rows_from_sweep, trial_reports
 __all__ = [
     "DASH", "ROW_COLUMNS", "SUMMARY_COLUMNS", "is_missing", "markdown_table", "pct", "pp_delta",
     "rows_from_sweep", "searched_columns", "sorted_rows", "summarize", "text_cell",
-    "to_markdown", "trial_reports", "write_tables",
+    "to_markdown", "trial_reports", "with_smoke_note", "write_tables",
 ]  # fmt: skip
 
 # ----------------------------------------------------------------------------- summary
@@ -225,12 +225,54 @@ def to_markdown(summary: pd.DataFrame, title: str, rows: pd.DataFrame | None = N
 # ----------------------------------------------------------------------------- files
 
 
+SMOKE_NOTE = ("> **Smoke run** (`--smoke`): tiny schedules that only exercise the code paths "
+              "(the teacher too is trained for a moment), so these numbers say nothing about "
+              "the methods; run without `--smoke` for results.")
+
+
+def is_smoke_sweep(sweep_dir: Path) -> bool:
+    """Whether the sweep in ``sweep_dir`` ran in smoke mode: a started trial's saved
+    ``config.yaml`` says ``smoke: true``, or (no trial readable yet) its ``sweep.yaml`` does."""
+    import yaml
+
+    from kdci_ray.engine.sweep_dir import read_record
+
+    for path in sorted(Path(sweep_dir).glob("*/config.yaml")):
+        try:
+            saved = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(saved, dict):
+            return saved.get("smoke") is True
+    record = read_record(Path(sweep_dir)) or {}
+    return any(isinstance(part := record.get(key), dict) and part.get("smoke") in (True, "true")
+               for key in ("overrides", "settings"))
+
+
+def with_smoke_note(markdown: str, sweep_dir: Path) -> str:
+    """``markdown`` with ``SMOKE_NOTE`` first under its title line when the sweep was a smoke
+    run (``is_smoke_sweep``)."""
+    if not is_smoke_sweep(sweep_dir):
+        return markdown
+    title, _, body = markdown.partition("\n")
+    return f"{title}\n\n{SMOKE_NOTE}\n{body}" if title.startswith("#") else \
+        f"{SMOKE_NOTE}\n\n{markdown}"
+
+
+def summary_markdown(rows: pd.DataFrame, sweep_dir: Path, title: str) -> str:
+    """The text of ``summary.md`` for ``rows`` (opening with ``SMOKE_NOTE`` for a smoke
+    sweep)."""
+    rows = sorted_rows(rows)
+    return with_smoke_note(to_markdown(summarize(rows), title, rows), Path(sweep_dir))
+
+
 def write_tables(rows: pd.DataFrame, out_dir: Path, title: str) -> str:
-    """Write ``summary.csv`` (per trial) and ``summary.md`` atomically; return the Markdown."""
+    """Write ``summary.csv`` (per trial) and ``summary.md`` atomically; return the Markdown
+    (``summary_markdown``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = summary_markdown(rows, out_dir, title)
     rows = sorted_rows(rows)
-    markdown = to_markdown(summarize(rows), title, rows)
     atomic_write_text(out_dir / "summary.csv", rows.to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", markdown)
     return markdown
