@@ -75,8 +75,6 @@ def sweep(config: str | Path | dict[str, Any], overrides: dict[str, Any] | list[
     check_sweep_arguments(config=config, overrides=overrides, output=output, smoke=smoke,
                           resume=resume, overwrite=overwrite, only=only,
                           num_samples=num_samples, kind=kind, single=single)
-    import ray
-
     from kdci_ray.engine import (
         check_inputs,
         check_output,
@@ -87,7 +85,7 @@ def sweep(config: str | Path | dict[str, Any], overrides: dict[str, Any] | list[
         run_sweep,
         sweep_lock,
     )
-    from kdci_ray.engine.runner import check_tuning
+    from kdci_ray.engine.runner import check_tuning, shutdown_ray
     from kdci_ray.results import summary
     from kdci_ray.search.only import describe, parse_only
     from kdci_ray.train.runtime import limit_threads
@@ -110,6 +108,6 @@ def sweep(config: str | Path | dict[str, Any], overrides: dict[str, Any] | list[
                                 scheduler=scheduler, metric=metric, mode=mode)
         finally:
             if started:
-                ray.shutdown()
+                shutdown_ray()
     return SweepResult(plan.out_dir, summary(plan.out_dir), outcome.table, outcome.result_grid,
                        outcome.errors, outcome.stopped, outcome.unfinished)

@@ -67,8 +67,9 @@ def _sweep(args: argparse.Namespace, single: bool, kind: str | None = None) -> i
                    overwrite=args.overwrite, only=getattr(args, "only", None) or None,
                    kind=kind, single=single, log=_log)
     print(result.table, flush=True)
-    _log(f"wrote {result.directory / 'report.md'}, summary.csv and summary.md; "
-         f"wall time {time.perf_counter() - start:.0f} s")
+    if (result.directory / "report.md").is_file():
+        _log(f"wrote {result.directory / 'report.md'}, summary.csv and summary.md; "
+             f"wall time {time.perf_counter() - start:.0f} s")
     _log(f"compare the runs: tensorboard --logdir {result.directory}")
     for err in result.errors:
         _log(f"trial failed: {err}")
@@ -107,9 +108,9 @@ def cmd_dictionary(args: argparse.Namespace) -> int:
             entries = build_all(configs, _log, only_shared=False, workers=workers)
     finally:
         if started:
-            import ray
+            from kdci_ray.engine.runner import shutdown_ray
 
-            ray.shutdown()
+            shutdown_ray()
     _log(f"{len(entries)} dictionar{'y' if len(entries) == 1 else 'ies'} ready")
     return 0
 

@@ -1,6 +1,7 @@
 """A real sweep survives interruption: the driver is stopped mid-way (SIGINT, and separately
 SIGKILL), `kdci-ray sweep DIR --resume` continues it, finished trials are not rerun, the
-unfinished one continues from its last checkpoint, and the table covers every trial once. And a
+unfinished one continues from its last checkpoint (the latest it persisted, registered by the
+driver or not), its logs show each round once, and the table covers every trial once. And a
 trial whose worker fails once is restarted from its checkpoint and the failure recorded, by either
 trainer (``run.trainer``)."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kdci_ray.engine import check_inputs, plan_sweep, run_sweep
 from kdci_ray.engine.sweep_dir import prepare_output
+from kdci_ray.train.resume import RANK_FILE
 
 ROUNDS = 24
 GRID = {"method": "dafl", "train.rounds": ROUNDS, "train.eval_every": 1,
@@ -174,9 +179,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     assert len(resumes) == 1
     resumed_at = resumes[0]["round"]
     assert 1 <= resumed_at <= rounds_before < ROUNDS
-    rounds = [r["round"] for r in _reports(midway)]
-    expected = list(range(1, rounds_before + 1)) + list(range(resumed_at + 1, ROUNDS + 1))
-    assert rounds == expected, (rounds_before, resumed_at)
+    # each round once in its log and in TensorBoard (what the first run logged after the
+    # checkpoint it resumed from was dropped, and reported again)
+    assert [r["round"] for r in _reports(midway)] == list(range(1, ROUNDS + 1))
+    events = EventAccumulator(str(midway))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("eval/acc")]
+    assert steps == [int(r["step"]) for r in _reports(midway)], (rounds_before, resumed_at)
 
     # the table covers every trial exactly once
     table = pd.read_csv(out / "summary.csv")
@@ -189,6 +198,115 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     print(f"[{signal.Signals(sig).name}] interrupted after {interrupted_at:.0f} s at round "
           f"{rounds_before}/{ROUNDS}, resumed from round {resumed_at}; first run + resume "
           f"{total:.0f} s")
+
+
+def test_a_resumed_trial_takes_the_latest_checkpoint_it_persisted(tmp_path) -> None:
+    """The trial persists its checkpoints before the driver registers them: a resumed trial
+    takes the latest one in its directory that loads, over Tune's older one, but not a final
+    one Tune did not register (its result would be lost) and not one cut short by a kill."""
+    from kdci_ray.train.tune_trial import latest_resume
+
+    def checkpoint(index: int, rounds_done: int, torn: bool = False) -> None:
+        directory = tmp_path / f"checkpoint_{index:06d}"
+        directory.mkdir()
+        path = directory / RANK_FILE.format(rank=0)
+        torch.save({"round": rounds_done, "step": 2 * rounds_done}, path)
+        if torn:
+            path.write_bytes(path.read_bytes()[:40])
+
+    given = {"round": 1, "step": 2}
+    assert latest_resume(tmp_path, given, rounds=6) is given
+    checkpoint(0, 1)
+    checkpoint(1, 3)
+    checkpoint(2, 2)
+    checkpoint(3, 5, torn=True)
+    checkpoint(4, 6)  # final
+    assert latest_resume(tmp_path, given, rounds=6)["round"] == 3
+    assert latest_resume(tmp_path, None, rounds=6)["round"] == 3
+    assert latest_resume(tmp_path, {"round": 4, "step": 8}, rounds=6)["round"] == 4
+
+
+def test_tune_state_cut_short_by_a_kill_is_set_aside(tmp_path, capsys) -> None:
+    """Tune writes ``tuner.pkl`` and its per-session state in place: a driver killed meanwhile
+    leaves them cut short, and ``Tuner.restore`` fails on them or restores an empty sweep. The
+    newest session whose files load is restored, newer ones are set aside; without one, a grid
+    runs again as new, a sampled search is refused."""
+    import pickle
+    from types import SimpleNamespace
+
+    from kdci_ray.config import ConfigError
+    from kdci_ray.engine.runner import restorable
+
+    def session(stamp: str, state: bytes, search: bytes) -> None:
+        (tmp_path / f"experiment_state-{stamp}.json").write_bytes(state)
+        (tmp_path / f"basic-variant-state-{stamp}.json").write_bytes(search)
+
+    good_state, good_search = json.dumps({"trial_data": []}).encode(), pickle.dumps({"n": 3})
+    (tmp_path / "tuner.pkl").write_bytes(pickle.dumps({"param_space": {}}))
+    session("2026-01-01_00-00-01", good_state, good_search)
+    session("2026-01-01_00-00-02", good_state, b"")  # search state cut short
+    session("2026-01-01_00-00-03", good_state[:7], good_search)  # experiment state cut short
+    grid = SimpleNamespace(out_dir=tmp_path, parsed=SimpleNamespace(sampled=lambda: False))
+    assert restorable(grid)
+    assert sorted(p.name for p in tmp_path.iterdir() if "state-" in p.name) == [
+        "basic-variant-state-2026-01-01_00-00-01.json",
+        "basic-variant-state-2026-01-01_00-00-02.json.cut-short",
+        "basic-variant-state-2026-01-01_00-00-03.json.cut-short",
+        "experiment_state-2026-01-01_00-00-01.json",
+        "experiment_state-2026-01-01_00-00-02.json.cut-short",
+        "experiment_state-2026-01-01_00-00-03.json.cut-short"]
+
+    (tmp_path / "tuner.pkl").write_bytes(b"\x80\x04")  # cut short: nothing can be restored
+    sampled = SimpleNamespace(out_dir=tmp_path, parsed=SimpleNamespace(sampled=lambda: True))
+    with pytest.raises(ConfigError, match="cut short .* start it anew with --overwrite"):
+        restorable(sampled)
+    assert not restorable(grid)
+    assert "the grid runs again, each trial from its latest checkpoint" in capsys.readouterr().out
+
+
+def test_readers_see_each_round_once_in_a_log_that_repeats_rounds(tmp_path) -> None:
+    """A log written before continuations cut ``metrics.jsonl`` back repeats the rounds each
+    restart reported again; the results code reads each round once, the later attempt's."""
+    from kdci_ray.results.trials import trial_reports
+
+    rounds = [1, 2, 3, 2, 3, 4, 1, 2, 3, 4, 5]
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"round": r, "eval/acc": i / 100}) + "\n" for i, r in enumerate(rounds)))
+    reports = trial_reports(tmp_path)
+    assert [r["round"] for r in reports] == [1, 2, 3, 4, 5]
+    assert [r["eval/acc"] for r in reports] == [0.06, 0.07, 0.08, 0.09, 0.10]
+
+
+@pytest.mark.slow
+def test_a_tune_state_naming_a_deleted_checkpoint_still_resumes(
+        tiny_settings, ray_session, tmp_path) -> None:
+    """A driver killed after Tune deleted checkpoints past ``num_to_keep`` but before it saved
+    its state again leaves a state naming a deleted checkpoint; Tune then refused to restore the
+    trial on every resume ("does not exist on storage anymore"). Made here by hand: a finished
+    one-trial sweep whose state is set back to PENDING and whose latest checkpoint is deleted.
+    The resume continues from the trial's latest checkpoint on disk and finishes it."""
+    from kdci_ray.api import sweep
+
+    config = tmp_path / "one.yaml"
+    config.write_text(yaml.safe_dump({**tiny_settings, "method": "dafl", "train.rounds": 4,
+                                      "train.eval_every": 1, "search": {"seed": [0]}},
+                                     sort_keys=False))
+    out = tmp_path / "sweep"
+    assert sweep(config, output=out, log=lambda m: None).ok
+    (trial,) = _trials(out)
+    state_file = max(out.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    trial_state = json.loads(state["trial_data"][0][0])
+    trial_state["status"] = "PENDING"
+    state["trial_data"][0][0] = json.dumps(trial_state)
+    state_file.write_text(json.dumps(state))
+    shutil.rmtree(max(trial.glob("checkpoint_*")))  # the final one, Tune's latest
+
+    result = sweep(out, resume=True, log=lambda m: None)
+    assert result.ok, (result.errors, result.unfinished)
+    assert [r["round"] for r in _reports(trial)] == [1, 2, 3, 4]
+    resumes = [json.loads(x) for x in (trial / "resumes.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in resumes] == [3]  # the latest checkpoint left on disk
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """TensorBoard per trial: an HParams session (method x KDCI x K x seed and the searched keys),
-no bookkeeping among the scalars, and no duplicated or backwards steps after a resume."""
+no bookkeeping among the scalars, and no duplicated or backwards steps after a resume; each
+continuation (from a checkpoint or from the start over an earlier attempt's logs) recorded once
+and ``metrics.jsonl`` holding each round once."""
 
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ def test_resumed_reporter_hides_the_earlier_attempts_later_steps(tmp_path: Path)
     for rnd in (1, 2, 3):
         first(_metrics(rnd, 2 * rnd, 0.1 * rnd, False), 2 * rnd, None)
     first.close()  # (a failed attempt: no session end)
-    second = RunReporter(cfg, tmp_path, 0, send, searched=searched, resume={"step": 4})
+    second = RunReporter(cfg, tmp_path, 0, send, searched=searched,
+                         resume={"round": 2, "step": 4})
     for rnd in (3, 4):
         second(_metrics(rnd, 2 * rnd, 0.5 + 0.1 * rnd, rnd == 4), 2 * rnd, None)
     second.close()
@@ -82,10 +85,13 @@ def test_resumed_reporter_hides_the_earlier_attempts_later_steps(tmp_path: Path)
     accs = events.Scalars("eval/acc")
     assert [e.step for e in accs] == [2, 4, 6, 8]
     assert [e.value for e in accs] == pytest.approx([0.1, 0.2, 0.8, 0.9])  # round 3: attempt 2
-    # metrics.jsonl and the Ray report keep every report, bookkeeping included
+    # the Ray report gets every report; metrics.jsonl each round once, bookkeeping included
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1, 2, 3, 3, 4] == [m["round"] for m in sent]
+    assert [m["round"] for m in sent] == [1, 2, 3, 3, 4]
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
+    assert records[2]["eval/acc"] == pytest.approx(0.8)  # round 3: attempt 2's
     assert records[-1]["finished"] == 1.0 and "step" in sent[-1]
+    assert [(r["round"], r["step"]) for r in _records(tmp_path / "resumes.jsonl")] == [(2, 4)]
 
     hp = _hparams(events)
     assert set(hp) == {"experiment", "session_start_info", "session_end_info"}
@@ -97,6 +103,57 @@ def test_resumed_reporter_hides_the_earlier_attempts_later_steps(tmp_path: Path)
     assert {h.name for h in experiment.hparam_infos} == set(values)
     assert [m.name.tag for m in experiment.metric_infos] == ["eval/acc", "eval/acc_kdci"]
     assert hp["session_end_info"].session_end_info.status == api_pb2.STATUS_SUCCESS
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_a_restart_from_the_start_over_earlier_logs_is_a_continuation(tmp_path: Path) -> None:
+    """A driver stopped before Tune registered the trial's first checkpoint: the trial starts
+    again with no checkpoint over attempt 1's logs. It is recorded as a continuation from round
+    0, attempt 1's reports are dropped and TensorBoard shows each step once, attempt 2's."""
+    cfg = resolve({"method": "dafl", "seed": 0})
+    first = RunReporter(cfg, tmp_path, 0, lambda m, c: None)
+    for rnd in (1, 2):
+        first(_metrics(rnd, 2 * rnd, 0.1 * rnd, False), 2 * rnd, None)
+    first.close()
+    second = RunReporter(cfg, tmp_path, 0, lambda m, c: None)
+    for rnd in (1, 2, 3):
+        second(_metrics(rnd, 2 * rnd, 0.5 + 0.1 * rnd, rnd == 3), 2 * rnd, None)
+    second.close()
+
+    accs = _events(tmp_path).Scalars("eval/acc")
+    assert [e.step for e in accs] == [2, 4, 6]
+    assert [e.value for e in accs] == pytest.approx([0.6, 0.7, 0.8])
+    records = _records(tmp_path / "metrics.jsonl")
+    assert [r["round"] for r in records] == [1, 2, 3]
+    assert [r["eval/acc"] for r in records] == pytest.approx([0.6, 0.7, 0.8])
+    assert [(r["round"], r["step"]) for r in _records(tmp_path / "resumes.jsonl")] == [(0, 0)]
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+
+
+def test_a_continuation_killed_before_its_event_file_is_not_counted(tmp_path: Path) -> None:
+    """Continuations are recorded before the attempt's event file opens; a record whose event
+    file never appeared (its attempt was killed in between) is dropped by the next one, so the
+    records always count the attempts that ran. A torn last report line goes too."""
+    cfg = resolve({"method": "dafl", "seed": 0})
+    first = RunReporter(cfg, tmp_path, 0, lambda m, c: None)
+    first(_metrics(1, 2, 0.1, False), 2, None)
+    first.close()
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"eval/acc": 0.2, "rou')  # a report cut short
+    with open(tmp_path / "resumes.jsonl", "a") as fh:  # an attempt killed before its events
+        fh.write(json.dumps({"round": 1, "step": 2, "time": 0.0, "events": ".resume001"}) + "\n")
+    second = RunReporter(cfg, tmp_path, 0, lambda m, c: None, resume={"round": 1, "step": 2})
+    second(_metrics(2, 4, 0.3, True), 4, None)
+    second.close()
+
+    resumes = _records(tmp_path / "resumes.jsonl")
+    assert [(r["round"], r["events"]) for r in resumes] == [(1, ".resume001")]
+    assert len(list(tmp_path.glob("events.out.tfevents.*.resume001"))) == 1
+    assert [r["round"] for r in _records(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert [e.step for e in _events(tmp_path).Scalars("eval/acc")] == [2, 4]
 
 
 def test_a_stopped_run_ends_its_session_as_failed_and_vanilla_has_no_kdci_metric(
@@ -139,13 +196,14 @@ def test_a_trial_restarted_from_its_checkpoint_shows_each_step_once_with_its_hpa
 
     (trial,) = [p for p in out.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
     records = [json.loads(x) for x in (trial / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1, 2, 3, 3, 4]  # round 3 reported by both attempts
+    assert [r["round"] for r in records] == [1, 2, 3, 4]  # round 3 once: the retry's
     assert len(list(trial.glob("events.out.tfevents.*"))) == 2
+    assert [r["round"] for r in _records(trial / "resumes.jsonl")] == [2]
 
     events = _events(trial)
     steps = [e.step for e in events.Scalars("eval/acc")]
     assert steps == sorted(set(steps)) and len(steps) == 4  # strictly increasing, no duplicate
-    assert steps == [int(r["step"]) for r in records if r is not records[2]]
+    assert steps == [int(r["step"]) for r in records]
     assert events.Scalars("eval/acc")[-1].value == pytest.approx(records[-1]["eval/acc"])
     tags = set(events.Tags()["scalars"])
     assert {"eval/acc", "train/loss", "lr", "time/elapsed_s"} <= tags

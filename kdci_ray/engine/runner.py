@@ -11,7 +11,14 @@ directory is on shared storage (``cluster.yaml``).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
+import signal
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,24 +42,91 @@ LOCAL_RAY_ENV = {  # a Ray started on this machine (no RAY_ADDRESS): the default
 
 
 def init_ray() -> bool:
-    """Connect to ``RAY_ADDRESS`` or start a local Ray; returns True when we started it."""
+    """Connect to ``RAY_ADDRESS`` or start a local Ray; returns True when we started it. Ctrl-C
+    meanwhile is held until Ray is up, which is then shut down before ``KeyboardInterrupt``."""
     import ray
 
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):  # a cluster: its auth mode (token) comes from the env
+    address = os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster: its auth mode (token) comes from the env
         from kdci_ray import thread_env
 
-        # Ray sets OMP_NUM_THREADS to a worker's CPUs where its node's environment lacks it:
-        # every process of this job gets the driver's thread counts (bit-identical numbers, and
-        # the teacher cache key they are part of)
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": thread_env()})
+        check_address(address)
+        with held_sigint() as held:
+            try:
+                # Ray sets OMP_NUM_THREADS to a worker's CPUs where its node's environment lacks
+                # it: every process of this job gets the driver's thread counts (bit-identical
+                # numbers, and the teacher cache key they are part of)
+                ray.init(address=address, runtime_env={"env_vars": thread_env()})
+            except ConnectionError as exc:  # address=auto with no cluster on this machine
+                raise ConfigError(f"{NO_CLUSTER.format(address)} ({exc})") from None
     else:
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                 log_to_driver=False)
+        with held_sigint() as held:
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     log_to_driver=False)
+    if held:
+        shutdown_ray()
+        raise KeyboardInterrupt
     return True
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()``, Ctrl-C held until it is done."""
+    import ray
+
+    with held_sigint():
+        ray.shutdown()
+
+
+@contextmanager
+def held_sigint() -> Iterator[list[int]]:
+    """Hold Ctrl-C (SIGINT) for the block: the list it yields gets the signals received, for
+    the caller to act on after it. Outside the main thread (no handler can be set) a no-op."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+CONNECT_WAIT_S = 15.0  # how long RAY_ADDRESS may take to answer (a head node still starting)
+
+
+NO_CLUSTER = ("nothing answers at RAY_ADDRESS={}: start the cluster (`ray up` / `ray start "
+              "--head`) or unset RAY_ADDRESS to run on a local Ray")
+
+
+def check_address(address: str, wait_s: float = CONNECT_WAIT_S) -> None:
+    """Something must accept connections at ``RAY_ADDRESS`` (``host:port``, ``ray://host:port``,
+    any ``scheme://host:port``) within ``wait_s``; else a ``ConfigError`` (Ray itself retries
+    for minutes, warning every few seconds). ``auto`` is left to Ray, which fails at once
+    without a cluster."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    hosts = [host.strip("[]")]
+    if hosts[0] in ("localhost", "127.0.0.1", "::1"):  # Ray connects to this node's address
+        from ray.util import get_node_ip_address
+
+        hosts.append(get_node_ip_address())
+    deadline = time.monotonic() + wait_s
+    while True:
+        for name in hosts:
+            try:
+                with socket.create_connection((name, int(port)), timeout=2.0):
+                    return
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:
+            raise ConfigError(NO_CLUSTER.format(address))
+        time.sleep(0.5)
 
 
 def check_resources(plan: SweepPlan) -> None:
@@ -76,21 +150,60 @@ def trial_fn(params: dict[str, Any], kind: str, settings: dict[str, Any],
     exp_kind.run_trial(cfg, trial_dir, point)
 
 
+TUNE_ENV = {  # for the Tune run only
+    # the trials' own events have exact tags (eval/acc): no second, ray/tune/-prefixed copy
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # frequent checkpoints make Tune save its state often, by design: no warning each time
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+# Tune's lines about an interrupted run: they name its Python API (``Tuner.restore``); kdci-ray
+# says what to run instead
+TUNE_INTERRUPT_LINES = ("Experiment has been interrupted", "Training has been interrupted",
+                        "Trials did not complete", "Failed to fetch metrics")
+TUNE_LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis",
+                "ray.tune.execution.tune_controller")
+
+
+class _TuneLines(logging.Filter):
+    """Replaces Tune's Ctrl-C line with kdci-ray's; drops its ``Tuner.restore`` hint and, after
+    a killed driver, the traceback of deleting a checkpoint that driver had deleted already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Stop signal received"):  # in Tune's signal handler: unbuffered
+            os.write(2, b"[kdci-ray] Ctrl-C: stopping the sweep and saving its state (Ctrl-C "
+                        b"again stops at once)\n")
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        if "Error handling checkpoint" in message and isinstance(error, FileNotFoundError) \
+                and "Path not found" in str(error):
+            return False
+        return not message.startswith(TUNE_INTERRUPT_LINES)
+
+
 @contextmanager
-def _tune_tensorboard_off() -> Iterator[None]:
-    """Trials write TensorBoard events with exact tags (``eval/acc``) into their directories;
-    keep Tune from adding a second, ``ray/tune/``-prefixed copy there. Scoped, so the process
-    environment is restored afterwards."""
-    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-    old = os.environ.get(key)
-    os.environ[key] = "1"
+def _tune_settings() -> Iterator[None]:
+    """``TUNE_ENV`` and the Tune log filter, for the Tune run only; and the Ctrl-C handler of
+    before it (Tune leaves its own, which only tells a run that has ended to stop)."""
+    old = {key: os.environ.get(key) for key in TUNE_ENV}
+    os.environ.update(TUNE_ENV)
+    lines = _TuneLines()
+    for name in TUNE_LOGGERS:
+        logging.getLogger(name).addFilter(lines)
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
+        for name in TUNE_LOGGERS:
+            logging.getLogger(name).removeFilter(lines)
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @dataclass
@@ -138,18 +251,18 @@ def run_sweep(plan: SweepPlan, resume: bool = False, callbacks: list | None = No
     """Run every trial (``resume``: continue the interrupted sweep in ``plan.out_dir``: finished
     trials are kept, unfinished and failed ones continue from their last checkpoint), then write
     the tables and report (failed trials are listed, not fatal)."""
-    import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from kdci_ray.results import report
+    from kdci_ray.results import report, summary
 
     started = init_ray()
     try:
         check_resources(plan)
         check_tuning(plan, scheduler, search_alg)
         options = plan.kind.tune_options(plan)
-        if resume:
+        if resume and restorable(plan):
+            stand_in_for_deleted_checkpoints(plan.out_dir)
             tuner = tune.Tuner.restore(str(plan.out_dir), _trainable(plan),
                                        resume_unfinished=True, resume_errored=True)
         else:
@@ -171,14 +284,94 @@ def run_sweep(plan: SweepPlan, resume: bool = False, callbacks: list | None = No
                     callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *(callbacks or [])],
                     verbose=1),
             )
-        with _tune_tensorboard_off(), watch_cluster(_log_line):
+        with _tune_settings(), watch_cluster(_log_line):
             results = tuner.fit()
         outcome = _outcome(plan, results, early_stops=scheduler is not None)
     finally:
         if started:
-            ray.shutdown()
-    outcome.table = report(plan.out_dir, title=plan.name)
+            shutdown_ray()
+    if outcome.interrupted and summary(plan.out_dir).empty:  # stopped before any trial began
+        outcome.table = "(no trial had started: nothing to report yet)"
+    else:
+        outcome.table = report(plan.out_dir, title=plan.name)
     return outcome
+
+
+# Tune's saved state: tuner.pkl (the Tuner's settings) and per driver session
+# experiment_state-<session>.json (the trials) and the search state (basic-variant-state-...)
+TUNER_FILE = "tuner.pkl"
+STATE_FILE = re.compile(r"^(?P<kind>[a-z_-]+)-(?P<session>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)"
+                        r"\.(json|pkl)$")
+
+
+def restorable(plan: SweepPlan) -> bool:
+    """Whether Tune can restore the sweep in ``plan.out_dir`` from its saved state. Tune writes
+    it in place: a driver killed meanwhile leaves it cut short. The newest session whose files
+    all load is kept, newer ones set aside (``.cut-short``; Tune pairs its newest experiment and
+    search states); when none is left, a grid runs again as new (its trials keep their names,
+    each continues from its own files), a sampled search is a ``ConfigError``."""
+    out = plan.out_dir
+    sessions: dict[str, list[Path]] = {}
+    for path in out.iterdir():
+        if match := STATE_FILE.match(path.name):
+            sessions.setdefault(match["session"], []).append(path)
+    tuner = out / TUNER_FILE  # written in place at each start: no restore without it
+    cut = tuner.is_file() and not _loads(tuner)
+    for session in sorted(sessions, reverse=True) if tuner.is_file() and not cut else []:
+        files = sessions[session]
+        if any(p.name.startswith("experiment_state-") for p in files) \
+                and all(_loads(p) for p in files):
+            return True
+        cut = True
+        for path in files:
+            path.rename(path.with_name(path.name + ".cut-short"))
+    why = ("Tune's saved state was cut short (the driver was killed while writing it)" if cut
+           else "Tune had saved no state yet (the driver was stopped first)")
+    if plan.parsed.sampled():
+        raise ConfigError(f"{out}: {why}, and a sampled search cannot be drawn again: start it "
+                          f"anew with --overwrite")
+    _log_line(f"{out}: {why}; the grid runs again, each trial from its latest checkpoint")
+    return False
+
+
+def stand_in_for_deleted_checkpoints(out: Path) -> list[Path]:
+    """A driver killed after Tune deleted checkpoints past ``num_to_keep`` and before it saved
+    its state again leaves a state naming a deleted checkpoint, and Tune refuses to restore that
+    trial ("does not exist on storage anymore") on every resume. An empty directory stands in
+    for it: the trial continues from its latest checkpoint on disk
+    (``tune_trial.latest_resume``); Tune deletes the stand-in in its turn. Returns them."""
+    from ray.tune.experiment.trial import _TrainingRunMetadata
+
+    state = json.loads(max(out.glob("experiment_state-*.json")).read_text())
+    made = []
+    for trial_json, metadata_json in state.get("trial_data", []):
+        if json.loads(trial_json).get("status") == "TERMINATED":
+            continue
+        latest = _TrainingRunMetadata.from_json_state(metadata_json) \
+            .checkpoint_manager.latest_checkpoint_result
+        checkpoint = latest.checkpoint if latest is not None else None
+        if checkpoint is None or checkpoint.filesystem.type_name != "local":
+            continue
+        path = Path(checkpoint.path)
+        if path.parent.is_dir() and not path.exists():
+            path.mkdir()
+            made.append(path)
+    return made
+
+
+def _loads(path: Path) -> bool:
+    """Whether a saved Tune file loads (experiment state: JSON; the others: pickles)."""
+    from ray import cloudpickle
+
+    try:
+        data = path.read_bytes()
+        if path.name.startswith("experiment_state-"):
+            json.loads(data)
+        else:
+            cloudpickle.loads(data)
+    except Exception:  # noqa: BLE001 - cut short: unpickling fails in many ways
+        return False
+    return True
 
 
 def _outcome(plan: SweepPlan, results: Any, early_stops: bool) -> SweepOutcome:

@@ -116,12 +116,27 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def trial_reports(trial_dir: Path) -> list[dict[str, Any]]:
-    """Every report of a trial, oldest first: ``metrics.jsonl`` (the run's own log, complete
-    across interruptions; a resumed run re-reports nothing, but a worker restarted between a
-    report and its checkpoint may repeat a round) when present, else Tune's ``result.json``
-    (which a resumed trial restarts: only its reports since the resume)."""
+    """Every report of a trial, oldest first, each round once: ``metrics.jsonl`` (the run's own
+    log, complete across interruptions) when present, else Tune's ``result.json`` (which a
+    resumed trial restarts: only its reports since the resume). A continuation cuts the log
+    back to where it continues from; in a log that repeats rounds all the same (written before
+    it did), a later attempt's reports supersede the earlier one's from the round it restarts at."""
     own = _json_lines(trial_dir / METRICS_FILE)
-    return own if own else _json_lines(trial_dir / "result.json")
+    return _superseded(own) if own else _json_lines(trial_dir / "result.json")
+
+
+def _superseded(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``reports`` where a report of a round already reported drops the earlier reports from
+    that round on (what the attempt that wrote them logged after its successor's start). A
+    stop report (``stopped_nonfinite``) names the rounds done, as the report before it may."""
+    kept: list[dict[str, Any]] = []
+    for report in reports:
+        rnd = report.get("round")
+        if _is_number(rnd) and not report.get("stopped_nonfinite"):
+            while kept and _is_number(kept[-1].get("round")) and kept[-1]["round"] >= rnd:
+                kept.pop()
+        kept.append(report)
+    return kept
 
 
 def _latest(reports: list[dict[str, Any]], key: str) -> float:
@@ -193,8 +208,9 @@ def rows_from_sweep(sweep_dir: Path) -> pd.DataFrame:
     ``eval/teacher_acc``, ``eval/recall_min[_kdci]``, ``eval/recall_rare[_kdci]``,
     ``eval/prior_ratio``, ``kdci/prior_ratio``; those of ``KDCI_ONLY`` for KDCI-on trials only);
     ``finished`` means the last report has ``finished == 1``. Trials without reports get NaN.
-    ``resumes`` / ``failures`` count the trial's continuations from a checkpoint and its worker
-    failures (``resumes.jsonl`` / ``failures.jsonl``, written by the Ray Train adapter);
+    ``resumes`` / ``failures`` count the trial's continuations (from a checkpoint, or from the
+    start over an earlier attempt's logs) and its worker failures (``resumes.jsonl`` /
+    ``failures.jsonl``, written by the trial's reporter and the Ray layer);
     ``stopped`` says why a trial stopped early (a non-finite loss; its accuracies are left
     blank, so no summary counts it), empty when it did not.
     The searched entries of ``params.json`` (other than method, KDCI, seed) become columns right

@@ -66,7 +66,7 @@ def train_func(config: dict[str, Any]) -> None:
                       else ray.train.Checkpoint.from_directory(checkpoint_dir))
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    resume = resume_state(ray.train.get_checkpoint(), run_dir, rank)
+    resume = resume_state(ray.train.get_checkpoint(), rank)
     report = RunReporter(cfg, run_dir, rank, send, searched=config.get("searched"),
                          resume=resume)
     try:

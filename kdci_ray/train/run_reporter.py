@@ -4,15 +4,20 @@ Both trainers (``run.trainer``) use this: ``ray_train`` (a TorchTrainer worker g
 ``kdci_ray.train.ray_train``) and ``tune_trial`` (the loop inside the Tune trial's own process,
 ``kdci_ray.train.tune_trial``). Rank 0 writes TensorBoard events with exact tags (``eval/acc``,
 ``train/loss``, ``kdci/*``...) and appends every report to ``metrics.jsonl`` in the run directory;
-a continuation from a checkpoint is appended to ``resumes.jsonl``; a run stopped on a non-finite
-loss writes ``stopped.json``. Bookkeeping (``round``, ``step``, ``finished``, ``stopped_*``, flags)
-goes to ``metrics.jsonl`` and the Ray report but is no TensorBoard scalar. Each trial's event file
-holds a TensorBoard HParams session (``method``, ``kdci.enabled``, ``kdci.k``, ``seed`` and every
-searched key; metrics ``eval/acc``, ``eval/acc_kdci``), and a run continued from a checkpoint
-opens its writer with a purge step just past the checkpoint's, so TensorBoard hides what the
-earlier attempt logged after it (no duplicated or backwards steps). Checkpoints are handed to
-the Ray layer's own ``report`` (Ray's pattern: a temporary directory it persists), which is the
-only thing the two trainers differ in.
+a run stopped on a non-finite loss writes ``stopped.json``. Bookkeeping (``round``, ``step``,
+``finished``, ``stopped_*``, flags) goes to ``metrics.jsonl`` and the Ray report but is no
+TensorBoard scalar. Each trial's event file holds a TensorBoard HParams session (``method``,
+``kdci.enabled``, ``kdci.k``, ``seed`` and every searched key; metrics ``eval/acc``,
+``eval/acc_kdci``).
+
+An attempt that finds an earlier one's logs, from a checkpoint or from the start (Tune resumed or
+retried the trial, Ray Train restarted its workers, the driver was stopped before it registered
+the last checkpoint), is a continuation (``run_logs.begin_continuation``): recorded in
+``resumes.jsonl``, ``metrics.jsonl`` cut back to the rounds it continues from, and its event file
+opened with a purge step just past the step it continues from, so TensorBoard hides what earlier
+attempts logged after it: readers see each round and step once. Checkpoints are handed to the Ray
+layer's own ``report`` (Ray's pattern: a temporary directory it persists), which is the only thing
+the two trainers differ in.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from kdci_ray.train.resume import (
     load_resume_state,
     save_snapshot,
 )
-from kdci_ray.train.run_logs import METRICS_FILE, RESUMES_FILE
+from kdci_ray.train.run_logs import METRICS_FILE, begin_continuation, has_earlier_attempt
 
 INJECTED_MARK = ".injected_failure"
 
@@ -57,17 +62,28 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def resume_state(checkpoint: Any, run_dir: Path, rank: int) -> dict[str, Any] | None:
-    """This rank's resume state from a Ray checkpoint (``None``: a fresh start); rank 0 records
-    the continuation in ``resumes.jsonl``."""
+def resume_state(checkpoint: Any, rank: int) -> dict[str, Any] | None:
+    """This rank's resume state from a Ray checkpoint (``None``: a fresh start)."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as ckpt_dir:
-        state = load_resume_state(Path(ckpt_dir), rank)
-    if rank == 0:
-        append_record(run_dir / RESUMES_FILE, {"round": state["round"], "step": state["step"],
-                                               "time": time.time()})
-    return state
+        return load_resume_state(Path(ckpt_dir), rank)
+
+
+def open_events(run_dir: Path, resume: dict[str, Any] | None) -> Any:
+    """Rank 0's TensorBoard writer for this attempt; a continuation (``resume``, or logs of an
+    earlier attempt in ``run_dir``) is recorded first and purges the steps past its start."""
+    from tensorboardX import SummaryWriter
+
+    purge_step, suffix = None, ""
+    if resume is not None or has_earlier_attempt(run_dir):
+        rounds_done, step = (int(resume["round"]), int(resume["step"])) if resume else (0, 0)
+        suffix = begin_continuation(run_dir, rounds_done, step)
+        # the suffix also keeps an attempt started in the same second from reusing (truncating)
+        # an earlier attempt's file (``events.out.tfevents.<seconds>.<host>``)
+        purge_step = step + 1 if resume is not None else 0
+    return SummaryWriter(str(run_dir), flush_secs=10, purge_step=purge_step,
+                         filename_suffix=suffix)
 
 
 def is_scalar(key: str) -> bool:
@@ -151,8 +167,8 @@ class RunReporter:
     report (and checkpoint) to ``send``; ``close()`` when the loop is done.
 
     ``searched``: the trial's searched point (Tune parameter -> value, cases expanded), whose
-    keys become HParams; ``resume``: the resume state the run continues from (``resume_state``),
-    whose step is where TensorBoard drops what an earlier attempt logged after the checkpoint.
+    keys become HParams; ``resume``: the resume state the run continues from (``resume_state``;
+    ``open_events`` says what a continuation does to the run's logs).
     The HParams session ends with the last report: success when it finishes the run, failure
     when it stops it (a non-finite loss). A run that raises is left without an end: Ray may
     retry it from a checkpoint, and TensorBoard keeps the first session end it reads."""
@@ -163,17 +179,7 @@ class RunReporter:
         self.cfg, self.run_dir, self.rank, self.send = cfg, Path(run_dir), rank, send
         self.writer = None
         if rank == 0:
-            from tensorboardX import SummaryWriter
-
-            # events of an earlier attempt at steps past the checkpoint's are purged; the suffix
-            # keeps an attempt started in the same second from reusing (truncating) the earlier
-            # attempt's file name (``events.out.tfevents.<seconds>.<host>``) and sorts after it
-            purge_step = suffix = None
-            if resume is not None:
-                purge_step = int(resume["step"]) + 1
-                suffix = f".resumed{int(resume['step']):012d}"
-            self.writer = SummaryWriter(str(run_dir), flush_secs=10, purge_step=purge_step,
-                                        filename_suffix=suffix or "")
+            self.writer = open_events(self.run_dir, resume)
             file_writer = self.writer.file_writer
             for summary in hparams_summaries(cfg, searched)[:2]:
                 file_writer.add_summary(summary)

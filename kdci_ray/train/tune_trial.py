@@ -8,6 +8,10 @@ Tune persists its checkpoints in the trial directory (``checkpoint_*``), retries
 from the latest one (``run.max_failures``, Tune's ``FailureConfig``) and resumes an interrupted
 sweep from it. The run directory gets the same files as under Ray Train (``run_reporter``), and
 the failure record (``failures.jsonl``) is written by the trial, since there is no controller.
+
+The trial persists each checkpoint itself, before the driver hears of it: a driver stopped in
+between (Ctrl-C, a kill) saves a Tune state that lacks the trial's latest checkpoints. A resumed
+trial therefore continues from the latest one it finds in its directory (``latest_resume``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 from kdci_ray.atomic import atomic_write
 from kdci_ray.config import ExperimentConfig
-from kdci_ray.train.resume import STUDENT_FILE
+from kdci_ray.train.resume import RANK_FILE, STUDENT_FILE, load_resume_state
 from kdci_ray.train.run_logs import FAILURES_FILE
 from kdci_ray.train.run_reporter import (
     RunReporter,
@@ -54,7 +58,7 @@ def fit_in_trial(cfg: ExperimentConfig, run_dir: Path,
 
     report = None
     try:
-        resume = resume_state(tune.get_checkpoint(), run_dir, 0)
+        resume = latest_resume(run_dir, _tune_state(tune.get_checkpoint()), cfg.train.rounds)
         report = RunReporter(cfg, run_dir, 0, send, searched=searched, resume=resume)
         final = distill(cfg, report, resume=resume)
     except Exception as exc:  # Tune retries the trial from its latest checkpoint
@@ -65,6 +69,37 @@ def fit_in_trial(cfg: ExperimentConfig, run_dir: Path,
             report.close()
     record_stop(final, run_dir, 0)
     return final
+
+
+def _tune_state(checkpoint: Any) -> dict[str, Any] | None:
+    """The state of the checkpoint Tune restores the trial from; None for none, and for the
+    empty stand-in of one a killed driver deleted (``runner.stand_in_for_deleted_checkpoints``)."""
+    if checkpoint is None:
+        return None
+    local = Path(checkpoint.path)
+    if local.is_dir() and not any(local.iterdir()):
+        return None
+    return resume_state(checkpoint, 0)
+
+
+def latest_resume(run_dir: Path, given: dict[str, Any] | None,
+                  rounds: int) -> dict[str, Any] | None:
+    """The state to continue from: ``given`` (Tune's checkpoint), or the one with more rounds
+    among those this trial persisted in ``run_dir`` (``checkpoint_*``) that load. A final one
+    Tune did not register is passed over: the trial's final result would be lost with it (the
+    last rounds run again instead)."""
+    best = given
+    for directory in Path(run_dir).glob("checkpoint_*"):
+        if not (directory / RANK_FILE.format(rank=0)).is_file():
+            continue
+        try:
+            state = load_resume_state(directory, 0)
+        except Exception:  # noqa: BLE001 - cut short by a kill: an earlier one serves
+            continue
+        done = int(state.get("round", 0))
+        if done < rounds and (best is None or done > int(best["round"])):
+            best = state
+    return best
 
 
 def record_failure(run_dir: Path, exc: BaseException) -> None:
