@@ -26,14 +26,14 @@ os.environ.update(thread_env())
 
 def __getattr__(name: str):
     """``kdci_ray.sweep`` / ``kdci_ray.SweepResult`` (``kdci_ray.api``) and ``ConfigError`` (what
-    every bad input raises, ``kdci_ray.config``), imported on first use so that importing the
+    every bad input raises, ``kdci_ray.errors``), imported on first use so that importing the
     package stays light (it pins the thread count before torch loads)."""
     if name in ("sweep", "SweepResult"):
         from kdci_ray import api
 
         return getattr(api, name)
     if name == "ConfigError":
-        from kdci_ray.config import ConfigError
+        from kdci_ray.errors import ConfigError
 
         return ConfigError
     raise AttributeError(f"module 'kdci_ray' has no attribute {name!r}")

@@ -68,7 +68,7 @@ def sweep(config: str | Path | dict[str, Any], overrides: dict[str, Any] | list[
     ``metric``/``mode``: passed to Tune (``metric`` defaults to ``eval/acc``, ``max``, with a
     search algorithm or scheduler); a scheduler that stops trials early is refused where the
     trials drive Ray Train worker groups. ``kind`` forces an experiment kind (``skdcgn``).
-    ``log`` hears progress lines. Raises ``ConfigError`` (``kdci_ray.config``) on bad input.
+    ``log`` hears progress lines. Raises ``ConfigError`` (``kdci_ray.errors``) on bad input.
     """
     from kdci_ray.engine.plan import check_sweep_arguments
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from kdci_ray.atomic import NOT_A_DIRECTORY, write_problem
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 
 CACHE_ENV = "KDCI_RAY_CACHE"
 DEFAULT_CACHE = Path("~") / ".cache" / "kdci_ray"

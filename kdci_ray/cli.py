@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from kdci_ray.config import ConfigError, parse_overrides, resolve, valid_keys
+from kdci_ray.config import parse_overrides, resolve, valid_keys
 from kdci_ray.config.files import not_an_override
+from kdci_ray.errors import ConfigError
 from kdci_ray.models import CheckpointMismatchError
 from kdci_ray.train.runtime import limit_threads
 

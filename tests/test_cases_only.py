@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from kdci_ray.cli import build_parser, main, parse_args
-from kdci_ray.config import ConfigError
 from kdci_ray.engine import plan_sweep
+from kdci_ray.errors import ConfigError
 from kdci_ray.results.table import (
     ROW_COLUMNS,
     SUMMARY_COLUMNS,

@@ -23,7 +23,7 @@ from kdci_ray.cgn.mechanisms import CGN, CHANNELS, MECHANISMS, module_device
 from kdci_ray.cgn.pipeline import images_per_second
 from kdci_ray.cgn.student import StudentConfig, train_student
 from kdci_ray.cgn.teacher_fit import TeacherFitConfig, fit_teacher
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 
 META = torch.device("meta")
 READ_BACK = r"item\(\) cannot be called on meta tensors"  # the only step meta cannot take

@@ -30,7 +30,7 @@ from kdci_ray.cgn.cgn_mnist import (
 from kdci_ray.cgn.composition import shuffle_texture
 from kdci_ray.cgn.data_published import MEASURED_COLORED_DIGIT
 from kdci_ray.cgn.mechanisms import MECHANISMS, parameter_count
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cgn_mnist"
 FILES = {"colored": "cgn_colored_MNIST.pth", "double_colored": "cgn_double_colored_MNIST.pth",

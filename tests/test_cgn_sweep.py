@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from kdci_ray.cgn import config as cgn_config
-from kdci_ray.config import ConfigError
 from kdci_ray.engine import plan_sweep as plan
+from kdci_ray.errors import ConfigError
 from kdci_ray.results.skdcgn import COLUMNS, SWAPS, summary_markdown
 
 REPO = Path(__file__).resolve().parents[1]

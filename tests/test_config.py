@@ -12,7 +12,6 @@ from kdci_ray.config import (
     CHOICES,
     SECTIONS,
     SMOKE,
-    ConfigError,
     DataConfig,
     ExperimentConfig,
     KDCIConfig,
@@ -27,6 +26,7 @@ from kdci_ray.config import (
     to_flat,
 )
 from kdci_ray.engine.files import load_experiment
+from kdci_ray.errors import ConfigError
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.dafl import DAFL, DAFLConfig
 from kdci_ray.methods.deepinv import DeepInversion, DeepInversionConfig

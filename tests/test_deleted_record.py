@@ -61,7 +61,7 @@ def test_every_sweep_argument_is_checked_from_python(tmp_path) -> None:
     import pytest
 
     import kdci_ray
-    from kdci_ray.config import ConfigError
+    from kdci_ray.errors import ConfigError
 
     for bad in ({"resume": "no"}, {"overwrite": 1}, {"output": ""}, {"overrides": "a=1"}):
         with pytest.raises(ConfigError, match=f"sweep argument {next(iter(bad))} "):

@@ -25,9 +25,10 @@ import yaml
 from refusal import assert_refused
 
 import kdci_ray
-from kdci_ray.config import ConfigError, resolve, save_resolved
+from kdci_ray.config import resolve, save_resolved
 from kdci_ray.engine import plan_sweep
 from kdci_ray.engine.sweep_dir import prepare_output
+from kdci_ray.errors import ConfigError
 from kdci_ray.train.placement import NodeShape
 
 REPO = Path(__file__).resolve().parents[1]

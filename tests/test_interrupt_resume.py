@@ -234,8 +234,8 @@ def test_tune_state_cut_short_by_a_kill_is_set_aside(tmp_path, capsys) -> None:
     import pickle
     from types import SimpleNamespace
 
-    from kdci_ray.config import ConfigError
     from kdci_ray.engine.runner import restorable
+    from kdci_ray.errors import ConfigError
 
     def session(stamp: str, state: bytes, search: bytes) -> None:
         (tmp_path / f"experiment_state-{stamp}.json").write_bytes(state)

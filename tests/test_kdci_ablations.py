@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from kdci_ray.config import ConfigError, resolve
+from kdci_ray.config import resolve
+from kdci_ray.errors import ConfigError
 from kdci_ray.kdci import (
     KDCI,
     BackdoorAdjustment,

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdci_ray.config import ConfigError, resolve
+from kdci_ray.config import resolve
 from kdci_ray.data.shift import class_profile, quota_select, quotas
+from kdci_ray.errors import ConfigError
 from kdci_ray.kdci import (
     BackdoorAdjustment,
     CompensatedStudent,

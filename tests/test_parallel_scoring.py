@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdci_ray.config import ConfigError, resolve
+from kdci_ray.config import resolve
 from kdci_ray.data.openworld import TensorPool
 from kdci_ray.data.selection import score_pool, top_n
+from kdci_ray.errors import ConfigError
 from kdci_ray.models import create_model
 
 

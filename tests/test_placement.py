@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kdci_ray.config import ConfigError, resolve
+from kdci_ray.config import resolve
+from kdci_ray.errors import ConfigError
 from kdci_ray.train.placement import (
     NodeShape,
     alive_shapes,

@@ -8,7 +8,7 @@ import pytest
 from ray import tune
 
 import kdci_ray
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 
 
 def _experiment(tiny_settings: dict, **search) -> dict:

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 
 
 def _free_port() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ray.tune.search import sample
 
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 from kdci_ray.search.space import build_param_space, count_trials, grid_points
 
 

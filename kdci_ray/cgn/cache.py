@@ -41,7 +41,7 @@ from kdci_ray.cgn.data import MechanismData
 from kdci_ray.cgn.mechanisms import CGN, CHANNELS, MECHANISMS, MechanismGenerator
 from kdci_ray.cgn.student import train_student
 from kdci_ray.cgn.teacher_fit import fit_teacher
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 
 CPU = torch.device("cpu")
 

@@ -22,8 +22,8 @@ from kdci_ray.cgn.data import VARIANTS
 from kdci_ray.cgn.retrain import RetrainConfig
 from kdci_ray.cgn.student import STUDENT_LOSSES, StudentConfig
 from kdci_ray.cgn.teacher_fit import TeacherFitConfig
-from kdci_ray.config import ConfigError
 from kdci_ray.config.schema import Schema
+from kdci_ray.errors import ConfigError
 
 
 @dataclass

@@ -32,7 +32,6 @@ from kdci_ray.config.sections import (
     SECTIONS,
     SMOKE,
     TOP_LEVEL,
-    ConfigError,
     DataConfig,
     ExperimentConfig,
     KDCIConfig,
@@ -44,10 +43,11 @@ from kdci_ray.config.sections import (
     TrainConfig,
 )
 from kdci_ray.config.validate import resolved_k, resolved_trainer, validate
+from kdci_ray.errors import ConfigError  # noqa: F401 - kdci_ray.errors is its home
 from kdci_ray.methods import METHODS
 
 __all__ = [
-    "CHOICES", "SECTIONS", "SMOKE", "TOP_LEVEL", "ConfigError", "DataConfig",
+    "CHOICES", "SECTIONS", "SMOKE", "TOP_LEVEL", "DataConfig",
     "ExperimentConfig", "KDCIConfig", "PoolConfig", "RunConfig", "ShiftConfig", "StudentConfig",
     "TeacherConfig", "TrainConfig", "apply", "check_keys", "flatten",
     "parse_overrides", "resolve", "save_resolved", "to_flat", "unknown_key_error",

@@ -10,7 +10,8 @@ import yaml
 from kdci_ray.atomic import atomic_write_text
 from kdci_ray.config.keys import DFKD_SCHEMA, check_keys, to_flat
 from kdci_ray.config.schema import closest_key
-from kdci_ray.config.sections import ConfigError, ExperimentConfig
+from kdci_ray.config.sections import ExperimentConfig
+from kdci_ray.errors import ConfigError
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 

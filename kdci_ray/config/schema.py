@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from kdci_ray.config.sections import ConfigError
+from kdci_ray.errors import ConfigError
 
 
 @functools.cache

@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 import math
 
-from kdci_ray.config.sections import CHOICES, ConfigError, ExperimentConfig
+from kdci_ray.config.sections import CHOICES, ExperimentConfig
+from kdci_ray.errors import ConfigError
 from kdci_ray.methods import METHODS
 
 

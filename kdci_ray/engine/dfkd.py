@@ -22,11 +22,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kdci_ray.config import ConfigError, ExperimentConfig, resolve, save_resolved, to_flat
+from kdci_ray.config import ExperimentConfig, resolve, save_resolved, to_flat
 from kdci_ray.config.keys import DFKD_SCHEMA
 from kdci_ray.config.validate import clusters_with_cuml
 from kdci_ray.engine.kinds import ExperimentKind, TuneOptions
 from kdci_ray.engine.plan import SweepPlan
+from kdci_ray.errors import ConfigError
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdci_ray.config import ConfigError
 from kdci_ray.config.files import read_yaml
 from kdci_ray.engine.kinds import DEFAULT_KIND, KIND_KEY, ExperimentKind, kind_named
+from kdci_ray.errors import ConfigError
 from kdci_ray.search import Search
 from kdci_ray.search.cases import CASES
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from kdci_ray.config import ConfigError
 from kdci_ray.config.schema import Schema
+from kdci_ray.errors import ConfigError
 
 if TYPE_CHECKING:
     from kdci_ray.engine.plan import SweepPlan

@@ -55,7 +55,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kdci_ray.atomic import write_problem
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 
 LOCK_FILE = ".kdci-ray.lock"
 _RECORD_WAIT_S = 1.0  # an owner that has just taken the lock writes its record within this

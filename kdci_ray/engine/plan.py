@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from kdci_ray.cache import pin_cache_dir
-from kdci_ray.config import ConfigError
 from kdci_ray.config.files import split_overrides
 from kdci_ray.engine.files import absolute_paths, load_experiment
 from kdci_ray.engine.kinds import DEFAULT_KIND, ExperimentKind, kind_named
 from kdci_ray.engine.sweep_dir import SWEEP_FILE, BadRecord, load_record
+from kdci_ray.errors import ConfigError
 from kdci_ray.search import Search
 from kdci_ray.search import only as only_filter
 from kdci_ray.search.cases import NAME, is_case_key

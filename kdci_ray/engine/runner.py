@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdci_ray.config import ConfigError
 from kdci_ray.engine.kinds import kind_named
 from kdci_ray.engine.naming import trial_dirname
 from kdci_ray.engine.plan import SweepPlan
+from kdci_ray.errors import ConfigError
 from kdci_ray.search import Search
 from kdci_ray.search.cases import expand
 from kdci_ray.train.cluster_wait import watch_cluster

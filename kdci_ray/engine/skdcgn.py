@@ -19,9 +19,9 @@ from typing import Any
 
 from kdci_ray.atomic import atomic_write_text
 from kdci_ray.cgn import config as cgn_config
-from kdci_ray.config import ConfigError
 from kdci_ray.engine.kinds import ExperimentKind, TuneOptions
 from kdci_ray.engine.plan import SweepPlan
+from kdci_ray.errors import ConfigError
 from kdci_ray.train.placement import (
     NodeShape,
     alive_shapes,

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kdci_ray.atomic import NOT_A_DIRECTORY, atomic_write_text, write_problem
-from kdci_ray.config import ConfigError
 from kdci_ray.config.files import DuplicateKeyError, UniqueKeyLoader, read_yaml
 from kdci_ray.engine.lock import LOCK_FILE
 from kdci_ray.engine.sweep_files import SWEEP_FILE, foreign_problem, remove_sweep_entries
+from kdci_ray.errors import ConfigError
 from kdci_ray.search.cases import is_case_key
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdci_ray.config import ConfigError
+from kdci_ray.errors import ConfigError
 from kdci_ray.results.report import write_report
 from kdci_ray.results.table import rows_from_sweep, summary_markdown, write_tables
 

@@ -24,7 +24,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from kdci_ray.config import ConfigError, ExperimentConfig, KDCIConfig, flatten
+from kdci_ray.config import ExperimentConfig, KDCIConfig, flatten
+from kdci_ray.errors import ConfigError
 from kdci_ray.results.columns import KDCI_ONLY, METRIC_KEYS, ROW_COLUMNS, sorted_rows
 from kdci_ray.search.cases import (
     case_lookup,

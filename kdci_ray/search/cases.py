@@ -14,7 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from kdci_ray.config import ConfigError, check_keys, flatten
+from kdci_ray.config import check_keys, flatten
+from kdci_ray.errors import ConfigError
 
 CASES = "cases"
 NAME = "name"

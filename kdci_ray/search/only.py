@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdci_ray.config import ConfigError
 from kdci_ray.config.keys import DFKD_SCHEMA
 from kdci_ray.config.schema import ABSENT, Schema, coerce_value, field_type
+from kdci_ray.errors import ConfigError
 from kdci_ray.search import Search
 from kdci_ray.search.cases import CASES, NAME, KeyCheck, case_name, is_case_key, parse_cases
 from kdci_ray.search.space import SPEC_KINDS

@@ -51,7 +51,8 @@ import difflib
 import math
 from typing import Any
 
-from kdci_ray.config import ConfigError, check_keys
+from kdci_ray.config import check_keys
+from kdci_ray.errors import ConfigError
 from kdci_ray.search.cases import CASES, NAME, KeyCheck, is_case_key, parse_cases
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")

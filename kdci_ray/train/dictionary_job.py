@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdci_ray.config import ConfigError, ExperimentConfig, RunConfig
+from kdci_ray.config import ExperimentConfig, RunConfig
+from kdci_ray.errors import ConfigError
 from kdci_ray.kdci import plugin_from_config
 from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary, dictionary_features
 from kdci_ray.kdci.plugin import teacher_logits

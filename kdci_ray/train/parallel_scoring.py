@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdci_ray.config import ConfigError
 from kdci_ray.data.labeled import normalize
 from kdci_ray.data.selection import scores_from_logits
+from kdci_ray.errors import ConfigError
 from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary
 
 

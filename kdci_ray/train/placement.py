@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from kdci_ray.config import ConfigError, RunConfig
+from kdci_ray.config import RunConfig
 from kdci_ray.config.validate import parse_resources
+from kdci_ray.errors import ConfigError
 
 AUTOSCALER_CONFIG_ENV = "KDCI_RAY_AUTOSCALER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the config on the head

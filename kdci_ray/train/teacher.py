@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdci_ray.cache import cache_dir
-from kdci_ray.config import ConfigError, ExperimentConfig
+from kdci_ray.config import ExperimentConfig
 from kdci_ray.data import LabeledData
+from kdci_ray.errors import ConfigError
 from kdci_ray.methods.pool import augment
 from kdci_ray.models import create_model, load_checkpoint, save_checkpoint
 from kdci_ray.models.checkpoint import read_metadata
