@@ -319,7 +319,8 @@ def check_resume(c: Checker, method: str) -> str:
 
 
 def check_two_workers_one_gpu(c: Checker) -> str:
-    from kdci_ray.config import ConfigError, resolve
+    from kdci_ray.config import resolve
+    from kdci_ray.errors import ConfigError
 
     try:
         resolve(settings("cuda", "dafl", True, **{"run.workers": 2,
