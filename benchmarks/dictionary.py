@@ -94,7 +94,7 @@ def _teacher_setup(n: int, train: bool,
     """Data, teacher, pool and cache path; None when no teacher is cached and not ``train``."""
     import torch
 
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.datasets import load_data
     from kdci_ray.train.loop import open_world
     from kdci_ray.train.teacher import ensure_teacher, load_teacher, teacher_path

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from kdci_ray.kdci import KDCI, KDCISettings
+from kdci_ray.kdci import KDCI, KDCIConfig
 from kdci_ray.methods.losses import kd_loss
 from kdci_ray.models import create_model
 
@@ -23,9 +23,10 @@ TEMPERATURE = 4.0
 CLASSES = 10
 
 
-def kdci_settings(args: argparse.Namespace, features: str) -> KDCISettings:
+def make_kdci(args: argparse.Namespace, features: str, device: torch.device) -> KDCI:
     """KDCI as the loop sets it up (``score_batch`` = the KD batch)."""
-    return KDCISettings(k=args.k, seed=0, features=features, score_batch=args.batch)
+    return KDCI(KDCIConfig(k=args.k, features=features), CLASSES, device, seed=0,
+                score_batch=args.batch)
 
 
 def keep_freed_memory() -> bool:
@@ -71,7 +72,7 @@ class Bench:
         self.kdci: KDCI | None = None
         if variant != "vanilla":
             features = "source" if variant == "source" else "observed"
-            self.kdci = KDCI(kdci_settings(args, features), CLASSES, device)
+            self.kdci = make_kdci(args, features, device)
             params.append({"params": self.kdci.module.parameters()})
         self.opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
         self.last_t: torch.Tensor | None = None
@@ -119,7 +120,7 @@ def time_refresh(bench: Bench, seen: torch.Tensor, repeats: int) -> tuple[float,
     """Mean wall and CPU seconds of one refresh after a period of KD steps (observed mode: the
     period's logits are observed first, untimed)."""
     assert bench.kdci is not None
-    observed = bench.kdci.settings.features == "observed"
+    observed = bench.kdci.config.features == "observed"
     batch = bench.args.batch
     if observed:
         bench.refresh()  # clusters what the timed blocks observed: the period starts empty
@@ -140,7 +141,7 @@ def own_cost(bench: Bench, seen: torch.Tensor, repeats: int = 7,
     (observe + compensate + KD loss + backward + zero_grad / SGD step of the attention) minus
     (KD loss + backward), ``n`` steps per repetition, median of ``repeats``."""
     args, device = bench.args, bench.device
-    kdci = KDCI(kdci_settings(args, "observed"), CLASSES, device)
+    kdci = make_kdci(args, "observed", device)
     for i in range(0, len(seen), args.batch):
         kdci.observe(seen[i:i + args.batch])
     kdci.refresh(bench.teacher, bench.refresh_x)  # clusters the observed logits, scores nothing

@@ -191,7 +191,6 @@ def run_in_process(cfg: Any) -> dict[str, float]:
 
 
 def run_with_ray(cfg: Any, run_dir: Path) -> dict[str, float]:
-    from kdci_ray.config import to_flat
     from kdci_ray.train import ray_train
 
     if not hasattr(ray_train, UNTIMED):  # fit() here runs timed_train_func on its workers
@@ -199,7 +198,7 @@ def run_with_ray(cfg: Any, run_dir: Path) -> dict[str, float]:
         ray_train.train_func = timed_train_func
     with ProcessTreeCPU() as tree:
         called, cpu = time.time(), time.process_time()
-        ray_train.fit(cfg, to_flat(cfg), run_dir)
+        ray_train.fit(cfg, run_dir)
         returned, cpu = time.time(), time.process_time() - cpu
     driver_cpu = cpu - tree.own_s
     stamps = json.loads((run_dir / WORKER_TIMING).read_text())
@@ -216,10 +215,9 @@ def timed_trial_fn(params: dict[str, Any], **kwargs: Any) -> None:
 
     real_fit = ray_train.fit
 
-    def timed_fit(cfg: Any, settings: Any, run_dir: Path, callbacks: Any = None,
-                  searched: Any = None) -> Any:
+    def timed_fit(cfg: Any, run_dir: Path, callbacks: Any = None, searched: Any = None) -> Any:
         called = time.time()
-        result = real_fit(cfg, settings, run_dir, callbacks, searched)
+        result = real_fit(cfg, run_dir, callbacks, searched)
         stamps = {"fit_called": called, "fit_returned": time.time()}
         (Path(run_dir) / TRIAL_TIMING).write_text(json.dumps(stamps))
         return result

@@ -12,14 +12,7 @@ from __future__ import annotations
 
 import os
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def thread_env() -> dict[str, str]:
-    """Each of ``THREAD_VARS`` as the user set it, else as ``OMP_NUM_THREADS``, else ``"1"``."""
-    default = os.environ.get("OMP_NUM_THREADS") or "1"
-    return {var: os.environ.get(var) or default for var in THREAD_VARS}
-
+from kdci_ray.threads import THREAD_VARS, thread_env
 
 os.environ.update(thread_env())
 
@@ -39,4 +32,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'kdci_ray' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "SweepResult", "sweep", "thread_env"]
+__all__ = ["THREAD_VARS", "ConfigError", "SweepResult", "sweep", "thread_env"]

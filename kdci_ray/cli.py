@@ -1,4 +1,4 @@
-"""``kdci-ray``: teacher | train | sweep | dictionary | cgn | report | keys.
+"""``kdci-ray``: teacher | train | sweep | dictionary | cgn | report | env | keys.
 
 Examples::
 
@@ -12,7 +12,10 @@ Examples::
     kdci-ray dictionary tune_configs/dictionary_size.yaml   # KDCI dictionaries, built once
     kdci-ray dictionary tune_configs/cifar10_table1.yaml --workers 0   # scored on Ray's workers
     kdci-ray cgn tune_configs/skdcgn_double_colored.yaml   # SKDCGN, 3 seeds
+    kdci-ray cgn tune_configs/skdcgn_double_colored.yaml --only seed=0   # as `sweep --only`
+    kdci-ray keys --kind skdcgn                       # the SKDCGN config keys
     kdci-ray report results/quickstart                # rebuild the table of a (partial) sweep
+    kdci-ray env results/quickstart                   # the software it ran with, vs. this one
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from kdci_ray.config import parse_overrides, resolve, valid_keys
 from kdci_ray.config.files import not_an_override
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import parse_overrides, resolve, valid_keys
 from kdci_ray.models import CheckpointMismatchError
 from kdci_ray.train.runtime import limit_threads
 
@@ -71,7 +74,9 @@ def _sweep(args: argparse.Namespace, single: bool, kind: str | None = None) -> i
     if (result.directory / "report.md").is_file():
         _log(f"wrote {result.directory / 'report.md'}, summary.csv and summary.md; "
              f"wall time {time.perf_counter() - start:.0f} s")
-    _log(f"compare the runs: tensorboard --logdir {result.directory}")
+    from kdci_ray.environment import tensorboard_command
+
+    _log(f"compare the runs: {tensorboard_command()} --logdir {result.directory}")
     for err in result.errors:
         _log(f"trial failed: {err}")
     for name, reason in result.stopped.items():
@@ -87,8 +92,8 @@ def _sweep(args: argparse.Namespace, single: bool, kind: str | None = None) -> i
 def cmd_dictionary(args: argparse.Namespace) -> int:
     """Build (or find) the build-once KDCI dictionaries of a config's grid, print their records."""
     from kdci_ray.engine import check_resources, init_ray, plan_sweep
-    from kdci_ray.train.cluster_wait import watch_cluster
-    from kdci_ray.train.dictionary_job import build_all, default_scoring_workers, sampling_methods
+    from kdci_ray.engine.cluster_wait import watch_cluster
+    from kdci_ray.engine.dictionary_job import build_all, default_scoring_workers, sampling_methods
 
     plan = plan_sweep(args.config, args.overrides, smoke=args.smoke, only=args.only)
     configs = [c for c in plan.configs if c.method in sampling_methods()]
@@ -130,9 +135,47 @@ def cmd_report(args: argparse.Namespace) -> None:
         _log(line)
 
 
+def cmd_env(args: argparse.Namespace) -> None:
+    """This environment's versions; with a sweep directory, what that sweep recorded (its
+    ``environment.json``), the differences, and the cache entries its driver and trials used."""
+    import json
+
+    from kdci_ray.environment import (
+        compare,
+        describe,
+        read_environment,
+        snapshot,
+        sweep_cache_uses,
+    )
+
+    now = snapshot()
+    if args.dir is None:
+        print(json.dumps(now, indent=2) if args.json else describe(now, args.all))
+        return
+    where = Path(args.dir)
+    if not where.is_dir():
+        raise ConfigError(f"{where} is not a directory: give a sweep directory (or nothing, "
+                          f"for this environment alone)")
+    recorded, uses = read_environment(where), sweep_cache_uses(where)
+    if args.json:
+        print(json.dumps({"recorded": recorded, "here": now, "caches": uses}, indent=2))
+    else:
+        print(compare(recorded, now, uses, str(where), args.all))
+
+
+KIND_NAMES = ("dfkd", "skdcgn")  # the experiment kinds, the default first
+
+
 def cmd_keys(args: argparse.Namespace) -> None:
-    del args
-    print("\n".join(valid_keys()))
+    """Every config key as ``KIND KEY``, or one kind's keys alone (``--kind``)."""
+    from kdci_ray.engine.kinds import kind_named
+
+    if args.kind:
+        print("\n".join(kind_named(args.kind).schema.valid_keys()))
+        return
+    width = max(map(len, KIND_NAMES))
+    print("\n".join(f"{kind:<{width}}  {key}" for kind in KIND_NAMES
+                    for key in kind_named(kind).schema.valid_keys()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,22 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, single, text in (("sweep", False, "run the config's search grid with Ray Tune"),
                                ("train", True, "run one configuration (search ignored)")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", help="experiment YAML under tune_configs/" +
-                       ("" if single else ", or a sweep directory to --resume"))
-        p.add_argument("overrides", nargs="*", help="section.key=value (win over the grid)")
-        p.add_argument("--output", help="sweep directory (default results/<config stem>)")
-        p.add_argument("--smoke", action="store_true", help="tiny schedules, every code path")
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace an earlier sweep's results in the output directory")
-        if not single:
-            p.add_argument("--resume", action="store_true",
-                           help="continue the interrupted sweep in the output directory (or "
-                                "pass that directory as CONFIG): finished trials are kept, the "
-                                "others continue from their last checkpoint")
-            p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                           help="run only the grid points whose resolved config has this value "
-                                "(repeat: same key = OR, different keys = AND; cases.<group>="
-                                "NAME selects cases by name)")
+        _sweep_arguments(p, "experiment YAML under tune_configs/", single)
         p.set_defaults(func=lambda a, s=single: _sweep(a, s))
 
     p = sub.add_parser("dictionary", help="build the KDCI dictionaries of a config's "
@@ -181,24 +209,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dictionary)
 
     p = sub.add_parser("cgn", help="SKDCGN: distil a counterfactual generative network into "
-                                   "small student generators and score their counterfactuals")
-    p.add_argument("config", help="SKDCGN YAML, e.g. tune_configs/skdcgn_double_colored.yaml")
-    p.add_argument("overrides", nargs="*", help="section.key=value (win over the grid)")
-    p.add_argument("--output", help="sweep directory (default results/<config name>)")
-    p.add_argument("--smoke", action="store_true", help="tiny schedules, every code path")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted sweep in the output directory")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier sweep's results in the output directory")
+                                   "small student generators and score their counterfactuals "
+                                   "(`sweep` for `kind: skdcgn` files, the same options)")
+    _sweep_arguments(p, "SKDCGN YAML, e.g. tune_configs/skdcgn_double_colored.yaml", False)
     p.set_defaults(func=cmd_cgn)
 
     p = sub.add_parser("report", help="rebuild summary.csv/summary.md from a sweep directory")
     p.add_argument("dir")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("keys", help="list every config key")
+    p = sub.add_parser("env", help="the versions of this environment; with a sweep directory, "
+                                   "what it ran with, the differences and the caches it used")
+    p.add_argument("dir", nargs="?", help="a sweep directory (its environment.json)")
+    p.add_argument("--all", action="store_true", help="every installed package, not the main ones")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("keys", help="list every config key, each after its experiment kind "
+                                    "(dfkd: distillation, the default; skdcgn: `kind: skdcgn`)")
+    p.add_argument("--kind", choices=KIND_NAMES,
+                   help="only this kind's keys, one a line without the kind")
     p.set_defaults(func=cmd_keys)
     return parser
+
+
+def _sweep_arguments(p: argparse.ArgumentParser, config_help: str, single: bool) -> None:
+    """The arguments of ``sweep`` and ``cgn`` (``single``: ``train``'s, without a grid)."""
+    p.add_argument("config", help=config_help +
+                   ("" if single else ", or a sweep directory to --resume"))
+    p.add_argument("overrides", nargs="*", help="section.key=value (win over the grid)")
+    p.add_argument("--output", help="sweep directory (default results/<config stem>)")
+    p.add_argument("--smoke", action="store_true", help="tiny schedules, every code path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier sweep's results in the output directory")
+    if single:
+        return
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted sweep in the output directory (or pass that "
+                        "directory as CONFIG): finished trials are kept, the others continue "
+                        "from their last checkpoint")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="run only the grid points whose resolved config has this value "
+                        "(repeat: same key = OR, different keys = AND; cases.<group>=NAME "
+                        "selects cases by name)")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -6,7 +6,7 @@
   operation whose output shape depends on values (also a synchronisation on CUDA) cannot run.
 - :func:`register_cpuless_backend`: a process-group backend that, like NCCL, refuses CPU tensors
   (it takes ``meta`` ones and only records them).
-- :func:`on_meta`: a method / student / teacher / KDCI hook of a CPU run rebuilt on ``meta``
+- :func:`on_meta`: a method / student / teacher / KDCI object of a CPU run rebuilt on ``meta``
   through their checkpoint state, as a resumed run on an accelerator rebuilds them.
 """
 

@@ -21,7 +21,7 @@ from kdci_ray.cgn.blackbox import BlackBoxCGN, QuerySet
 from kdci_ray.cgn.classifier import new_classifier, train_classifier
 from kdci_ray.cgn.mechanisms import CGN, CHANNELS, MECHANISMS, module_device
 from kdci_ray.cgn.pipeline import images_per_second
-from kdci_ray.cgn.student import StudentConfig, train_student
+from kdci_ray.cgn.student import GeneratorStudentConfig, train_student
 from kdci_ray.cgn.teacher_fit import TeacherFitConfig, fit_teacher
 from kdci_ray.errors import ConfigError
 
@@ -89,8 +89,8 @@ def test_a_gpu_trial_asks_tune_for_its_gpu_share_and_one_request_per_sweep(tmp_p
 
 
 def test_a_gpu_sweep_is_refused_on_a_cluster_without_gpus() -> None:
+    from kdci_ray.engine.placement import NodeShape
     from kdci_ray.engine.skdcgn import check_trial_placeable, trial_bundle
-    from kdci_ray.train.placement import NodeShape
 
     bundle = trial_bundle(cgn_config.resolve({"run.use_gpu": True}).run)
     cpus = [NodeShape("head", {"CPU": 8.0}, 1), NodeShape("cpu-worker", {"CPU": 16.0}, 3)]
@@ -177,8 +177,8 @@ def _queries(mechanism: str = "foreground") -> QuerySet:
 
 
 def test_students_teachers_and_classifiers_train_on_the_device() -> None:
-    student_cfg = StudentConfig(width=4, steps=3, batch_size=8, d_width=4, adv_every=1)
-    assert module_device(train_student(_queries(), StudentConfig(width=4, steps=0), 10,
+    student_cfg = GeneratorStudentConfig(width=4, steps=3, batch_size=8, d_width=4, adv_every=1)
+    assert module_device(train_student(_queries(), GeneratorStudentConfig(width=4, steps=0), 10,
                                        device="meta")[0]) == META
     with pytest.raises(RuntimeError, match=READ_BACK):  # every step ran there
         train_student(_queries(), student_cfg, 10, device="meta")

@@ -19,7 +19,7 @@ from kdci_ray.cgn.mechanisms import CGN, MECHANISMS, parameter_count
 from kdci_ray.cgn.pipeline import mask_iou, retained_gain
 from kdci_ray.cgn.student import (
     Discriminator,
-    StudentConfig,
+    GeneratorStudentConfig,
     discriminator_loss,
     layer_weights,
     mask_entropy,
@@ -115,9 +115,9 @@ def test_students_train_from_stored_queries_without_the_teacher() -> None:
     ref = teacher.state_dict()
     del teacher
     gc.collect()  # the students' path needs nothing but the stored queries
-    cfg = StudentConfig(width=4, steps=60, batch_size=32, d_width=4)
+    cfg = GeneratorStudentConfig(width=4, steps=60, batch_size=32, d_width=4)
     student, last = train_student(qs["background"], cfg, num_classes=10, seed=0)
-    untrained = train_student(qs["background"], StudentConfig(width=4, steps=0, d_width=4),
+    untrained = train_student(qs["background"], GeneratorStudentConfig(width=4, steps=0, d_width=4),
                               num_classes=10, seed=0)[0]
     with torch.no_grad():
         err = (student(heldout.noise, heldout.labels) - heldout.answers).abs().mean()
@@ -146,7 +146,7 @@ def test_layer_weights_grow_with_depth_and_sum_to_one() -> None:
 
 def test_each_student_loss_term_enters_the_loss_with_its_weight() -> None:
     disc, fake, real, y = _loss_inputs()
-    cfg = StudentConfig(steps=100, pixel_weight=2.0, adv_weight=0.01, adv_every=5)
+    cfg = GeneratorStudentConfig(steps=100, pixel_weight=2.0, adv_weight=0.01, adv_every=5)
     t0 = student_losses(0, cfg, fake, real, y, disc, "foreground")
     assert set(t0) == {"feature", "pixel", "adversarial", "loss"}
     torch.testing.assert_close(t0["loss"], t0["feature"] + 2.0 * t0["pixel"]
@@ -162,7 +162,7 @@ def test_each_student_loss_term_enters_the_loss_with_its_weight() -> None:
     t_end = student_losses(100, cfg, fake, real, y, disc, "foreground")
     assert set(t_end) == {"feature", "adversarial", "loss"}
     # the feature loss is zero when the student matches the teacher, and it has a gradient
-    same = student_losses(1, StudentConfig(pixel_weight=0.0), real.clone(), real, y, disc,
+    same = student_losses(1, GeneratorStudentConfig(pixel_weight=0.0), real.clone(), real, y, disc,
                           "foreground")
     assert float(same["feature"].detach()) == 0.0
     t0["feature"].backward()
@@ -171,7 +171,7 @@ def test_each_student_loss_term_enters_the_loss_with_its_weight() -> None:
 
 def test_mask_loss_only_for_the_shape_student() -> None:
     disc, fake, real, y = _loss_inputs(channels=1)
-    cfg = StudentConfig(mask_loss_weight=0.5, adv_weight=0.0)
+    cfg = GeneratorStudentConfig(mask_loss_weight=0.5, adv_weight=0.0)
     shape = student_losses(1, cfg, fake, real, y, disc, "shape")
     torch.testing.assert_close(shape["mask"], mask_entropy(fake))
     torch.testing.assert_close(shape["loss"], shape["feature"] + (1 - 1 / cfg.steps)

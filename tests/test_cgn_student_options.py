@@ -16,7 +16,7 @@ from kdci_ray.cgn.student import (
     STUDENT_LOSSES,
     TINYGAN,
     Discriminator,
-    StudentConfig,
+    GeneratorStudentConfig,
     pixel_weight_at,
     student_losses,
     train_student,
@@ -47,25 +47,26 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _tinygan(**kw) -> StudentConfig:
-    return StudentConfig(**{k.removeprefix("student."): v for k, v in TINYGAN.items()}, **kw)
+def _tinygan(**kw) -> GeneratorStudentConfig:
+    return GeneratorStudentConfig(**{k.removeprefix("student."): v for k, v in TINYGAN.items()},
+                                  **kw)
 
 
 def test_defaults_are_todays_values_and_each_option_is_wired() -> None:
     q = _queries()
-    default, _ = train_student(q, StudentConfig(**SMALL), 10, seed=0)
-    explicit, _ = train_student(q, StudentConfig(**SMALL, lr=2e-3, d_lr=2e-3, beta1=0.5,
+    default, _ = train_student(q, GeneratorStudentConfig(**SMALL), 10, seed=0)
+    explicit, _ = train_student(q, GeneratorStudentConfig(**SMALL, lr=2e-3, d_lr=2e-3, beta1=0.5,
                                                  beta2=0.999, pixel_weight=1.0, pixel_decay=1.0,
                                                  spectral_norm=False, losses="tinygan"), 10, seed=0)
     assert _same(_state(default), _state(explicit))
     for change in ({"beta1": 0.0}, {"beta2": 0.9}, {"pixel_decay": 0.5}, {"spectral_norm": True},
                    {"losses": "pixel"}):
-        other, _ = train_student(q, StudentConfig(**SMALL, **change), 10, seed=0)
+        other, _ = train_student(q, GeneratorStudentConfig(**SMALL, **change), 10, seed=0)
         assert not _same(_state(default), _state(other)), change
 
 
 def test_tinygan_overrides_are_typed_student_fields() -> None:
-    types = {f.name: f.type for f in dataclasses.fields(StudentConfig)}
+    types = {f.name: f.type for f in dataclasses.fields(GeneratorStudentConfig)}
     for key, value in TINYGAN.items():
         name = key.removeprefix("student.")
         assert key.startswith("student.") and name in types, key
@@ -86,13 +87,13 @@ def test_pixel_weight_schedule() -> None:
         assert pixel_weight_at(s, cfg) == pytest.approx(0.2 * (1 - s / end), rel=1e-9)
     # pixel_decay 1 is the old formula, exactly
     for steps in (0, 1, 7, 800):
-        old = StudentConfig(steps=steps, pixel_weight=1.3)
+        old = GeneratorStudentConfig(steps=steps, pixel_weight=1.3)
         assert all(pixel_weight_at(s, old) == 1.3 * max(0, 1 - s / max(1, steps))
                    for s in range(steps + 2))
     # the loss uses it: past the decay the pixel term is gone
     disc = Discriminator(3, 10, 4)
     fake, real, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16), torch.arange(4)
-    half = StudentConfig(steps=100, pixel_decay=0.5, adv_weight=0.0)
+    half = GeneratorStudentConfig(steps=100, pixel_decay=0.5, adv_weight=0.0)
     assert "pixel" in student_losses(49, half, fake, real, y, disc, "background")
     assert "pixel" not in student_losses(50, half, fake, real, y, disc, "background")
 
@@ -124,7 +125,7 @@ def test_pixel_only_control_builds_no_discriminator(monkeypatch) -> None:
         raise AssertionError("the pixel-only control built a discriminator")
 
     monkeypatch.setattr(student_mod, "Discriminator", refuse)
-    cfg = StudentConfig(**SMALL, losses="pixel", pixel_weight=0.0, pixel_decay=0.1)
+    cfg = GeneratorStudentConfig(**SMALL, losses="pixel", pixel_weight=0.0, pixel_decay=0.1)
     model, last = train_student(_queries("background"), cfg, 10, seed=0)
     assert set(last) == {"pixel", "loss"} and last["loss"] == last["pixel"]  # weight 1, no decay
     assert not _same(_state(model), _state(untrained_student("background", 10, 6, 4, 16, 0)))
@@ -133,12 +134,12 @@ def test_pixel_only_control_builds_no_discriminator(monkeypatch) -> None:
     assert set(last) == {"pixel", "mask", "loss"}
     assert last["loss"] == pytest.approx(last["pixel"] + 0.5 * last["mask"], rel=1e-5)
     with pytest.raises(AssertionError, match="built a discriminator"):
-        train_student(_queries("background"), StudentConfig(**SMALL), 10, seed=0)
+        train_student(_queries("background"), GeneratorStudentConfig(**SMALL), 10, seed=0)
 
 
 def test_pixel_only_student_reduces_l1_to_the_answers() -> None:
     q = _queries("foreground", size=32)
-    cfg = StudentConfig(width=4, steps=30, batch_size=32, losses="pixel")
+    cfg = GeneratorStudentConfig(width=4, steps=30, batch_size=32, losses="pixel")
     before = untrained_student("foreground", 10, 6, 4, 32, seed=0)
     after, _ = train_student(q, cfg, 10, seed=0)
     with torch.no_grad():
@@ -147,7 +148,7 @@ def test_pixel_only_student_reduces_l1_to_the_answers() -> None:
 
 
 def test_unknown_losses_value_is_refused() -> None:
-    bad = StudentConfig(**SMALL, losses="feature")
+    bad = GeneratorStudentConfig(**SMALL, losses="feature")
     with pytest.raises(ValueError, match=r"student\.losses.*'tinygan', 'pixel'.*'feature'"):
         train_student(_queries(), bad, 10, seed=0)
     x, y = torch.rand(2, 3, 16, 16), torch.arange(2)
@@ -168,5 +169,6 @@ def test_untrained_student_is_seeded_fresh_and_in_eval_mode() -> None:
     with torch.no_grad():
         assert torch.equal(a(z, y), b(z, y)) and a(z, y).shape == (5, 1, 16, 16)
     # training starts from it: zero steps give the same student
-    start, _ = train_student(_queries("shape"), StudentConfig(width=4, steps=0), 10, seed=3)
+    start, _ = train_student(_queries("shape"), GeneratorStudentConfig(width=4, steps=0), 10,
+                             seed=3)
     assert _same(_state(start), _state(a))

@@ -100,7 +100,6 @@ def test_summary_states_each_variants_effect_on_the_same_seeds() -> None:
     assert "| noisy | 87.50 ± 10.61 | 30.00 ± 0.00 | 50.00 ± 0.00 |" in text
 
 
-@pytest.mark.slow
 def test_cgn_smoke_sweep_through_the_cli(ray_session, tmp_path: Path, capsys) -> None:
     from kdci_ray.cli import main
 

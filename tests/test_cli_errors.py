@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from kdci_ray.cli import main
-from kdci_ray.config import resolve
 from kdci_ray.engine import check_inputs, plan_sweep
 from kdci_ray.engine.sweep_dir import prepare_output
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.models import CheckpointMismatchError, create_model, save_checkpoint
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.teacher import load_teacher

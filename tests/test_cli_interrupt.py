@@ -25,11 +25,15 @@ def test_interrupting_the_dictionary_command_prints_one_line_and_exits_130(
     proc = subprocess.Popen([sys.executable, "-m", "kdci_ray.cli", *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        first = proc.stdout.readline()  # the first progress line: the job is under way
+        first = proc.stdout.readline()  # the job's first line: the selection is under way
         assert first.startswith("[kdci-ray] dfnd: selecting"), first
-        time.sleep(0.5)
+        scoring = []  # until the scoring loop's first progress line
+        while not scoring or "selection: scored" not in scoring[-1]:
+            scoring.append(proc.stderr.readline())
+            assert scoring[-1], "".join(scoring)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
+        err = "".join(scoring) + err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -21,12 +21,17 @@ import pytest
 import yaml
 from cluster_box import ClusterInABox
 
-pytestmark = pytest.mark.slow
-
 ROUNDS = 20
 WORKER_TYPE = {"accel_node": {"resources": {"CPU": 1, "accel": 1,
                                             "object_store_memory": 150_000_000},
                               "node_config": {}, "min_workers": 0, "max_workers": 3}}
+
+
+def _persisted_checkpoints(trial: Path) -> int:
+    """Checkpoints Ray Train has persisted for the trial (each holds the student and the rank's
+    resumable state; ``metrics.jsonl`` is written before its checkpoint is)."""
+    return sum(1 for c in trial.glob("train/checkpoint_*")
+               if (c / "student.pt").is_file() and (c / "train_state_rank0.pt").is_file())
 
 
 def _reports(trial: Path) -> list[dict]:
@@ -77,15 +82,16 @@ def test_a_sweep_on_an_autoscaling_cluster_waits_for_its_nodes_and_survives_a_lo
             trials = [c.parent for c in out.glob("*/config.yaml")] if out.is_dir() else []
             for trial in trials if killed is None else []:
                 done = max([r["round"] for r in _reports(trial)], default=0)
-                # checkpoints written, far to go: kill the node of this trial's Train worker
+                # a checkpoint persisted, far to go: kill the node of this trial's Train worker
                 # (rank 0 holds the trial's TensorBoard file open)
+                ready = done < ROUNDS - 6 and _persisted_checkpoints(trial) >= 1
                 raylet = box.raylet_of_process("RayTrainWorker", holding=trial) \
-                    if 2 <= done < ROUNDS - 6 else None
+                    if ready else None
                 if raylet is not None:
                     killed = box.kill_node(raylet)
                     killed_trial = trial.name
                     break
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         if driver.poll() is None:
             driver.kill()

@@ -14,7 +14,7 @@ from ray.autoscaler.v2.schema import (
     ResourceRequestByCount,
 )
 
-from kdci_ray.train.cluster_wait import ClusterWaitWatcher, pending_line
+from kdci_ray.engine.cluster_wait import ClusterWaitWatcher, pending_line
 
 
 def _status(pg: int = 0, actors: int = 0, launching: int = 0, failed: str = "",

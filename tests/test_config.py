@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdci_ray.config import (
+from kdci_ray.engine.files import load_experiment
+from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import (
     CHOICES,
     SECTIONS,
     SMOKE,
@@ -25,8 +27,6 @@ from kdci_ray.config import (
     save_resolved,
     to_flat,
 )
-from kdci_ray.engine.files import load_experiment
-from kdci_ray.errors import ConfigError
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.dafl import DAFL, DAFLConfig
 from kdci_ray.methods.deepinv import DeepInversion, DeepInversionConfig

@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kdci_ray.config import resolve
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.methods.deepinv import DeepInversion
 from kdci_ray.train.loop import Collect, distill
 from kdci_ray.train.runtime import Runtime
@@ -79,7 +78,6 @@ def test_two_gloo_ranks_average_gradients(tiny_settings, tmp_path) -> None:
     assert moved  # the two ranks' gradients really differed
 
 
-@pytest.mark.slow
 def test_ray_train_two_workers_same_weights_different_data(tiny_settings, ray_session,
                                                            tmp_path) -> None:
     import ray.train

@@ -9,20 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kdci_ray.config import resolve
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.methods import METHODS
 from kdci_ray.methods import cmi as cmi_module
 from kdci_ray.methods.base import MethodContext
-from kdci_ray.methods.cmi import (
-    CMI,
-    CMIConfig,
-    FeatureBank,
-    decision_adversarial,
-    resized_crop,
-    shift_flip,
-)
-from kdci_ray.methods.fast import Fast, FastConfig
-from kdci_ray.methods.hooks import (
+from kdci_ray.methods.bn_statistics import (
     BNMomentum,
     bn_inputs,
     bn_statistics,
@@ -32,6 +23,15 @@ from kdci_ray.methods.hooks import (
     instance_means,
     stage_inputs,
 )
+from kdci_ray.methods.cmi import (
+    CMI,
+    CMIConfig,
+    FeatureBank,
+    decision_adversarial,
+    resized_crop,
+    shift_flip,
+)
+from kdci_ray.methods.fast import Fast, FastConfig
 from kdci_ray.models import create_model
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.loop import Collect, distill

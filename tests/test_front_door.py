@@ -25,11 +25,11 @@ import yaml
 from refusal import assert_refused
 
 import kdci_ray
-from kdci_ray.config import resolve, save_resolved
 from kdci_ray.engine import plan_sweep
+from kdci_ray.engine.placement import NodeShape
 from kdci_ray.engine.sweep_dir import prepare_output
 from kdci_ray.errors import ConfigError
-from kdci_ray.train.placement import NodeShape
+from kdci_ray.experiments.dfkd import resolve, save_resolved
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "tune_configs" / "quickstart.yaml"
@@ -79,7 +79,9 @@ def _commands(text: str) -> list[tuple[str, list[str]]]:
     text = re.sub(r"\\\n#?", " ", text)
     found = []
     for cfg, rest in re.findall(r"kdci-ray (?:sweep|cgn|dictionary) (\S+\.yaml)([^\n`]*)", text):
-        overrides = [w for w in rest.split() if re.match(r"^[a-z_][a-z_.0-9]*=", w)]
+        words = rest.split()
+        overrides = [w for i, w in enumerate(words) if re.match(r"^[a-z_][a-z_.0-9]*=", w)
+                     and (i == 0 or words[i - 1] != "--only")]  # --only selects, not sets
         found.append((cfg, [w if "..." not in w else w.replace("...", "/x") for w in overrides]))
     return found
 
@@ -194,7 +196,6 @@ def test_a_relative_cache_is_made_absolute_before_ray(tmp_path, monkeypatch) -> 
     assert cache_dir() == tmp_path / "relcache"
 
 
-@pytest.mark.slow
 def test_a_relative_cache_serves_the_trials_of_a_fresh_run(tmp_path) -> None:
     """The teacher trained before Ray is the one the trials find (its own local Ray, started
     after the front door made the cache absolute)."""
@@ -209,7 +210,6 @@ def test_a_relative_cache_serves_the_trials_of_a_fresh_run(tmp_path) -> None:
     assert pd.read_csv(tmp_path / "o" / "summary.csv")["finished"].all()
 
 
-@pytest.mark.slow
 def test_a_relative_checkpoint_on_the_command_line_reaches_the_trials(
         tiny_settings, ray_session, tmp_path, monkeypatch, capsys) -> None:
     from kdci_ray.cli import main
@@ -329,7 +329,7 @@ def test_config_error_is_exported_without_importing_torch() -> None:
 
 def _readme_example() -> str:
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Sweeps from Python"):]
+    section = text[text.index("## Python"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -349,7 +349,6 @@ def test_the_readme_example_pairs_its_arms_by_seed(tmp_path, monkeypatch) -> Non
     assert seeds[False] == seeds[True] and len(seeds[True]) >= 2
 
 
-@pytest.mark.slow
 def test_the_readme_example_runs_in_smoke_mode(ray_session, tmp_path, monkeypatch) -> None:
     from kdci_ray.api import sweep
 

@@ -7,12 +7,9 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 GPU_ONLY = {"cuml", "cuml-tests", "kd-step-syncs"}
 
 
-@pytest.mark.slow
 def test_gpu_check_runs_every_cpu_path(repo_root, tmp_path) -> None:
     out = tmp_path / "gpu_check.json"
     done = subprocess.run([sys.executable, "tools/gpu_check.py", "--device", "cpu", "--json",

@@ -23,11 +23,12 @@ from device_checks import (
     tensors_of,
 )
 
-from kdci_ray.config import resolve
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.methods import METHODS
 from kdci_ray.models import create_model
 from kdci_ray.train.datasets import load_data
-from kdci_ray.train.loop import Collect, build_kdci_hook, distill, method_context
+from kdci_ray.train.kdci_setup import build_kdci
+from kdci_ray.train.loop import Collect, distill, method_context
 from kdci_ray.train.runtime import Runtime
 from kdci_ray.train.teacher import load_teacher
 
@@ -56,20 +57,20 @@ def test_kdci_runs_under_a_backend_that_refuses_cpu_tensors(tiny_settings, metho
 
 
 def test_collectives_of_several_ranks_take_the_backends_device() -> None:
-    from kdci_ray.kdci.plugin import _broadcast, _gather, collective_device
-    from kdci_ray.train.loop import _nonfinite_loss
+    from kdci_ray.kdci.collectives import broadcast_from_main, collective_device, gather_to_cpu
+    from kdci_ray.train.kd_step import nonfinite_loss
 
     with cpuless_group(world_size=2):
         assert collective_device(META) == META
         with pytest.raises(RuntimeError, match="takes only"):
             collective_device(CPU)  # NCCL-like: no CPU fallback for a CPU trial
-        (out,) = _broadcast([torch.zeros(4, 10)], META)
+        (out,) = broadcast_from_main([torch.zeros(4, 10)], META)
         assert out.device == META
         with HostReads().active():  # meta holds no data: the gathered copy is faked
-            feats = _gather(torch.zeros(3, 10, device=META), META)
+            feats = gather_to_cpu(torch.zeros(3, 10, device=META), META)
         assert feats.shape == (6, 10) and feats.device == CPU
         with HostReads().active() as reads:
-            assert _nonfinite_loss(torch.zeros((), device=META), Runtime(0, 2, META)) is None
+            assert nonfinite_loss(torch.zeros((), device=META), Runtime(0, 2, META)) is None
         assert reads.count == 1  # the flags all-reduced on the device, read back once
         assert CpulessGroup.seen and all(d == META for d in CpulessGroup.seen)
 
@@ -95,16 +96,16 @@ def _cpu_run(settings: dict, method: str, kdci: bool = True):
     m.synthesize(0)
     for _ in range(2):
         m.sample(cfg.train.batch_size)
-    hook = build_kdci_hook(cfg, METHODS[method], data, rt)
-    if hook is not None:
-        hook.on_round(0, teacher, m)
+    kdci = build_kdci(cfg, METHODS[method].substitution, data, rt)
+    if kdci is not None:
+        kdci.start_round(0, teacher, m)
         with torch.no_grad():
             x = m.sample(cfg.train.batch_size)
-            hook.on_batch(student(x).logits, teacher(x).logits)
-    return cfg, data, teacher, student, m, hook
+            kdci.adjust(student(x).logits, teacher(x).logits)
+    return cfg, data, teacher, student, m, kdci
 
 
-def _on_meta(cfg, data, teacher, student, method, hook):
+def _on_meta(cfg, data, teacher, student, method, kdci):
     """The same run rebuilt on ``meta`` from its checkpoint state (read onto the CPU)."""
     rt = Runtime(0, 1, META)
     teacher_m = copy.deepcopy(teacher).to(META)
@@ -120,11 +121,11 @@ def _on_meta(cfg, data, teacher, student, method, hook):
             setattr(method_m, name, moved)
     if getattr(method, "weights", None) is not None:
         method_m.weights = method.weights.to(META)
-    hook_m = None
-    if hook is not None:
-        hook_m = build_kdci_hook(cfg, METHODS[cfg.method], data, rt)
-        hook_m.load_state_dict(cpu_checkpoint(hook.state_dict()))
-    return teacher_m, student_m, method_m, hook_m, rt
+    kdci_m = None
+    if kdci is not None:
+        kdci_m = build_kdci(cfg, METHODS[cfg.method].substitution, data, rt)
+        kdci_m.load_state_dict(cpu_checkpoint(kdci.state_dict()))
+    return teacher_m, student_m, method_m, kdci_m, rt
 
 
 @pytest.mark.parametrize("method", ALL)
@@ -133,12 +134,12 @@ def test_restored_method_state_lives_on_the_runs_device(tiny_settings, method) -
     KDCI's state goes back to the trial's device (image pools, Fast's BN memory, CMI's bank,
     the observed teacher logits); only random-generator states stay CPU byte tensors."""
     run = _cpu_run(tiny_settings, method)
-    _, _, method_m, hook_m, _ = _on_meta(*run)
+    _, _, method_m, kdci_m, _ = _on_meta(*run)
     state = method_m.state_dict()
     host = host_state_paths(state)
     stray = [p for p, t in tensors_of(state) if p not in host and t.device != META]
     assert not stray, f"{method}: restored state left on the CPU: {stray}"
-    kdci_state = hook_m.state_dict()
+    kdci_state = kdci_m.state_dict()
     stray = [p for p, t in tensors_of(kdci_state)
              if p not in host_state_paths(kdci_state) and t.device != META]
     assert not stray, f"KDCI state left on the CPU: {stray}"
@@ -154,18 +155,18 @@ def test_a_kd_step_reads_back_from_the_device_once(tiny_settings, method, kdci) 
     sampling, augmentation, the teacher's class counts, KDCI's observation and metrics, the
     loss sums and the optimiser step never read a device value back or copy onto the device
     blockingly."""
-    from kdci_ray.train.loop import KDStep
+    from kdci_ray.train.kd_step import KDStep
 
     run = _cpu_run(tiny_settings, method, kdci)
     cfg, data = run[0], run[1]
-    teacher_m, student_m, method_m, hook_m, rt = _on_meta(*run)
+    teacher_m, student_m, method_m, kdci_m, rt = _on_meta(*run)
     params = [{"params": student_m.parameters(), "lr": cfg.train.lr}]
-    if hook_m is not None:
-        params.append(hook_m.param_group(cfg.train.lr))
+    if kdci_m is not None:
+        params.append(kdci_m.param_group(cfg.train.lr))
     opt = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
                           weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    step = KDStep(cfg, method_m, teacher_m, student_m, hook_m, opt, sched, rt, data.num_classes)
+    step = KDStep(cfg, method_m, teacher_m, student_m, kdci_m, opt, sched, rt, data.num_classes)
     student_m.train()
     steps = 3
     with HostReads().active() as reads:

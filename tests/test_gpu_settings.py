@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from kdci_ray.config import resolve
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.train.loop import Collect, distill
 from kdci_ray.train.runtime import current_runtime
 

@@ -135,7 +135,6 @@ def _end_group(proc: subprocess.Popen, started: set[int] | None = None) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         tiny_settings, tmp_path, sig) -> None:
@@ -204,7 +203,7 @@ def test_a_resumed_trial_takes_the_latest_checkpoint_it_persisted(tmp_path) -> N
     """The trial persists its checkpoints before the driver registers them: a resumed trial
     takes the latest one in its directory that loads, over Tune's older one, but not a final
     one Tune did not register (its result would be lost) and not one cut short by a kill."""
-    from kdci_ray.train.tune_trial import latest_resume
+    from kdci_ray.train.resume import newest_resume
 
     def checkpoint(index: int, rounds_done: int, torn: bool = False) -> None:
         directory = tmp_path / f"checkpoint_{index:06d}"
@@ -215,15 +214,41 @@ def test_a_resumed_trial_takes_the_latest_checkpoint_it_persisted(tmp_path) -> N
             path.write_bytes(path.read_bytes()[:40])
 
     given = {"round": 1, "step": 2}
-    assert latest_resume(tmp_path, given, rounds=6) is given
+    assert newest_resume(tmp_path, given, rounds=6) is given
     checkpoint(0, 1)
     checkpoint(1, 3)
     checkpoint(2, 2)
     checkpoint(3, 5, torn=True)
     checkpoint(4, 6)  # final
-    assert latest_resume(tmp_path, given, rounds=6)["round"] == 3
-    assert latest_resume(tmp_path, None, rounds=6)["round"] == 3
-    assert latest_resume(tmp_path, {"round": 4, "step": 8}, rounds=6)["round"] == 4
+    assert newest_resume(tmp_path, given, rounds=6)["round"] == 3
+    assert newest_resume(tmp_path, None, rounds=6)["round"] == 3
+    assert newest_resume(tmp_path, {"round": 4, "step": 8}, rounds=6)["round"] == 4
+
+
+def test_every_rank_of_a_restarted_worker_group_takes_the_same_unregistered_checkpoint(
+        tmp_path) -> None:
+    """A node lost just after its worker persisted a checkpoint, before Ray Train registered it
+    (the cluster in a box): the restarted ranks continue from it, all from the same one, and
+    pass over one where any rank's file is missing or cut short."""
+    from kdci_ray.train.resume import newest_resume
+
+    def checkpoint(index: int, rounds_done: int, ranks: tuple[int, ...] = (0, 1),
+                   torn_rank: int | None = None) -> None:
+        directory = tmp_path / f"checkpoint_2026-12-07_10-57-{index:02d}.000000"
+        directory.mkdir()
+        for rank in ranks:
+            path = directory / RANK_FILE.format(rank=rank)
+            torch.save({"round": rounds_done, "rank": rank}, path)
+            if rank == torn_rank:
+                path.write_bytes(path.read_bytes()[:40])
+
+    checkpoint(1, 2)
+    checkpoint(2, 3, torn_rank=1)  # rank 1's copy cut short by the kill
+    checkpoint(3, 4, ranks=(0,))  # rank 1 never wrote its file
+    for rank in (0, 1):
+        state = newest_resume(tmp_path, None, rounds=10, rank=rank, world_size=2)
+        assert (state["round"], state["rank"]) == (2, rank)
+    assert newest_resume(tmp_path, {"round": 2, "rank": 0}, rounds=10, world_size=2)["round"] == 2
 
 
 def test_tune_state_cut_short_by_a_kill_is_set_aside(tmp_path, capsys) -> None:
@@ -277,7 +302,6 @@ def test_readers_see_each_round_once_in_a_log_that_repeats_rounds(tmp_path) -> N
     assert [r["eval/acc"] for r in reports] == [0.06, 0.07, 0.08, 0.09, 0.10]
 
 
-@pytest.mark.slow
 def test_a_tune_state_naming_a_deleted_checkpoint_still_resumes(
         tiny_settings, ray_session, tmp_path) -> None:
     """A driver killed after Tune deleted checkpoints past ``num_to_keep`` but before it saved
@@ -309,7 +333,6 @@ def test_a_tune_state_naming_a_deleted_checkpoint_still_resumes(
     assert [r["round"] for r in resumes] == [3]  # the latest checkpoint left on disk
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["tune_trial", "ray_train"])
 def test_a_trial_that_fails_once_is_restarted_from_its_checkpoint_and_recorded(
         tiny_settings, ray_session, tmp_path, trainer: str) -> None:

@@ -10,8 +10,8 @@ import torch
 
 from kdci_ray.kdci import (
     KDCI,
-    BackdoorAdjustment,
-    KDCISettings,
+    KDCIAttention,
+    KDCIConfig,
     attention_entropy,
     build_dictionary,
     teacher_logits,
@@ -94,7 +94,7 @@ def test_dictionary_degenerate_features_leave_an_empty_zero_cluster() -> None:
 # ----------------------------------------------------------------------------- adjustment
 
 
-def manual_adjustment(m: BackdoorAdjustment, s: torch.Tensor, z: torch.Tensor, p: torch.Tensor):
+def manual_adjustment(m: KDCIAttention, s: torch.Tensor, z: torch.Tensor, p: torch.Tensor):
     """Eq. 6-8 written out per sample and prototype, in float64."""
     ws = m.w_s.weight.detach().double()
     wz, bz = m.w_z.weight.detach().double(), m.w_z.bias.detach().double()
@@ -115,7 +115,7 @@ def manual_adjustment(m: BackdoorAdjustment, s: torch.Tensor, z: torch.Tensor, p
 def adjusted():
     torch.manual_seed(0)
     c, k = 6, 4
-    m = BackdoorAdjustment(num_classes=c, k=k, hidden=16)
+    m = KDCIAttention(num_classes=c, k=k, hidden=16)
     z = torch.randn(k, c) * 3.0
     p = torch.tensor([0.1, 0.2, 0.3, 0.4])
     m.set_dictionary(z, p)
@@ -145,7 +145,7 @@ def test_zero_proportions_leave_logits_unchanged(adjusted) -> None:
 
 
 def test_fresh_module_is_identity() -> None:
-    m = BackdoorAdjustment(num_classes=3, k=2, hidden=4)
+    m = KDCIAttention(num_classes=3, k=2, hidden=4)
     s = torch.randn(4, 3)
     assert torch.equal(m(s)[0], s)
     assert m.prototypes.shape == (2, 3) and m.proportions.shape == (2,)
@@ -228,7 +228,7 @@ def test_refresh_builds_dictionary_from_teacher_logits() -> None:
     teacher = create_model("tiny_cnn", 10, 1).eval()
     sizes = [8, 16, 24]
     images, groups = grouped_images(sizes)
-    kdci = KDCI(KDCISettings(k=3, hidden=32), num_classes=10, device=torch.device("cpu"))
+    kdci = KDCI(KDCIConfig(k=3, hidden=32), num_classes=10, device=torch.device("cpu"))
     metrics = kdci.refresh(teacher, images)
 
     logits = teacher_logits(teacher, images).double()
@@ -268,7 +268,7 @@ def test_teacher_logits_batches_match_one_pass() -> None:
 
 
 def test_compensate_before_refresh_raises() -> None:
-    kdci = KDCI(KDCISettings(k=2), num_classes=10, device=torch.device("cpu"))
+    kdci = KDCI(KDCIConfig(k=2), num_classes=10, device=torch.device("cpu"))
     with pytest.raises(RuntimeError, match="refresh"):
         kdci.compensate(torch.randn(2, 10))
 
@@ -277,12 +277,12 @@ def test_refresh_reseeds_each_round() -> None:
     torch.manual_seed(2)
     teacher = create_model("tiny_cnn", 10, 1).eval()
     images = torch.randn(40, 1, 16, 16)
-    kdci = KDCI(KDCISettings(k=4, hidden=8, seed=3), num_classes=10, device=torch.device("cpu"))
+    kdci = KDCI(KDCIConfig(k=4, hidden=8), num_classes=10, device=torch.device("cpu"), seed=3)
     kdci.refresh(teacher, images)
     kdci.refresh(teacher, images)
     assert kdci.refreshes == 2
     feats = teacher_logits(teacher, images)
-    # the second refresh clusters with seed settings.seed + 1; same data, same seed -> same result
+    # the second refresh clusters with the run seed + 1; same data, same seed -> same result
     again = build_dictionary(feats, 4, seed=4)
     first = build_dictionary(feats, 4, seed=3)
     assert not torch.equal(first.proportions, again.proportions)  # the seed matters here

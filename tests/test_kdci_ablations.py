@@ -8,15 +8,15 @@ import json
 import pytest
 import torch
 
-from kdci_ray.config import resolve
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.kdci import (
     KDCI,
-    BackdoorAdjustment,
     ConfounderDictionary,
     DictionarySpec,
     DictionaryStore,
-    KDCISettings,
+    KDCIAttention,
+    KDCIConfig,
     apply_ablations,
     build_dictionary,
     random_dictionary,
@@ -71,9 +71,9 @@ def test_no_switch_changes_nothing() -> None:
 
 def test_random_lambda_ignores_the_student_and_freezes_the_attention() -> None:
     torch.manual_seed(0)
-    learned = BackdoorAdjustment(10, k=4, hidden=8)
-    rand_a = BackdoorAdjustment(10, k=4, hidden=8, random_lambda=True, seed=3)
-    rand_b = BackdoorAdjustment(10, k=4, hidden=8, random_lambda=True, seed=3)
+    learned = KDCIAttention(10, k=4, hidden=8)
+    rand_a = KDCIAttention(10, k=4, hidden=8, random_lambda=True, seed=3)
+    rand_b = KDCIAttention(10, k=4, hidden=8, random_lambda=True, seed=3)
     protos, props = torch.randn(4, 10), torch.full((4,), 0.25)
     for m in (learned, rand_a, rand_b):
         m.set_dictionary(protos, props)
@@ -99,7 +99,7 @@ def test_kdci_plugin_applies_the_switches_it_is_given() -> None:
     images = torch.randn(64, 1, 16, 16)
 
     def run(**switches) -> KDCI:
-        k = KDCI(KDCISettings(k=4, hidden=8, seed=0, **switches), 10, torch.device("cpu"))
+        k = KDCI(KDCIConfig(k=4, hidden=8, **switches), 10, torch.device("cpu"), seed=0)
         k.refresh(teacher, images)
         return k
 
@@ -125,12 +125,12 @@ def test_random_source_dictionary_has_nearest_prototype_shares() -> None:
 
 
 def test_other_model_map_is_identity_initialised_and_trains() -> None:
-    same = BackdoorAdjustment(10, k=3, hidden=8, source_dim=10)
+    same = KDCIAttention(10, k=3, hidden=8, source_dim=10)
     protos = torch.randn(3, 10)
     same.set_dictionary(protos, torch.full((3,), 1 / 3))
     assert torch.allclose(same.mapped_prototypes(), protos)
 
-    other = BackdoorAdjustment(10, k=3, hidden=8, source_dim=7)  # another label space
+    other = KDCIAttention(10, k=3, hidden=8, source_dim=7)  # another label space
     other.set_dictionary(torch.randn(3, 7), torch.full((3,), 1 / 3))
     before = other.map.weight.detach().clone()
     opt = torch.optim.SGD(other.parameters(), lr=0.5)
@@ -191,13 +191,13 @@ def test_the_key_names_no_backend() -> None:
     a GPU trial (auto -> cuML) look up the same entry."""
     assert "backend" not in DictionarySpec.__dataclass_fields__
     teacher = create_model("tiny_cnn", 10, 1)
-    keys = {KDCI(KDCISettings(k=4, hidden=8, backend=b), 10, torch.device("cpu"))
+    keys = {KDCI(KDCIConfig(k=4, hidden=8, backend=b), 10, torch.device("cpu"))
             .spec(teacher, "subset-a").key for b in ("sklearn", "cuml", "auto")}
     assert len(keys) == 1
 
 
 def test_dictionary_identity_ignores_the_backend() -> None:
-    from kdci_ray.train.dictionary_job import dictionary_identity
+    from kdci_ray.engine.dictionary_job import dictionary_identity
 
     base = {"method": "dfnd", "kdci.enabled": True}
     idents = {dictionary_identity(resolve({**base, "kdci.backend": b}))
@@ -211,11 +211,11 @@ def test_a_dictionary_saved_under_one_backend_setting_loads_under_another(tmp_pa
     teacher = create_model("tiny_cnn", 10, 1).eval()
     images = torch.randn(96, 1, 16, 16)
     store = DictionaryStore(tmp_path)
-    built = KDCI(KDCISettings(k=4, hidden=8, backend="sklearn"), 10, torch.device("cpu"),
+    built = KDCI(KDCIConfig(k=4, hidden=8, backend="sklearn"), 10, torch.device("cpu"),
                  store=store)
     assert built.refresh(teacher, images, data_key="subset-a")["kdci/cached"] == 0.0
     for backend in ("cuml", "auto"):  # cuML is never called here: the stored one is loaded
-        other = KDCI(KDCISettings(k=4, hidden=8, backend=backend), 10, torch.device("cpu"),
+        other = KDCI(KDCIConfig(k=4, hidden=8, backend=backend), 10, torch.device("cpu"),
                      store=store)
         assert other.refresh(teacher, images, data_key="subset-a")["kdci/cached"] == 1.0
         assert torch.equal(other.module.prototypes, built.module.prototypes)
@@ -244,7 +244,7 @@ def test_plugin_reuses_a_stored_dictionary_until_the_model_changes(tmp_path) -> 
     store = DictionaryStore(tmp_path)
 
     def refresh(model, seed: int) -> tuple[KDCI, dict]:
-        k = KDCI(KDCISettings(k=4, hidden=8, seed=seed), 10, torch.device("cpu"), store=store)
+        k = KDCI(KDCIConfig(k=4, hidden=8), 10, torch.device("cpu"), seed=seed, store=store)
         return k, k.refresh(model, images, data_key="subset-a")
 
     first, m1 = refresh(teacher, seed=0)
@@ -257,7 +257,7 @@ def test_plugin_reuses_a_stored_dictionary_until_the_model_changes(tmp_path) -> 
     assert m3["kdci/cached"] == 0.0
     assert len(store.entries()) == 2
     # without a data key (generation-based refreshes) nothing is stored
-    k = KDCI(KDCISettings(k=4, hidden=8), 10, torch.device("cpu"), store=store)
+    k = KDCI(KDCIConfig(k=4, hidden=8), 10, torch.device("cpu"), store=store)
     assert k.refresh(teacher, images)["kdci/cached"] == 0.0 and len(store.entries()) == 2
 
 
@@ -339,8 +339,8 @@ def test_dictionary_command_builds_once_then_reuses(tiny_settings, tmp_path, cap
     ("dictionary_size", 4, {"kdci.k"}),
 ])
 def test_ablation_sweeps_plan_and_vary_only_their_axis(repo_root, name, trials, varying) -> None:
-    from kdci_ray.config import to_flat
     from kdci_ray.engine import plan_sweep
+    from kdci_ray.experiments.dfkd import to_flat
 
     path = repo_root / "tune_configs" / f"{name}.yaml"
     assert path.read_text().startswith(f"# kdci-ray sweep tune_configs/{name}.yaml")

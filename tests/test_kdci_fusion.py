@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdci_ray.config import resolve
 from kdci_ray.data.shift import class_profile, quota_select, quotas
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.kdci import (
-    BackdoorAdjustment,
     CompensatedStudent,
+    KDCIAttention,
     build_dictionary,
     load_student,
 )
@@ -27,9 +27,9 @@ from kdci_ray.train.resume import STUDENT_FILE
 C, K = 10, 8
 
 
-def module(fusion: str, projection: bool = False, seed: int = 0) -> BackdoorAdjustment:
+def module(fusion: str, projection: bool = False, seed: int = 0) -> KDCIAttention:
     torch.manual_seed(seed)
-    m = BackdoorAdjustment(C, K, hidden=16, fusion=fusion, projection=projection)
+    m = KDCIAttention(C, K, hidden=16, fusion=fusion, projection=projection)
     g = torch.Generator().manual_seed(1)
     protos = torch.randn(K, C, generator=g) * 5
     props = torch.softmax(torch.randn(K, generator=g), 0)
@@ -74,7 +74,7 @@ def test_scaled_starts_as_softmax_and_its_scale_stays_bounded() -> None:
 
 
 def test_log_prior_is_fixed_centred_and_read_off_the_dictionary() -> None:
-    m = BackdoorAdjustment(3, 3, hidden=4, fusion="log_prior")
+    m = KDCIAttention(3, 3, hidden=4, fusion="log_prior")
     protos = torch.tensor([[5.0, 0, 0], [4.0, 1, 0], [0, 0, 3.0]])
     m.set_dictionary(protos, torch.tensor([0.5, 0.3, 0.2]))
     pi = torch.tensor([0.8, 0.0, 0.2])
@@ -223,7 +223,7 @@ def test_compensated_student_round_trip(tiny_settings, tmp_path) -> None:
     raw, comp = load_student(path), load_student(path, compensated=True)
     assert isinstance(comp, CompensatedStudent)
     x = torch.randn(5, 1, 16, 16)
-    adjusted, _ = comp.adjustment(raw(x).logits)
+    adjusted, _ = comp.attention(raw(x).logits)
     assert torch.allclose(comp(x).logits, adjusted)
     assert not torch.allclose(comp(x).logits, raw(x).logits)
     assert "eval/acc_kdci" in final
@@ -235,10 +235,10 @@ def test_compensated_student_round_trip(tiny_settings, tmp_path) -> None:
 
 
 def test_log_probs_space_clusters_log_probabilities(tiny_settings) -> None:
-    from kdci_ray.kdci import KDCI, KDCISettings
+    from kdci_ray.kdci import KDCI, KDCIConfig
 
     teacher = create_model("tiny_cnn", 10, 1).eval()
-    kdci = KDCI(KDCISettings(k=4, space="log_probs", features="source"), 10, torch.device("cpu"))
+    kdci = KDCI(KDCIConfig(k=4, space="log_probs", features="source"), 10, torch.device("cpu"))
     kdci.refresh(teacher, torch.randn(64, 1, 16, 16))
     assert torch.all(torch.logsumexp(kdci.module.prototypes, dim=1) <= 1e-5)
 
@@ -270,7 +270,7 @@ def test_shift_benchmark_plans_levels_arms_seeds_and_smoke_runs_one_seed(repo_ro
 
 
 def test_selection_cache_keys_differ_per_imbalance(tmp_path) -> None:
-    from kdci_ray.data.openworld import TensorPool
+    from kdci_ray.data.pool_format import TensorPool
     from kdci_ray.data.selection import select
 
     images = torch.arange(200, dtype=torch.uint8).view(200, 1, 1, 1).expand(200, 1, 2, 2)

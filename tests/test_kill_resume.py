@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -106,7 +105,7 @@ def _scalars(trial: Path) -> dict[str, list[tuple[int, float]]]:
 
 def _assert_as_uninterrupted(settings: dict, trial: Path) -> None:
     """The trial's student and last report are the uninterrupted run's, bit for bit (CPU)."""
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.loop import Collect, distill
 
     seed = yaml.safe_load((trial / "config.yaml").read_text())["seed"]
@@ -119,7 +118,6 @@ def _assert_as_uninterrupted(settings: dict, trial: Path) -> None:
     assert _reports(trial)[-1]["eval/acc"] == final["eval/acc"], trial.name
 
 
-@pytest.mark.slow
 def test_a_sweep_killed_ten_times_ends_as_if_run_once(tiny_settings, tmp_path) -> None:
     rng = random.Random(SEED)
     signals = [signal.SIGINT] * (KILLS // 2) + [signal.SIGKILL] * (KILLS - KILLS // 2)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdci_ray.config import resolve
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.kdci import KDCI
-from kdci_ray.kdci import hook as kdci_hook
 from kdci_ray.methods import METHODS
+from kdci_ray.methods.bn_statistics import count_forward_hooks
 from kdci_ray.methods.deepinv import BestBatch
-from kdci_ray.methods.hooks import count_forward_hooks
 from kdci_ray.models import create_model
+from kdci_ray.train import kdci_setup
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.loop import Collect, distill
 from kdci_ray.train.teacher import load_teacher
@@ -102,8 +102,8 @@ def test_kdci_dictionary_refreshes_every_round_for_generators(tiny_settings, mon
 
 def test_method_default_k_is_used_when_kdci_k_is_zero(tiny_settings, monkeypatch) -> None:
     sizes = []
-    monkeypatch.setattr(kdci_hook, "KDCI",
-                        lambda s, *a, **kw: sizes.append(s.k) or KDCI(s, *a, **kw))
+    monkeypatch.setattr(kdci_setup, "KDCI",
+                        lambda config, *a, **kw: sizes.append(config.k) or KDCI(config, *a, **kw))
     settings = {**tiny_settings, "kdci.k": 0, "kdci.enabled": True, "train.rounds": 1,
                 "dafl.batch_size": 16}
     distill(resolve(settings, {"method": "dafl"}), Collect())

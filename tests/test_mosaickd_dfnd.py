@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from kdci_ray.config import resolve
-from kdci_ray.data.openworld import TensorPool
+from kdci_ray.data.pool_format import TensorPool
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.base import MethodContext
 from kdci_ray.methods.dfnd import DFND, DFNDConfig, transition_matrix

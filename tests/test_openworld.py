@@ -14,8 +14,9 @@ from PIL import Image
 from kdci_ray.data import npz as npz_mod
 from kdci_ray.data.folder import ImageFolderPool
 from kdci_ray.data.npz import NpzBatchPool
-from kdci_ray.data.openworld import OpenWorldPool, build_open_world
 from kdci_ray.data.photos import EmbeddedPhotoPool
+from kdci_ray.data.pool_format import OpenWorldPool
+from kdci_ray.data.pool_sources import build_open_world
 
 # --- embedded photo crops -------------------------------------------------------------------
 

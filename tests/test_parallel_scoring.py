@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdci_ray.config import resolve
-from kdci_ray.data.openworld import TensorPool
+from kdci_ray.data.pool_format import TensorPool
 from kdci_ray.data.selection import score_pool, top_n
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.models import create_model
 
 
@@ -22,7 +22,7 @@ def _model(seed: int) -> torch.nn.Module:
 
 
 def test_ray_scorer_matches_the_in_process_pass(ray_session) -> None:
-    from kdci_ray.train.parallel_scoring import RayScorer
+    from kdci_ray.engine.parallel_scoring import RayScorer
 
     gen = torch.Generator().manual_seed(0)
     pool = TensorPool(torch.randint(0, 256, (300, 1, 16, 16), dtype=torch.uint8, generator=gen))
@@ -51,7 +51,7 @@ def test_ray_scorer_matches_the_in_process_pass(ray_session) -> None:
 
 
 def test_ray_scorer_waits_then_names_what_was_never_placed(ray_session) -> None:
-    from kdci_ray.train.parallel_scoring import ClusterWaitTimeout, RayScorer
+    from kdci_ray.engine.parallel_scoring import ClusterWaitTimeout, RayScorer
 
     pool = TensorPool(torch.zeros((4, 1, 8, 8), dtype=torch.uint8))
     lines: list[str] = []
@@ -82,7 +82,7 @@ def _remove_new_files(folder: Path, before: set[Path]) -> int:
 def test_dictionary_job_on_ray_workers_builds_the_in_process_dictionary(
         tiny_settings, ray_session) -> None:
     from kdci_ray.cache import cache_dir
-    from kdci_ray.train.dictionary_job import build_shared_dictionary
+    from kdci_ray.engine.dictionary_job import build_shared_dictionary
 
     # a pool seed no other test uses: selection and dictionary are not cached yet
     cfg = resolve({**tiny_settings, "method": "dfnd", "kdci.enabled": True, "pool.seed": 4321})
@@ -125,8 +125,8 @@ def test_dictionary_command_rejects_a_negative_worker_count(tiny_settings, tmp_p
 
 def test_dictionary_actor_builds_what_the_driver_builds(ray_session) -> None:
     """The GPU actor's code, asked for no GPU: the same dictionary as in this process."""
+    from kdci_ray.engine.parallel_scoring import build_dictionary_on_ray
     from kdci_ray.kdci.dictionary import build_dictionary
-    from kdci_ray.train.parallel_scoring import build_dictionary_on_ray
 
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(300, 10, generator=gen) * 3
@@ -146,7 +146,7 @@ def test_dictionary_actor_builds_what_the_driver_builds(ray_session) -> None:
 
 def test_dictionary_job_clusters_on_an_actor_and_stores_it_in_the_driver(
         tiny_settings, ray_session) -> None:
-    from kdci_ray.train.dictionary_job import build_shared_dictionary
+    from kdci_ray.engine.dictionary_job import build_shared_dictionary
     from kdci_ray.train.kdci_setup import dictionary_store
 
     cfg = resolve({**tiny_settings, "method": "dfnd", "kdci.enabled": True, "pool.seed": 4322})

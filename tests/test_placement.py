@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kdci_ray.config import resolve
-from kdci_ray.errors import ConfigError
-from kdci_ray.train.placement import (
+from kdci_ray.engine.placement import (
     NodeShape,
     alive_shapes,
     autoscaler_max_workers,
@@ -17,6 +15,8 @@ from kdci_ray.train.placement import (
     placeable_workers,
     worker_bundle,
 )
+from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.train.ray_train import start_attempts
 
 CPU_HEAD = NodeShape("head", {"CPU": 0.0, "memory": 1e10}, 1)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kdci_ray.config import resolve
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.train.loop import Collect, distill
 
 # a pool seed no other test uses: its selection and dictionary exist only once pre-built here
@@ -30,7 +30,7 @@ def _rank_main(rank: int, settings: dict, store_file: str, out_dir: str) -> None
 
 def test_two_rank_trial_loads_the_dictionary_prebuilt_for_two_workers(tiny_settings,
                                                                       tmp_path) -> None:
-    from kdci_ray.train.dictionary_job import build_shared_dictionary
+    from kdci_ray.engine.dictionary_job import build_shared_dictionary
     from kdci_ray.train.kdci_setup import dictionary_store
 
     settings = {**tiny_settings, **SETTINGS}

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdci_ray.config import resolve
-from kdci_ray.data.openworld import TensorPool
+from kdci_ray.data.pool_format import TensorPool
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.methods.base import MethodContext
 from kdci_ray.methods.open_world import OpenWorldSubset
 from kdci_ray.models import create_model
@@ -115,10 +115,9 @@ def _count_calls(monkeypatch) -> dict[str, list[int]]:
 
 def test_prebuild_scores_in_batches_bit_identical_to_the_one_shot_pass(tiny_settings,
                                                                        monkeypatch) -> None:
-    from kdci_ray.kdci import plugin_from_config
-    from kdci_ray.kdci.dictionary import build_dictionary
-    from kdci_ray.kdci.plugin import teacher_logits
-    from kdci_ray.train.dictionary_job import _PoolJob, build_selection, build_shared_dictionary
+    from kdci_ray.engine.dictionary_job import _PoolJob, build_selection, build_shared_dictionary
+    from kdci_ray.kdci import KDCI
+    from kdci_ray.kdci.dictionary import build_dictionary, teacher_logits
 
     cfg = resolve(_settings(tiny_settings, **{"pool.seed": 5101}))
     build_selection(cfg, log=lambda msg: None)  # selected now: the pool is not scored below
@@ -133,9 +132,10 @@ def test_prebuild_scores_in_batches_bit_identical_to_the_one_shot_pass(tiny_sett
     # the one-shot pass it replaced: the whole subset normalised, scored, clustered with seed 0
     job = _PoolJob(cfg, lambda msg: None, 1)
     subset = job.select()
-    kdci = plugin_from_config(cfg, job.data.num_classes, job.rt.device)
-    s = kdci.settings
-    logits = teacher_logits(job.teacher, job.ctx.normalize(subset.images[:64]), s.score_batch)
+    kdci = KDCI(cfg.kdci, job.data.num_classes, job.rt.device, seed=cfg.seed,
+                score_batch=cfg.train.batch_size)
+    s = kdci.config
+    logits = teacher_logits(job.teacher, job.ctx.normalize(subset.images[:64]), kdci.score_batch)
     ref = build_dictionary(logits.float().cpu(), s.k, s.pca_dim, 0, s.n_init, s.backend,
                            s.algorithm)
     stored = torch.load(entry["path"], weights_only=True)
@@ -146,13 +146,13 @@ def test_prebuild_scores_in_batches_bit_identical_to_the_one_shot_pass(tiny_sett
 
 def _trial_rank(cfg, rank: int, world_size: int):
     """What rank ``rank`` of a ``world_size``-rank trial of ``cfg`` holds after its first
-    synthesis (no process group: the method is told its rank; nothing is wrapped), and its KDCI
-    hook."""
+    synthesis (no process group: the method is told its rank; nothing is wrapped), and its KDCI."""
     from dataclasses import replace
 
     from kdci_ray.methods import METHODS
     from kdci_ray.train.datasets import load_data
-    from kdci_ray.train.loop import build_kdci_hook, method_context
+    from kdci_ray.train.kdci_setup import build_kdci
+    from kdci_ray.train.loop import method_context
     from kdci_ray.train.runtime import Runtime
     from kdci_ray.train.teacher import load_teacher
 
@@ -164,27 +164,28 @@ def _trial_rank(cfg, rank: int, world_size: int):
     ctx = replace(ctx, rank=rank, world_size=world_size)
     method = METHODS[cfg.method](cfg.method_config, ctx)
     method.synthesize(0)
-    return teacher, method, build_kdci_hook(cfg, METHODS[cfg.method], data, Runtime(0, 1, cpu))
+    return teacher, method, build_kdci(cfg, METHODS[cfg.method].substitution, data,
+                                       Runtime(0, 1, cpu))
 
 
 def test_a_stored_dictionary_is_found_before_anything_is_scored(tiny_settings,
                                                                 monkeypatch) -> None:
     """Pre-built for two ranks; then found by a one-rank pre-build (the same 64 images) and by
     rank 0 of a two-rank trial, each reading only the selection and the store."""
-    from kdci_ray.train.dictionary_job import build_shared_dictionary
+    from kdci_ray.engine.dictionary_job import build_shared_dictionary
 
     settings = _settings(tiny_settings, **{"pool.seed": 5102})
     two = resolve({**settings, "run.workers": 2})
     first = build_shared_dictionary(two, log=lambda msg: None)
     assert not first["cached"] and first["built_on"] == "driver"
-    teacher, method, hook = _trial_rank(two, rank=0, world_size=2)
+    teacher, method, kdci = _trial_rank(two, rank=0, world_size=2)
     assert method.substitution_key() == first["spec"]["data_key"]
 
     seen = _count_calls(monkeypatch)
     again = build_shared_dictionary(resolve({**settings, "run.workers": 1}),
                                     log=lambda msg: None)
     assert again["cached"] and again["key"] == first["key"] and again["built_on"] == "none"
-    metrics = hook.on_round(0, teacher, method)  # the trial's refresh
+    metrics = kdci.start_round(0, teacher, method)  # the trial's refresh
     assert metrics["kdci/cached"] == 1.0
     assert seen == {"normalize": [], "forward": [], "kmeans": []}
     monkeypatch.undo()
@@ -195,7 +196,7 @@ def test_a_stored_dictionary_is_found_before_anything_is_scored(tiny_settings,
 
 
 def test_prebuild_with_use_gpu_runs_on_a_gpu_less_head(tiny_settings) -> None:
-    from kdci_ray.train.dictionary_job import build_shared_dictionary
+    from kdci_ray.engine.dictionary_job import build_shared_dictionary
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the GPU-less head is what is tested")
@@ -207,7 +208,7 @@ def test_prebuild_with_use_gpu_runs_on_a_gpu_less_head(tiny_settings) -> None:
 
 def test_scoring_actor_takes_the_worker_device_never_a_silent_cpu(monkeypatch) -> None:
     import kdci_ray.train.runtime as runtime
-    from kdci_ray.train.parallel_scoring import _ScoringWorker
+    from kdci_ray.engine.parallel_scoring import _ScoringWorker
 
     pool = TensorPool(torch.zeros((4, 1, SIDE, SIDE), dtype=torch.uint8))
     models = {"teacher": create_model("tiny_cnn", C, 1)}
@@ -227,9 +228,9 @@ def test_scoring_actor_takes_the_worker_device_never_a_silent_cpu(monkeypatch) -
 
 
 def test_gpu_actor_decision() -> None:
-    from kdci_ray.config import RunConfig
-    from kdci_ray.train.dictionary_job import builds_on_gpu_actor, dictionary_bundle
-    from kdci_ray.train.placement import NodeShape
+    from kdci_ray.engine.dictionary_job import builds_on_gpu_actor, dictionary_bundle
+    from kdci_ray.engine.placement import NodeShape
+    from kdci_ray.experiments.dfkd import RunConfig
 
     head = NodeShape("head", {"CPU": 8.0}, 1)
     gpu = NodeShape("gpu", {"CPU": 8.0, "GPU": 4.0, "trainer": 1.0}, 1)

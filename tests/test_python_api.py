@@ -53,7 +53,6 @@ class Seen(tune.Callback):
         self.results.append(dict(result))
 
 
-@pytest.mark.slow
 def test_a_sampled_sweep_from_python_in_smoke_mode(tiny_settings, ray_session, tmp_path) -> None:
     seen = Seen()
     result = kdci_ray.sweep(
@@ -75,7 +74,6 @@ def test_a_sampled_sweep_from_python_in_smoke_mode(tiny_settings, ray_session, t
     assert "num_samples: 2" in (result.directory / "sweep.yaml").read_text()
 
 
-@pytest.mark.slow
 def test_a_scheduler_stops_tune_trial_trials_safely(tiny_settings, ray_session, tmp_path) -> None:
     """A scheduler stops half of a ``tune_trial`` sweep's trials after round 2 (a deterministic
     stand-in for ASHA, whose choices depend on timing): they are reported as stopped by the

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kdci_ray.config import parse_overrides, resolve, valid_keys
-from kdci_ray.config.renamed import RENAMED
 from kdci_ray.engine.files import load_experiment
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import parse_overrides, resolve, valid_keys
+from kdci_ray.experiments.dfkd.renamed import RENAMED
 from kdci_ray.methods import METHODS
 
 

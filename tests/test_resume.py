@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdci_ray.config import resolve
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.methods import METHODS
 from kdci_ray.train.loop import Collect, distill
 from kdci_ray.train.resume import RANK_FILE, load_resume_state, save_snapshot

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdci_ray.data.openworld import TensorPool
 from kdci_ray.data.photos import EmbeddedPhotoPool
+from kdci_ray.data.pool_format import TensorPool
 from kdci_ray.data.selection import file_sha1, select, selection_key
 
 # Logits [a_i, 0, 0]: for a >= 0 confidence grows with a and entropy shrinks with it.

@@ -12,7 +12,6 @@ from kdci_ray.engine.sweep_dir import prepare_output
 from kdci_ray.models import create_model, load_checkpoint
 
 
-@pytest.mark.slow
 def test_sweep_writes_tables_tensorboard_configs_and_checkpoints(tiny_settings, ray_session,
                                                                  tmp_path, capsys) -> None:
     cfg = tmp_path / "grid.yaml"
@@ -62,7 +61,6 @@ def test_sweep_writes_tables_tensorboard_configs_and_checkpoints(tiny_settings, 
     pd.testing.assert_frame_equal(rebuilt, rows)
 
 
-@pytest.mark.slow
 def test_both_trainers_train_the_same_student(tiny_settings, ray_session, tmp_path) -> None:
     """``run.trainer``: the loop in the Tune trial's own process and the loop on a one-worker
     TorchTrainer are the same computation: bit-identical students and metrics, and the saved

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from kdci_ray.cli import main
@@ -24,6 +23,7 @@ from kdci_ray.engine import locked_report, plan_sweep, prepare_output, sweep_loc
 from kdci_ray.engine.lock import LOCK_FILE
 from kdci_ray.engine.sweep_dir import read_record
 from kdci_ray.engine.sweep_files import foreign_entries
+from kdci_ray.environment import ENVIRONMENT_FILE
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart.yaml"
 ROUNDS = 40  # long enough that the winner is still training while the checks run
@@ -100,7 +100,6 @@ def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, log: Path,
         time.sleep(0.05)
 
 
-@pytest.mark.slow
 def test_one_writer_per_sweep_directory(tiny_settings, tmp_path, capsys) -> None:
     out = tmp_path / "sweep"
     logs = {m: tmp_path / f"{m}.log" for m in ("dafl", "deepinv")}
@@ -196,7 +195,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_message(tiny_settings,
            f"on host {socket.gethostname()}, since " in said.out
     assert "which ended without releasing it" in said.out
     # the refused sweep released the lock: the next one finds it free, nothing to take over
-    assert sorted(p.name for p in out.iterdir()) == ["sweep.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [ENVIRONMENT_FILE, "sweep.yaml"]
     code = main(["sweep", str(out), "--resume"])
     said = capsys.readouterr()
     assert code == 2 and "no Tune experiment state" in said.err
@@ -253,5 +252,6 @@ def test_overwrite_removes_only_what_a_sweep_wrote(tiny_settings, tmp_path, caps
     (out / "analysis").rmdir()
     with sweep_lock(out):
         prepare_output(plan, overwrite=True)
-        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "sweep.yaml"]
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, ENVIRONMENT_FILE,
+                                                          "sweep.yaml"]
     assert read_record(out)["name"] == plan.name

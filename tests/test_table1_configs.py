@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from kdci_ray.cli import main
-from kdci_ray.config import SMOKE, resolve
 from kdci_ray.engine import plan_sweep
 from kdci_ray.engine.naming import trial_dirname
+from kdci_ray.experiments.dfkd import SMOKE, resolve
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.base import MethodContext
 from kdci_ray.models import create_model
@@ -262,7 +262,6 @@ def _fake_imagenet32(root: Path, files: int = 2, per_file: int = 160) -> Path:
     return folder
 
 
-@pytest.mark.slow
 def test_table1_smoke_subset_through_the_cli(ray_session, tmp_path: Path, capsys) -> None:
     """One pair x {DAFL, DFND} x KDCI on: both method families, the npz pool and the KDCI
     plug-in through the real CLI and Ray, in one wave of two trials (KDCI off is the path of

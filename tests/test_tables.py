@@ -216,7 +216,6 @@ def ray_session() -> Iterator[None]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.mark.slow
 def test_rows_from_real_tune_sweep(ray_session: None, tmp_path: Path) -> None:
     from ray import tune
 

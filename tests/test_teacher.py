@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kdci_ray.cli import main
-from kdci_ray.config import resolve
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.models import create_model, load_checkpoint
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.evaluate import accuracy, predict_logits
@@ -35,7 +35,6 @@ def test_teacher_below_its_bar_fails_and_saves_nothing(tmp_path, monkeypatch) ->
     assert not teacher_path(cfg).exists()
 
 
-@pytest.mark.slow
 def test_embedded_teacher_reaches_97_percent(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("KDCI_RAY_CACHE", str(tmp_path))
     cfg = resolve({})

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from kdci_ray.cli import main
-from kdci_ray.config import resolve
 from kdci_ray.engine.files import load_experiment as load_sweep_file
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.models import create_model, load_checkpoint, save_checkpoint
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.kdci_setup import load_source_model, source_config

@@ -13,7 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from kdci_ray.config import resolve
+from kdci_ray.experiments.dfkd import resolve
 from kdci_ray.search.cases import config_layer
 from kdci_ray.train.run_reporter import RunReporter, is_scalar
 
@@ -172,7 +172,6 @@ def test_a_stopped_run_ends_its_session_as_failed_and_vanilla_has_no_kdci_metric
     assert _start_values(hp["session_start_info"])["kdci.enabled"] is False
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["tune_trial", "ray_train"])
 def test_a_trial_restarted_from_its_checkpoint_shows_each_step_once_with_its_hparams(
         tiny_settings, ray_session, tmp_path, trainer: str) -> None:

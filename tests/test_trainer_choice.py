@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdci_ray.config import resolve
+from kdci_ray.experiments.dfkd import resolve
 
 
 @pytest.mark.parametrize("layer, want", [

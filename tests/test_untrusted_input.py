@@ -24,7 +24,6 @@ import yaml
 from refusal import assert_refused
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config import resolve, save_resolved
 from kdci_ray.config.files import parse_yaml
 from kdci_ray.engine import plan_sweep
 from kdci_ray.engine.sweep_dir import (
@@ -35,6 +34,7 @@ from kdci_ray.engine.sweep_dir import (
     read_record,
 )
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import resolve, save_resolved
 from kdci_ray.results import report
 from kdci_ray.search.cases import case_lookup, config_layer, expand
 

@@ -109,7 +109,7 @@ def dfkd_fingerprint(overrides: dict[str, Any]) -> dict[str, str]:
     report's metrics."""
     import torch
 
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.loop import Collect, distill
 
     report = Collect()
@@ -140,7 +140,7 @@ def environment() -> dict[str, Any]:
 
 def fingerprints(log=print) -> dict[str, Any]:
     """Every run's fingerprint (the teacher trained or found in the cache first)."""
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.runtime import limit_threads
     from kdci_ray.train.teacher import ensure_teacher
 

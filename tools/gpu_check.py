@@ -212,7 +212,7 @@ def check_dictionary(c: Checker) -> str:
 
 def check_teacher(c: Checker) -> str:
     """The embedded smoke teacher, trained once into this check's own cache."""
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.teacher import ensure_teacher
 
     cfg = resolve(settings(c.device))
@@ -221,7 +221,7 @@ def check_teacher(c: Checker) -> str:
 
 
 def check_kd(c: Checker, method: str, kdci: bool) -> str:
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.loop import Collect, distill
 
     cfg = resolve(settings(c.device, method, kdci))
@@ -243,7 +243,7 @@ def check_syncs(c: Checker) -> str:
 
     import torch
 
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train import loop
 
     per_step: list[int] = []
@@ -286,7 +286,7 @@ def check_resume(c: Checker, method: str) -> str:
     back with ``map_location="cpu"``; the run continued on the device to the end."""
     import torch
 
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.loop import Collect, distill
 
     cfg = resolve(settings(c.device, method, True, **{"train.rounds": 3,
@@ -319,8 +319,8 @@ def check_resume(c: Checker, method: str) -> str:
 
 
 def check_two_workers_one_gpu(c: Checker) -> str:
-    from kdci_ray.config import resolve
     from kdci_ray.errors import ConfigError
+    from kdci_ray.experiments.dfkd import resolve
 
     try:
         resolve(settings("cuda", "dafl", True, **{"run.workers": 2,
@@ -355,7 +355,7 @@ def ddp_worker(out: Path, device: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.loop import Collect, distill
 
     backend = "nccl" if device == "cuda" else "gloo"
@@ -391,12 +391,12 @@ def _ray(c: Checker):
 
 def check_ray_train(c: Checker) -> str:
     _ray(c)
-    from kdci_ray.config import resolve, to_flat
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.ray_train import fit
 
     cfg = resolve(settings(c.device, "dafl", True, **{"run.trainer": "ray_train"}))
     run_dir = c.work / "ray_train"
-    result = fit(cfg, to_flat(cfg), run_dir)
+    result = fit(cfg, run_dir)
     metrics = result.metrics or {}
     if not metrics.get("finished") or not (run_dir / "student.pt").is_file():
         raise RuntimeError(f"the trial did not finish: {metrics}")
@@ -406,8 +406,8 @@ def check_ray_train(c: Checker) -> str:
 
 def check_prebuild(c: Checker) -> str:
     _ray(c)
-    from kdci_ray.config import resolve
-    from kdci_ray.train.dictionary_job import build_shared_dictionary
+    from kdci_ray.engine.dictionary_job import build_shared_dictionary
+    from kdci_ray.experiments.dfkd import resolve
 
     # a pool of its own: nothing in the store yet, so the dictionary is built now
     cfg = resolve(settings(c.device, "dfnd", True, **{"kdci.backend": "auto", "pool.seed": 77}))
@@ -447,7 +447,7 @@ def check_skdcgn(c: Checker) -> str:
 
 def check_speed(c: Checker, option: dict[str, Any]) -> str:
     """One method's KD steps with ``option`` against without (same process, warm)."""
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.loop import Collect, distill
 
     timing = ({"train.rounds": 2, "train.kd_steps": 20, "train.batch_size": 256} if c.cuda

@@ -8,7 +8,8 @@ retraining settings, data, seed). Keys hash the settings and the content of ever
 (whose numbers differ) by that device's type. Entries hold CPU tensors and are loaded onto the
 CPU (``map_location``), then moved to the run's device. They live under ``$KDCI_RAY_CACHE/cgn``;
 a file lock per key makes a second trial that needs the same entry wait for the first and load
-it.
+it. Each entry carries the versions of the packages that change it (``CGN_PACKAGES``); one built
+with others (or by a kdci_ray that did not record them) is built again and replaced, saying so.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from kdci_ray.cgn.data import MechanismData
 from kdci_ray.cgn.mechanisms import CGN, CHANNELS, MECHANISMS, MechanismGenerator
 from kdci_ray.cgn.student import train_student
 from kdci_ray.cgn.teacher_fit import fit_teacher
+from kdci_ray.environment import CGN_PACKAGES, note_cache_use, say, version_difference, versions
 from kdci_ray.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -110,15 +112,31 @@ def on_cpu(state: Any) -> Any:
     return out
 
 
+ENTRY, VERSIONS = "kdci_ray_cache_entry", "versions"  # an entry file: {ENTRY: state, VERSIONS}
+
+
 def _load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """The entry at ``path`` (CPU tensors), built and written first when it is not there."""
+    """The entry at ``path`` (CPU tensors), built and written first when it is not there or
+    was built with other package versions."""
+    wanted = versions(CGN_PACKAGES)
     with _locked(path):
+        status = "built"
         if path.is_file():
-            return torch.load(path, map_location=CPU, weights_only=True), True
+            stored = torch.load(path, map_location=CPU, weights_only=True)
+            recorded = stored.get(VERSIONS) if isinstance(stored, dict) and ENTRY in stored \
+                else None
+            stale = version_difference(recorded, wanted)
+            if not stale:
+                note_cache_use("cgn", path, "hit")
+                return stored[ENTRY], True
+            say(f"cached SKDCGN entry {path} was built with other package versions ({stale}); "
+                f"building it again")
+            status = "rebuilt"
         state = on_cpu(build())
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save({ENTRY: state, VERSIONS: wanted}, buf)
         atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+        note_cache_use("cgn", path, status)
         return state, False
 
 

@@ -1,29 +1,28 @@
-"""SKDCGN experiment config: dataclass sections, flat dotted keys, a built-in smoke mode.
+"""SKDCGN experiment config: its sections, smoke values and value checks.
 
-The same machinery as the distillation configs (``kdci_ray.config.schema``): defaults live in
-the dataclasses, a YAML file or ``key=value`` overrides set dotted keys (``student.width: 8``), an
-unknown key is one error naming it, values are type-checked, ``smoke: true`` shrinks every
-schedule so the whole pipeline runs in seconds.
+Everything else is the machinery every kind shares (``kdci_ray.config``): defaults live in the
+dataclasses, a YAML file or ``key=value`` overrides set dotted keys (``student.width: 8``), an
+unknown key is one error naming the closest valid one, values are type-checked, the layers
+resolve in one order (``kdci_ray.config.layers``), ``smoke: true`` shrinks every schedule so the
+whole pipeline runs in seconds.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from kdci_ray.atomic import atomic_write_text
 from kdci_ray.cgn.counterfactuals import CounterfactualAugmentation
 from kdci_ray.cgn.data import VARIANTS
 from kdci_ray.cgn.retrain import RetrainConfig
-from kdci_ray.cgn.student import STUDENT_LOSSES, StudentConfig
+from kdci_ray.cgn.student import STUDENT_LOSSES, GeneratorStudentConfig
 from kdci_ray.cgn.teacher_fit import TeacherFitConfig
-from kdci_ray.config.schema import Schema
+from kdci_ray.config.layers import capped, resolve_layers, save_flat
+from kdci_ray.config.schema import Schema, check_choice
 from kdci_ray.errors import ConfigError
+from kdci_ray.models import MODELS
 
 
 @dataclass
@@ -84,7 +83,7 @@ class CGNConfig:
     smoke: bool = False
     data: CGNDataConfig = field(default_factory=CGNDataConfig)
     teacher: TeacherFitConfig = field(default_factory=TeacherFitConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
+    student: GeneratorStudentConfig = field(default_factory=GeneratorStudentConfig)
     queries: QueryConfig = field(default_factory=QueryConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     augmentation: CounterfactualAugmentation = field(default_factory=CounterfactualAugmentation)
@@ -94,6 +93,7 @@ class CGNConfig:
 
 
 TOP_LEVEL = ("name", "seed", "smoke")
+TEACHER_MODES = ("supervised", "adversarial", "pretrained")
 SMOKE: dict[str, Any] = {
     "data.copies": 1, "teacher.steps": 20, "teacher.batch_size": 32, "student.steps": 20,
     "student.batch_size": 32, "queries.per_class": 20, "queries.heldout_per_class": 5,
@@ -108,43 +108,57 @@ RENAMED = {f"composition.{k}": f"augmentation.{k}"
 
 
 CGN_SCHEMA = Schema(CGNConfig, TOP_LEVEL, {
-    "data": CGNDataConfig, "teacher": TeacherFitConfig, "student": StudentConfig,
+    "data": CGNDataConfig, "teacher": TeacherFitConfig, "student": GeneratorStudentConfig,
     "queries": QueryConfig, "retrain": RetrainConfig, "augmentation": CounterfactualAugmentation,
     "classifier": ClassifierConfig, "controls": ControlsConfig, "run": CGNRunConfig,
-}, label="SKDCGN ", keys_hint="see kdci_ray/cgn/config.py", renamed=RENAMED)
+}, label="SKDCGN ", keys_hint="run `kdci-ray keys --kind skdcgn` to list them", renamed=RENAMED)
 valid_keys = CGN_SCHEMA.valid_keys
 check_keys = CGN_SCHEMA.check_keys
 to_flat = CGN_SCHEMA.to_flat
 
 
-def flatten(mapping: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``a.b: v`` and one level of nesting ``a: {b: v}`` -> dotted keys."""
-    return CGN_SCHEMA.flatten(mapping, where)
+def smoke_values(cfg: CGNConfig) -> dict[str, Any]:
+    """Smoke mode's schedules: :data:`SMOKE`, and :data:`SMOKE_CAPS` as upper bounds."""
+    return {**SMOKE, **capped(CGN_SCHEMA, cfg, SMOKE_CAPS)}
 
 
-def resolve(*layers: dict[str, Any], where: str = "") -> CGNConfig:
-    """The config of one run from dotted-key layers (file, sampled values, overrides)."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged.update(CGN_SCHEMA.flatten(layer, where))
-    cfg = CGN_SCHEMA.apply(CGNConfig(), merged, where)
-    if cfg.smoke:
-        validate(cfg)  # the user's own values as given: smoke mode must not hide a bad one
-        CGN_SCHEMA.apply(cfg, SMOKE, "smoke mode")
-        CGN_SCHEMA.apply(cfg, {k: min(cap, CGN_SCHEMA.value(cfg, k))
-                               for k, cap in SMOKE_CAPS.items()}, "smoke mode")
-    validate(cfg)
-    return cfg
+def resolve(*layers: dict[str, Any], where: str = "", smoke: bool | None = None) -> CGNConfig:
+    """The validated config of one run from dotted-key layers (file, sampled values,
+    overrides), in the order every kind resolves (``kdci_ray.config.layers``)."""
+    return resolve_layers(CGN_SCHEMA, layers, validate=validate, smoke_values=smoke_values,
+                          smoke=smoke, where=where)
+
+
+def save(cfg: CGNConfig, path: Path) -> Path:
+    """The resolved config as flat YAML, written atomically."""
+    return save_flat(CGN_SCHEMA, cfg, path)
 
 
 def validate(cfg: CGNConfig) -> None:
-    teacher_modes = ("supervised", "adversarial", "pretrained")
-    if cfg.data.variant not in VARIANTS:
-        raise ConfigError(f"config key 'data.variant' must be one of {', '.join(VARIANTS)}, "
-                          f"got {cfg.data.variant!r}")
-    if cfg.teacher.mode not in teacher_modes:
-        raise ConfigError(f"config key 'teacher.mode' must be one of {', '.join(teacher_modes)}, "
-                          f"got {cfg.teacher.mode!r}")
+    """Value checks that need more than a type; the first bad value is one ``ConfigError``."""
+    check_choice("data.variant", cfg.data.variant, VARIANTS)
+    check_choice("teacher.mode", cfg.teacher.mode, TEACHER_MODES)
+    check_choice("student.losses", cfg.student.losses, STUDENT_LOSSES)
+    check_choice("classifier.arch", cfg.classifier.arch, sorted(MODELS))
+    check_teacher_checkpoint(cfg)
+    check_ranges(cfg)
+    check_sizes(cfg)
+    check_perturbations(cfg)
+    validate_published(cfg)
+    if not 0.0 < cfg.run.gpus_per_trial <= 1.0:
+        raise ConfigError(f"config key 'run.gpus_per_trial' must be in (0, 1] (a trial computes "
+                          f"on one GPU; a fraction packs several trials on it), got "
+                          f"{cfg.run.gpus_per_trial}")
+    if cfg.student.width * 2 > cfg.teacher.width:
+        raise ConfigError(
+            f"student.width={cfg.student.width} is more than half of teacher.width="
+            f"{cfg.teacher.width}: SKDCGN students must compress the teacher's mechanisms "
+            f"(the published MNIST students were larger than their teachers); lower "
+            f"student.width")
+
+
+def check_teacher_checkpoint(cfg: CGNConfig) -> None:
+    """``teacher.checkpoint`` is given exactly when ``teacher.mode`` is ``pretrained``."""
     if cfg.teacher.mode == "pretrained" and not cfg.teacher.checkpoint.strip():
         raise ConfigError("teacher.mode=pretrained needs 'teacher.checkpoint': the path of a "
                           "published CGN-MNIST teacher (e.g. cgn_double_colored_MNIST.pth, a "
@@ -153,22 +167,25 @@ def validate(cfg: CGNConfig) -> None:
         raise ConfigError(f"config key 'teacher.checkpoint' is read only by teacher.mode="
                           f"pretrained, but teacher.mode is {cfg.teacher.mode}: set "
                           f"teacher.mode=pretrained or drop teacher.checkpoint")
-    check_ranges(cfg)
-    positive = {"data.copies": cfg.data.copies, "teacher.steps": cfg.teacher.steps,
-                "teacher.batch_size": cfg.teacher.batch_size, "teacher.width": cfg.teacher.width,
-                "student.steps": cfg.student.steps, "student.width": cfg.student.width,
-                "student.batch_size": cfg.student.batch_size,
-                "queries.per_class": cfg.queries.per_class,
-                "queries.heldout_per_class": cfg.queries.heldout_per_class,
-                "augmentation.per_mask": cfg.augmentation.per_mask,
-                "classifier.counterfactuals": cfg.classifier.counterfactuals,
-                "classifier.steps": cfg.classifier.steps, "controls.samples": cfg.controls.samples,
-                "retrain.batch_size": cfg.retrain.batch_size}
-    for key, value in positive.items():
+
+
+def check_sizes(cfg: CGNConfig) -> None:
+    """Counts, widths and schedules >= 1, the data's bias a fraction."""
+    for key in ("data.copies", "teacher.steps", "teacher.batch_size", "teacher.width",
+                "student.steps", "student.width", "student.batch_size", "queries.per_class",
+                "queries.heldout_per_class", "augmentation.per_mask",
+                "classifier.counterfactuals", "classifier.steps", "controls.samples",
+                "retrain.batch_size"):
+        value = CGN_SCHEMA.value(cfg, key)
         if value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
     if not 0.0 <= cfg.data.bias <= 1.0:
         raise ConfigError(f"config key 'data.bias' must be in [0, 1], got {cfg.data.bias}")
+
+
+def check_perturbations(cfg: CGNConfig) -> None:
+    """The counterfactuals' augmentation and the composition study's retraining perturb masks
+    by amounts in range; the retraining's schedule and mask loss are >= 0."""
     for section in ("augmentation", "retrain"):
         values = getattr(cfg, section)
         level = values.transparency if section == "augmentation" else values.opacity
@@ -182,27 +199,6 @@ def validate(cfg: CGNConfig) -> None:
     if cfg.retrain.steps < 0 or cfg.retrain.d_warmup < 0 or cfg.retrain.mask_loss_weight < 0:
         raise ConfigError("config keys 'retrain.steps', 'retrain.d_warmup' and "
                           "'retrain.mask_loss_weight' must be >= 0")
-    validate_published(cfg)
-    if not 0.0 < cfg.run.gpus_per_trial <= 1.0:
-        raise ConfigError(f"config key 'run.gpus_per_trial' must be in (0, 1] (a trial computes "
-                          f"on one GPU; a fraction packs several trials on it), got "
-                          f"{cfg.run.gpus_per_trial}")
-    if cfg.student.losses not in STUDENT_LOSSES:
-        raise ConfigError(f"config key 'student.losses' must be one of "
-                          f"{', '.join(STUDENT_LOSSES)}, got {cfg.student.losses!r}")
-    from kdci_ray.models import MODELS
-
-    if cfg.classifier.arch not in MODELS:
-        close = difflib.get_close_matches(cfg.classifier.arch, list(MODELS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"config key 'classifier.arch': unknown model "
-                          f"{cfg.classifier.arch!r}{hint} (one of {', '.join(sorted(MODELS))})")
-    if cfg.student.width * 2 > cfg.teacher.width:
-        raise ConfigError(
-            f"student.width={cfg.student.width} is more than half of teacher.width="
-            f"{cfg.teacher.width}: SKDCGN students must compress the teacher's mechanisms "
-            f"(the published MNIST students were larger than their teachers); lower "
-            f"student.width")
 
 
 def check_ranges(cfg: CGNConfig) -> None:
@@ -256,7 +252,3 @@ def validate_published(cfg: CGNConfig) -> None:
         raise ConfigError("config key 'retrain.steps' fine-tunes a published CGN-MNIST teacher "
                           "(SKDCGN's composition study): it needs teacher.mode=pretrained")
 
-
-def save(cfg: CGNConfig, path: Path) -> None:
-    """The resolved config as flat YAML, written atomically."""
-    atomic_write_text(path, yaml.safe_dump(to_flat(cfg), sort_keys=False))

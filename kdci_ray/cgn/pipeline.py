@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,8 @@ def run(cfg: CGNConfig, out_dir: Path | None = None, log=print,
 
 
 def _run(cfg: CGNConfig, out_dir: Path | None, log, device: torch.device) -> dict[str, Any]:
+    """:func:`run`'s steps, each timed: teacher, students (across the black box), the four
+    classifiers, the controls, sample sheets, sizes and speeds."""
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     train, test, oracle = (load_split(cfg, s) for s in ("train", "test", "oracle"))
@@ -142,88 +146,176 @@ def _run(cfg: CGNConfig, out_dir: Path | None, log, device: torch.device) -> dic
 
     t = time.perf_counter()
     # both mechanisms take and give tensors on the device (the box answers on the CPU)
-    teacher_mech = on_device(box.query, device)
-    student_mech = on_device(students_mechanism(students), device)
-    c = cfg.classifier
-
-    def untrained_classifier() -> torch.nn.Module:
-        return new_classifier(c.arch, num_classes, 3, c.input_size)
-
-    def classifier_of(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.nn.Module, float]:
-        clf = train_classifier(x, y, num_classes, steps=c.steps, batch_size=c.batch_size,
-                               lr=c.lr, seed=cfg.seed, arch=c.arch, input_size=c.input_size,
-                               device=device)
-        return clf, accuracy(clf, test.images, test.labels)
-
-    def counterfactuals_of(mechanism) -> tuple[torch.Tensor, torch.Tensor]:
-        return counterfactual_dataset(mechanism, c.counterfactuals, box.latent_dim, num_classes,
-                                      seed=cfg.seed, variant=cfg.augmentation)
-
-    accs, models, reused = {}, {}, []
-    for which, split in (("biased", train), ("oracle", oracle)):
-        models[which], accs[f"acc_{which}"], hit = cached_reference(
-            cfg, which, lambda s=split: classifier_of(s.images, s.labels), untrained_classifier,
-            device=device)
-        reused.append(hit)
-    cf_t, cf_s = counterfactuals_of(teacher_mech), counterfactuals_of(student_mech)
-    models["teacher_cf"], accs["acc_teacher_cf"] = classifier_of(*cf_t)
-    _, accs["acc_student_cf"] = classifier_of(*cf_s)
-    for key in ("acc_biased", "acc_teacher_cf", "acc_student_cf", "acc_oracle"):
-        log(f"{key}: {accs[key]:.4f}")
+    mechanisms = Mechanisms(teacher=on_device(box.query, device),
+                            student=on_device(students_mechanism(students), device))
+    bench = Classifiers(cfg, test, num_classes, box.latent_dim, device)
+    scores = score_counterfactuals(bench, train, oracle, mechanisms, log)
     times["classifiers_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ctl, shape = cfg.controls, (box.latent_dim, num_classes)
-    extra = {**label_fidelity(models["teacher_cf"], teacher_mech, student_mech, ctl.samples,
-                              *shape, seed=cfg.seed + 20_000),
-             **kid_scores(models["oracle"], teacher_mech, student_mech, ctl.samples, *shape,
-                          seed=cfg.seed + 30_000)}
-    if ctl.swaps:
-        for code in SWAP_CODES:
-            if code in ("TTT", "SSS"):  # the teacher and student counterfactuals above
-                continue
-            _, extra[f"acc_cf_{code}"] = classifier_of(*counterfactuals_of(
-                swap_mechanism(teacher_mech, student_mech, code)))
-            log(f"swap {code} (shape, foreground, background; S = student): "
-                f"{extra[f'acc_cf_{code}']:.4f}")
-    if ctl.untrained:
-        blank = {m: untrained_student(m, num_classes, box.latent_dim, cfg.student.width,
-                                      box.image_size, seed=cfg.seed).to(device)
-                 for m in MECHANISMS}
-        _, extra["acc_untrained_cf"] = classifier_of(*counterfactuals_of(
-            on_device(students_mechanism(blank), device)))
-        extra["retained_gain_untrained"] = retained_gain(
-            accs["acc_biased"], accs["acc_teacher_cf"], extra["acc_untrained_cf"])
-    if ctl.shape_gap:
-        extra.update(teacher_shape_gap(cfg, box, train, test, num_classes, device))
+    extra = control_metrics(bench, scores, mechanisms, box, train, log)
     times["controls_s"] = time.perf_counter() - t
     if out_dir is not None:
-        write_samples(out_dir, {
-            "samples.png": {"originals (biased train)": train.images[:40],
-                            "teacher counterfactuals": cf_t[0][:40],
-                            "student counterfactuals": cf_s[0][:40],
-                            "shifted test": test.images[:40]},
-            "mechanisms.png": mechanism_grids(teacher_mech, student_mech, *shape,
-                                              seed=cfg.seed)})
+        write_samples(out_dir, sample_sheets(bench, scores, mechanisms, train))
 
-    teacher_params = sum(parameter_count(teacher.mechanisms[m]) for m in MECHANISMS)
-    student_params = sum(parameter_count(students[m]) for m in MECHANISMS)
-    timing = {"n": 128, "repeats": 1} if cfg.smoke else {}  # smoke: a rough figure, quickly
-    speed_t = box.speed(**timing)  # timed in the teacher's own process, not through the pipe
-    box.close()
-    speed_s = images_per_second(students_mechanism(students), box.latent_dim, num_classes,
-                                **timing, device=device)
+    sizes = size_and_speed(cfg, teacher, students, box, num_classes, device)
     times["total_s"] = time.perf_counter() - t0
+    accs = scores.accs
     return {**accs,
             "retained_gain": retained_gain(accs["acc_biased"], accs["acc_teacher_cf"],
                                            accs["acc_student_cf"]),
-            "param_ratio": student_params / teacher_params,
+            **sizes,
+            "teacher_cached": float(cached_teacher), "students_cached": float(cached_students),
+            "references_cached": float(scores.references_cached),  # of the 2 (biased, oracle)
+            **fidelity(students, heldout), **extra, **times}
+
+
+@dataclass
+class Mechanisms:
+    """The teacher's (through the black box) and the students' mechanisms, on the device."""
+
+    teacher: Callable
+    student: Callable
+
+
+@dataclass
+class Classifiers:
+    """The invariant classifiers of one trial (``classifier.*``): built, trained on the trial's
+    device and scored on the shifted test split; and the counterfactual sets they train on."""
+
+    cfg: CGNConfig
+    test: MechanismData
+    num_classes: int
+    latent_dim: int
+    device: torch.device
+
+    def untrained(self) -> torch.nn.Module:
+        c = self.cfg.classifier
+        return new_classifier(c.arch, self.num_classes, 3, c.input_size)
+
+    def fit(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.nn.Module, float]:
+        """A classifier trained on ``images`` and its shifted-test accuracy."""
+        c = self.cfg.classifier
+        clf = train_classifier(images, labels, self.num_classes, steps=c.steps,
+                               batch_size=c.batch_size, lr=c.lr, seed=self.cfg.seed,
+                               arch=c.arch, input_size=c.input_size, device=self.device)
+        return clf, accuracy(clf, self.test.images, self.test.labels)
+
+    def reference(self, which: str,
+                  split: MechanismData) -> tuple[torch.nn.Module, float, bool]:
+        """The ``which`` (biased | oracle) classifier, trained on ``split`` or from the cache:
+        ``(model, accuracy, cached)``."""
+        return cached_reference(self.cfg, which, lambda: self.fit(split.images, split.labels),
+                                self.untrained, device=self.device)
+
+    def counterfactuals(self, mechanism) -> tuple[torch.Tensor, torch.Tensor]:
+        """``classifier.counterfactuals`` images composed by ``mechanism``, and their labels."""
+        return counterfactual_dataset(mechanism, self.cfg.classifier.counterfactuals,
+                                      self.latent_dim, self.num_classes, seed=self.cfg.seed,
+                                      variant=self.cfg.augmentation)
+
+    def fit_counterfactuals(self, mechanism) -> float:
+        """The shifted-test accuracy of a classifier trained on ``mechanism``'s
+        counterfactuals."""
+        return self.fit(*self.counterfactuals(mechanism))[1]
+
+
+@dataclass
+class CounterfactualScores:
+    """The four classifiers' accuracies (biased, oracle, teacher and student counterfactuals),
+    the models the controls score with, and the counterfactual sets the samples show."""
+
+    accs: dict[str, float]
+    models: dict[str, torch.nn.Module]  # biased, oracle, teacher_cf
+    references_cached: int  # of the 2 reference classifiers (biased, oracle)
+    teacher_cf: tuple[torch.Tensor, torch.Tensor]
+    student_cf: tuple[torch.Tensor, torch.Tensor]
+
+
+def score_counterfactuals(bench: Classifiers, train: MechanismData, oracle: MechanismData,
+                          mechanisms: Mechanisms, log) -> CounterfactualScores:
+    """The paper's four classifiers: on the biased originals and the unbiased data (both
+    cached per data and settings), and on the teacher's and the students' counterfactuals."""
+    accs, models, reused = {}, {}, 0
+    for which, split in (("biased", train), ("oracle", oracle)):
+        models[which], accs[f"acc_{which}"], hit = bench.reference(which, split)
+        reused += hit
+    cf_t = bench.counterfactuals(mechanisms.teacher)
+    cf_s = bench.counterfactuals(mechanisms.student)
+    models["teacher_cf"], accs["acc_teacher_cf"] = bench.fit(*cf_t)
+    _, accs["acc_student_cf"] = bench.fit(*cf_s)
+    for key in ("acc_biased", "acc_teacher_cf", "acc_student_cf", "acc_oracle"):
+        log(f"{key}: {accs[key]:.4f}")
+    return CounterfactualScores(accs, models, reused, cf_t, cf_s)
+
+
+def control_metrics(bench: Classifiers, scores: CounterfactualScores, mechanisms: Mechanisms,
+                    box: BlackBoxCGN, train: MechanismData, log) -> dict[str, float]:
+    """What the students keep (``controls``): label fidelity and KID, and with ``controls.*``
+    the mechanism swaps, the untrained-student control and the teacher's shape-domain gap."""
+    cfg, ctl, shape = bench.cfg, bench.cfg.controls, (bench.latent_dim, bench.num_classes)
+    teacher_mech, student_mech = mechanisms.teacher, mechanisms.student
+    extra = {**label_fidelity(scores.models["teacher_cf"], teacher_mech, student_mech,
+                              ctl.samples, *shape, seed=cfg.seed + 20_000),
+             **kid_scores(scores.models["oracle"], teacher_mech, student_mech, ctl.samples,
+                          *shape, seed=cfg.seed + 30_000)}
+    if ctl.swaps:
+        for code in SWAP_CODES:
+            if code in ("TTT", "SSS"):  # the teacher and student counterfactuals
+                continue
+            extra[f"acc_cf_{code}"] = bench.fit_counterfactuals(
+                swap_mechanism(teacher_mech, student_mech, code))
+            log(f"swap {code} (shape, foreground, background; S = student): "
+                f"{extra[f'acc_cf_{code}']:.4f}")
+    if ctl.untrained:
+        extra.update(untrained_control(bench, scores, box.image_size))
+    if ctl.shape_gap:
+        extra.update(teacher_shape_gap(cfg, box, train, bench.test, bench.num_classes,
+                                       bench.device))
+    return extra
+
+
+def untrained_control(bench: Classifiers, scores: CounterfactualScores,
+                      image_size: int) -> dict[str, float]:
+    """The classifier trained on untrained students' counterfactuals, and the gain it keeps."""
+    cfg = bench.cfg
+    blank = {m: untrained_student(m, bench.num_classes, bench.latent_dim, cfg.student.width,
+                                  image_size, seed=cfg.seed).to(bench.device)
+             for m in MECHANISMS}
+    acc = bench.fit_counterfactuals(on_device(students_mechanism(blank), bench.device))
+    accs = scores.accs
+    return {"acc_untrained_cf": acc,
+            "retained_gain_untrained": retained_gain(accs["acc_biased"],
+                                                     accs["acc_teacher_cf"], acc)}
+
+
+def sample_sheets(bench: Classifiers, scores: CounterfactualScores, mechanisms: Mechanisms,
+                  train: MechanismData) -> dict[str, dict[str, torch.Tensor]]:
+    """The sample grids a trial writes (``samples.png``, ``mechanisms.png``)."""
+    return {"samples.png": {"originals (biased train)": train.images[:40],
+                            "teacher counterfactuals": scores.teacher_cf[0][:40],
+                            "student counterfactuals": scores.student_cf[0][:40],
+                            "shifted test": bench.test.images[:40]},
+            "mechanisms.png": mechanism_grids(mechanisms.teacher, mechanisms.student,
+                                              bench.latent_dim, bench.num_classes,
+                                              seed=bench.cfg.seed)}
+
+
+def size_and_speed(cfg: CGNConfig, teacher, students: dict[str, torch.nn.Module],
+                   box: BlackBoxCGN, num_classes: int, device: torch.device) -> dict[str, float]:
+    """The students' parameter and sampling-speed ratios against the teacher's mechanisms (the
+    teacher timed in its own process, not through the pipe); closes the black box."""
+    teacher_params = sum(parameter_count(teacher.mechanisms[m]) for m in MECHANISMS)
+    student_params = sum(parameter_count(students[m]) for m in MECHANISMS)
+    timing = {"n": 128, "repeats": 1} if cfg.smoke else {}  # smoke: a rough figure, quickly
+    speed_t = box.speed(**timing)
+    box.close()
+    speed_s = images_per_second(students_mechanism(students), box.latent_dim, num_classes,
+                                **timing, device=device)
+    return {"param_ratio": student_params / teacher_params,
             "sample_speed_ratio": speed_s / speed_t,
             "teacher_params": teacher_params, "student_params": student_params,
-            "teacher_images_per_s": speed_t, "student_images_per_s": speed_s,
-            "teacher_cached": float(cached_teacher), "students_cached": float(cached_students),
-            "references_cached": float(sum(reused)),  # of the 2 (biased, oracle) loaded
-            **fidelity(students, heldout), **extra, **times}
+            "teacher_images_per_s": speed_t, "student_images_per_s": speed_s}
 
 
 def teacher_shape_gap(cfg: CGNConfig, box: BlackBoxCGN, train: MechanismData,

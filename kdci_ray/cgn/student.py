@@ -44,7 +44,9 @@ from kdci_ray.cgn.mechanisms import CHANNELS, MechanismGenerator
 
 
 @dataclass
-class StudentConfig:
+class GeneratorStudentConfig:
+    """One SKDCGN student generator and its TinyGAN training (the ``student.`` keys)."""
+
     width: int = 8
     steps: int = 800
     batch_size: int = 64
@@ -71,13 +73,13 @@ TINYGAN: dict[str, object] = {
 }
 
 
-def check_losses(cfg: StudentConfig) -> None:
+def check_losses(cfg: GeneratorStudentConfig) -> None:
     """Refuse an unknown ``student.losses`` (allowed: :data:`STUDENT_LOSSES`)."""
     if cfg.losses not in STUDENT_LOSSES:
         raise ValueError(f"student.losses must be one of {STUDENT_LOSSES}, got {cfg.losses!r}")
 
 
-def pixel_weight_at(step: int, cfg: StudentConfig) -> float:
+def pixel_weight_at(step: int, cfg: GeneratorStudentConfig) -> float:
     """The pixel loss's weight at ``step``: linear from ``pixel_weight`` to 0 at
     ``pixel_decay * steps``, 0 after (TinyGAN: 0.2 to 0 over the first two thirds)."""
     return cfg.pixel_weight * max(0.0, 1.0 - step / max(1, cfg.pixel_decay * cfg.steps))
@@ -123,8 +125,9 @@ def mask_entropy(mask: Tensor) -> Tensor:
     return -(m * m.log() + (1 - m) * (1 - m).log()).mean()
 
 
-def student_losses(step: int, cfg: StudentConfig, fake: Tensor, real: Tensor, labels: Tensor,
-                   disc: Discriminator | None, mechanism: str) -> dict[str, Tensor]:
+def student_losses(step: int, cfg: GeneratorStudentConfig, fake: Tensor, real: Tensor,
+                   labels: Tensor, disc: Discriminator | None,
+                   mechanism: str) -> dict[str, Tensor]:
     """The generator's loss terms at ``step`` (``loss`` is their weighted sum)."""
     if cfg.losses == "pixel":
         terms = {"pixel": F.l1_loss(fake, real)}
@@ -147,7 +150,7 @@ def student_losses(step: int, cfg: StudentConfig, fake: Tensor, real: Tensor, la
     return _with_mask(terms, total, cfg, fake, mechanism)
 
 
-def _with_mask(terms: dict[str, Tensor], total: Tensor, cfg: StudentConfig, fake: Tensor,
+def _with_mask(terms: dict[str, Tensor], total: Tensor, cfg: GeneratorStudentConfig, fake: Tensor,
                mechanism: str) -> dict[str, Tensor]:
     """``terms`` with the shape student's weighted mask loss added and ``loss`` their sum."""
     if mechanism == "shape" and cfg.mask_loss_weight > 0:
@@ -165,7 +168,7 @@ def discriminator_loss(disc: Discriminator, fake: Tensor, real: Tensor,
     return F.relu(1.0 - real_score).mean() + F.relu(1.0 + fake_score).mean()
 
 
-def train_student(queries: QuerySet, cfg: StudentConfig, num_classes: int, seed: int = 0,
+def train_student(queries: QuerySet, cfg: GeneratorStudentConfig, num_classes: int, seed: int = 0,
                   log=None, device: str | torch.device = "cpu",
                   ) -> tuple[MechanismGenerator, dict[str, float]]:
     """A student generator for ``queries.mechanism``, trained from the stored queries only, on

@@ -1,4 +1,5 @@
-"""Experiment files and command-line overrides: parsing (``yaml.safe_load`` only) and dumping."""
+"""Experiment files and command-line overrides, for any kind: YAML parsed with a safe loader that
+refuses duplicated keys, and ``key=value`` words split (their keys are checked by the kind)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,7 @@ from typing import Any
 
 import yaml
 
-from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config.keys import DFKD_SCHEMA, check_keys, to_flat
 from kdci_ray.config.schema import closest_key
-from kdci_ray.config.sections import ExperimentConfig
 from kdci_ray.errors import ConfigError
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -64,15 +62,15 @@ def read_yaml(path: str | Path) -> Any:
     return parse_yaml(text, str(path))
 
 
-def split_overrides(items: list[str], keys: list[str] | None = None) -> dict[str, Any]:
+def split_overrides(items: list[str], keys: list[str]) -> dict[str, Any]:
     """``["train.lr=0.1", "kdci.enabled=true"]`` -> dotted dict (values parsed later, per type;
     keys checked by the caller, against its experiment kind's schema). An item without ``=`` is
-    refused with the closest of ``keys`` (default: the distillation keys)."""
+    refused with the closest of ``keys`` (the kind's valid keys)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise not_an_override(item, DFKD_SCHEMA.valid_keys() if keys is None else keys)
+            raise not_an_override(item, keys)
         out[key.strip()] = value.strip()
     return out
 
@@ -84,15 +82,3 @@ def not_an_override(item: str, keys: list[str]) -> ConfigError:
     hint = f"did you mean {close}=...?" if close else "`kdci-ray keys` lists the keys"
     return ConfigError(f"{item!r} is not a key=value override (section.key=value, e.g. "
                        f"train.rounds=40); {hint}")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """:func:`split_overrides` with the keys checked against the distillation schema."""
-    out = split_overrides(items)
-    check_keys(out, "command-line overrides")
-    return out
-
-
-def save_resolved(cfg: ExperimentConfig, path: str | Path) -> Path:
-    """The resolved config as flat YAML, written atomically (a resume check reads it)."""
-    return atomic_write_text(path, yaml.safe_dump(to_flat(cfg), sort_keys=False))

@@ -2,9 +2,9 @@
 type-checked assignment, flat dumps, one unknown-key error with a did-you-mean.
 
 A ``Schema`` describes one root dataclass: its top-level fields and its sections (each a
-dataclass field of the root). The distillation config (``kdci_ray.config.keys``: a section per
-method on top) and the SKDCGN config (``kdci_ray.cgn.config``) are two schemas of this one
-machinery.
+dataclass field of the root). The distillation config (a section per method on top) and the
+SKDCGN config (``kdci_ray.cgn.config``) are two schemas of this one machinery; a kind resolves
+and saves its configs with ``kdci_ray.config.layers``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import difflib
 import functools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import yaml
@@ -76,6 +76,16 @@ def closest_key(word: str, keys: list[str]) -> str | None:
         by_letters[m] for m in difflib.get_close_matches(_squashed(word), list(by_letters), n=1,
                                                          cutoff=0.6)]
     return close[0] if close else None
+
+
+def check_choice(key: str, value: Any, choices: Collection[str]) -> None:
+    """Refuse a ``value`` of config ``key`` outside ``choices``, naming them and the closest."""
+    if value in choices:
+        return
+    close = closest_key(str(value), list(choices))
+    hint = f"; did you mean {close!r}?" if close else ""
+    raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got "
+                      f"{value!r}{hint}")
 
 
 ABSENT = object()  # a key the config does not hold (another method's section)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdci_ray.data.openworld import OpenWorldPool
+from kdci_ray.data.pool_format import OpenWorldPool
 
 _VERSION = 1  # bump when the recipe changes: it is part of the fingerprint
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdci_ray.data.openworld import check_format
+from kdci_ray.data.pool_format import check_format
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from numpy.lib import format as npy_format
 from torch import Tensor
 
-from kdci_ray.data.openworld import check_format
+from kdci_ray.data.pool_format import check_format
 
 PATTERN = "*.npz"
 EXPECTED = ("files matching *.npz (e.g. train_data_batch_1.npz ... train_data_batch_10.npz, "

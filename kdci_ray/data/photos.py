@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdci_ray.data.openworld import check_format
+from kdci_ray.data.pool_format import check_format
 
 SOURCE = "sklearn-sample-images"
 _VERSION = 1  # bump when the crop recipe changes: it is part of the fingerprint

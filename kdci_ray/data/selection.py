@@ -13,7 +13,9 @@ teacher finds most useful:
 
 Ties go to the lower index; NaN scores rank last. The result (sorted int64 pool indices) is
 cached on disk keyed by the criterion, ``n``, the pool's fingerprint and ``key_extra`` (the
-teacher checkpoint's hash), so every trial of a sweep reuses one scoring pass.
+teacher checkpoint's hash), so every trial of a sweep reuses one scoring pass. Its record carries
+the versions of the packages that change it (``SELECTION_PACKAGES``: the pixels Pillow decodes,
+the teacher's scores); an entry made with others is scored again and replaced, saying so.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ import torch
 from torch import Tensor
 
 from kdci_ray.atomic import atomic_write
-from kdci_ray.data.openworld import OpenWorldPool
+from kdci_ray.data.pool_format import OpenWorldPool
+from kdci_ray.environment import (
+    SELECTION_PACKAGES,
+    note_cache_use,
+    say,
+    version_difference,
+    versions,
+)
 
 CRITERIA = ("confidence", "entropy")
 
@@ -68,6 +77,16 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     ranked = np.where(np.isnan(scores), -np.inf, scores)
     order = np.argsort(-ranked, kind="stable")
     return np.sort(order[:n]).astype(np.int64)
+
+
+def _stale(json_path: Path, wanted: dict[str, str | None]) -> str:
+    """Why a cached selection's record does not vouch for it here ("" when it does)."""
+    try:
+        record = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return "its record is missing or unreadable"
+    recorded = record.get("versions") if isinstance(record, dict) else None
+    return version_difference(recorded, wanted)
 
 
 def _load_cached(npy: Path, n: int, length: int) -> np.ndarray | None:
@@ -146,13 +165,19 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
         key_extra = f"{key_extra}|imbalance={float(imbalance)!r}|strict={strict}"
     key = selection_key(criterion, n, fingerprint, key_extra)
     npy = json_path = None
+    wanted, status = versions(SELECTION_PACKAGES), "built"
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
         npy, json_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
         if npy.is_file():
-            cached = _load_cached(npy, n, total)
+            stale, status = _stale(json_path, wanted), "rebuilt"
+            cached = None if stale else _load_cached(npy, n, total)
             if cached is not None:
+                note_cache_use("selection", npy, "hit", key, pool=fingerprint)
                 return cached
+            if stale:
+                say(f"cached selection {npy} was made with other package versions ({stale}); "
+                    f"scoring the pool again")
 
     if imbalance:
         from kdci_ray.data.shift import quota_select
@@ -173,9 +198,10 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
     if npy is not None and json_path is not None:
         npy.parent.mkdir(parents=True, exist_ok=True)
         record = {"key": key, "criterion": criterion, "n": n, "fingerprint": fingerprint,
-                  "key_extra": key_extra, "pool_length": total,
+                  "key_extra": key_extra, "pool_length": total, "versions": wanted,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_unix": time.time()}
         # The record first: the .npy appearing is what marks the entry complete.
         atomic_write(json_path, lambda fh: fh.write(json.dumps(record, indent=2).encode()))
         atomic_write(npy, lambda fh: np.save(fh, indices, allow_pickle=False))
+        note_cache_use("selection", npy, status, key, pool=fingerprint)
     return indices

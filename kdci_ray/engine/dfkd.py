@@ -1,55 +1,34 @@
-"""The data-free distillation kind (``kind: dfkd``, the default): six DFKD methods with or
-without KDCI, each trial one run of the loop (``kdci_ray.train.loop``).
+"""The Ray side of the data-free distillation kind (``kdci_ray.experiments.dfkd``).
 
 Before the first trial (``check_inputs``), every input is checked and the shared work done once,
 before Ray starts, so a bad input costs seconds, not a cluster: the cache directory is writable;
 data readable; each distinct teacher present (the embedded one trained once here), fitting its
 architecture and giving finite logits; file-backed pools readable; KDCI's other models trained or
 checked; the build-once dictionaries and the pool selections of the sampling-based methods made
-(on the cluster's workers when ``RAY_ADDRESS`` is set, waiting visibly for its nodes).
-``kdci.backend: cuml`` needs a GPU with cuML: without ``RAY_ADDRESS`` one on this machine
-(checked while planning), on a cluster a node with a GPU (checked once Ray is up).
+(``dictionary_job``; on the cluster's workers when ``RAY_ADDRESS`` is set, waiting visibly for
+its nodes). ``kdci.backend: cuml`` on a cluster needs a node with a GPU (checked once Ray is up;
+without ``RAY_ADDRESS`` the kind checks this machine while planning).
 
-A trial runs the loop with its ``run.trainer``: in the Tune trial's own process (``tune_trial``,
-one CPU worker) or on a Ray Train worker group (``ray_train``: the trial holds no CPU, its
-TorchTrainer's workers do, and Tune never stops it early: a stopped Train-driving trial would
-keep its workers' CPUs).
+A trial with ``run.trainer: tune_trial`` holds one worker's bundle in the Tune trial's own
+process; with ``ray_train`` the trial holds no CPU, its TorchTrainer's workers do, and Tune never
+stops it early: a stopped Train-driving trial would keep its workers' CPUs.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from kdci_ray.config import ExperimentConfig, resolve, save_resolved, to_flat
-from kdci_ray.config.keys import DFKD_SCHEMA
-from kdci_ray.config.validate import clusters_with_cuml
-from kdci_ray.engine.kinds import ExperimentKind, TuneOptions
+from kdci_ray.engine.kinds import SweepKind, TuneOptions
 from kdci_ray.engine.plan import SweepPlan
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd import ExperimentConfig
+from kdci_ray.experiments.dfkd.kind import CUML_FIX, DFKD, cuml_trials, sweep_trainer
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's marker resource of the head node
 
 
-class DFKD(ExperimentKind):
-    name = "dfkd"
-    schema = DFKD_SCHEMA
-    file_keys = ("data.root", "teacher.checkpoint", "kdci.source_checkpoint", "pool.path",
-                 "run.output")
-
-    def resolve(self, *layers: dict[str, Any]) -> ExperimentConfig:
-        return resolve(*layers)
-
-    def save(self, cfg: ExperimentConfig, path: Path) -> None:
-        save_resolved(cfg, path)
-
-    def output_setting(self, cfg: ExperimentConfig) -> str:
-        return cfg.run.output
-
-    def check_plan(self, configs: list[ExperimentConfig], where: str) -> None:
-        sweep_trainer(configs, where)
-        check_cuml_here(configs, where)
+class DFKDSweep(SweepKind, DFKD):
+    """The distillation kind with its pre-trial steps, placement check and Tune settings."""
 
     def check_inputs(self, plan: SweepPlan, log) -> None:
         check_dfkd_inputs(plan, log)
@@ -59,7 +38,7 @@ class DFKD(ExperimentKind):
         must be there for ``kdci.backend: cuml``."""
         import ray
 
-        from kdci_ray.train.placement import alive_shapes, autoscaler_shapes, check_cluster
+        from kdci_ray.engine.placement import alive_shapes, autoscaler_shapes, check_cluster
 
         check_cuml_cluster(plan.configs, alive_shapes(ray.nodes()) + autoscaler_shapes())
         seen = set()
@@ -82,7 +61,7 @@ class DFKD(ExperimentKind):
     def max_concurrent(self, plan: SweepPlan) -> int:
         """``run.max_concurrent_trials``, else as many trials as the cluster's nodes can hold
         at once, counting the nodes an autoscaling cluster may still add."""
-        from kdci_ray.train.placement import cluster_capacity
+        from kdci_ray.engine.placement import cluster_capacity
 
         run = plan.configs[0].run
         if run.max_concurrent_trials > 0:
@@ -101,64 +80,11 @@ class DFKD(ExperimentKind):
                                    "CPUs: the next trial then waits forever"))
         return TuneOptions(max_failures=plan.configs[0].run.max_failures, reuse_actors=True)
 
-    def run_trial(self, cfg: ExperimentConfig, trial_dir: Path, point: dict[str, Any]) -> None:
-        if cfg.run.trainer == "tune_trial":
-            from kdci_ray.train.tune_trial import fit_in_trial
-
-            fit_in_trial(cfg, trial_dir, searched=point)
-            return
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from kdci_ray.train.ray_train import fit
-
-        fit(cfg, to_flat(cfg), trial_dir, callbacks=[TuneReportCallback()], searched=point)
-
-    def report(self, sweep_dir: Path, title: str, log=None) -> str:
-        from kdci_ray.results import dfkd_report
-
-        return dfkd_report(sweep_dir, title, log)
-
-
-def sweep_trainer(configs: list[ExperimentConfig], where: str = "the sweep") -> str:
-    """The one ``run.trainer`` of a sweep's trials. Mixed trainers are refused: Tune's trial
-    retries and resources are set per sweep, and a Train-driving trial must not be retried by
-    Tune on top of Ray Train's own restarts."""
-    kinds = {cfg.run.trainer for cfg in configs}
-    if len(kinds) > 1:
-        raise ConfigError(
-            f"{where}: its trials resolve to different run.trainer values "
-            f"({', '.join(sorted(kinds))}; auto picks tune_trial only for one CPU worker without "
-            f"run.worker_resources): set run.trainer to one of them in the settings"
-        )
-    return kinds.pop()
-
-
-def _cuml_trials(configs: list[ExperimentConfig]) -> int:
-    """Trials whose KDCI clusters with cuML (``kdci.backend: cuml``, KDCI on)."""
-    return sum(map(clusters_with_cuml, configs))
-
-
-CUML_FIX = ("set kdci.backend: auto (cuML where a GPU and cuML are present, else scikit-learn) "
-            "or sklearn")
-
-
-def check_cuml_here(configs: list[ExperimentConfig], where: str) -> None:
-    """Without ``RAY_ADDRESS`` every trial runs on this machine: ``kdci.backend: cuml`` needs
-    cuML and a CUDA GPU here (on a cluster, ``check_cuml_cluster`` asks the cluster)."""
-    if os.environ.get("RAY_ADDRESS") or not _cuml_trials(configs):
-        return
-    from kdci_ray.cluster import cuml_backend
-
-    if not cuml_backend.available():
-        raise ConfigError(f"{where}: kdci.backend=cuml clusters on a GPU with cuML, but this "
-                          f"machine has no CUDA GPU with cuML (the gpu extra), and without "
-                          f"RAY_ADDRESS every trial runs here; {CUML_FIX}")
-
 
 def check_cuml_cluster(configs: list[ExperimentConfig], shapes: list[Any]) -> None:
     """``kdci.backend: cuml`` on a cluster none of whose nodes (alive, or one its autoscaler
     may add: ``NodeShape``) has a GPU is refused before any trial."""
-    if not _cuml_trials(configs) or any(s.resources.get("GPU", 0) > 0 for s in shapes):
+    if not cuml_trials(configs) or any(s.resources.get("GPU", 0) > 0 for s in shapes):
         return
     nodes = ", ".join(f"{s.count} x {s.name}" for s in shapes) or "no nodes"
     raise ConfigError(f"kdci.backend=cuml clusters on a GPU with cuML, but no node of the Ray "
@@ -198,7 +124,7 @@ def _prepare_kdci(plan: SweepPlan, datasets: dict[tuple, Any], log) -> None:
     """KDCI's shared work before any trial (``dictionary_job.prepare_kdci``): other models,
     build-once dictionaries and pool selections; on a cluster the pools are scored on its
     workers (Ray joined and the scorers' placement checked first; run_sweep reuses the link)."""
-    from kdci_ray.train.dictionary_job import prepare_kdci
+    from kdci_ray.engine.dictionary_job import prepare_kdci
 
     def connect() -> None:
         from kdci_ray.engine.runner import init_ray

@@ -1,30 +1,31 @@
-"""Experiment kinds: what the one sweep engine needs from a kind of experiment.
+"""The Ray side of each experiment kind: what the one sweep engine does for a kind.
 
-A kind (``dfkd``: data-free distillation, ``kdci_ray.engine.dfkd``; ``skdcgn``: distilling a
-counterfactual generative network, ``kdci_ray.engine.skdcgn``) provides its config schema (root
-dataclass, smoke settings, validation, through ``resolve``), the shared work before any trial,
-what one trial asks the cluster for, the trial itself (config, directory, searched point) and
-its results report. Everything else — the experiment file and its ``search``, ``--only``, the
-output directory and its record, resume, Ray, Tune — is the engine's, the same for every kind.
-
-An experiment file names its kind with the top-level key ``kind`` (``kind: skdcgn``); without
-it, it is a distillation experiment.
+A kind (``kdci_ray.experiments``) is its schema, trial and result row. Here each kind gets what
+running it as a sweep takes, the same hooks for every kind: its pre-trial steps (``check_inputs``:
+read every input once, do the work the trials share, before Ray starts a trial), the placement
+check once Ray is up (``check_resources``), what one trial asks Tune for, how many run at once,
+and how Tune treats its trials (``TuneOptions``). ``kind_named`` gives the kind with these hooks
+(``engine.dfkd.DFKDSweep``, ``engine.skdcgn.SKDCGNSweep``); a plan holds it (``plan.kind``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING
 
-from kdci_ray.config.schema import Schema
-from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.kinds import (
+    DEFAULT_KIND,
+    KIND_KEY,
+    KIND_NAMES,
+    ExperimentKind,
+    unknown_kind,
+)
 
 if TYPE_CHECKING:
     from kdci_ray.engine.plan import SweepPlan
 
-KIND_KEY = "kind"
-DEFAULT_KIND = "dfkd"
+__all__ = ["DEFAULT_KIND", "KIND_KEY", "KIND_NAMES", "ExperimentKind", "SweepKind", "TuneOptions",
+           "kind_named"]
 
 
 @dataclass(frozen=True)
@@ -38,31 +39,9 @@ class TuneOptions:
     why_no_early_stop: str = ""
 
 
-class ExperimentKind:
-    """One kind of experiment; subclasses fill in the hooks (defaults: nothing to do)."""
-
-    name: ClassVar[str]
-    schema: ClassVar[Schema]
-    summary_columns: ClassVar[tuple[str, ...]] = ()
-    # keys naming files or directories: a relative value is made absolute before Ray starts, in
-    # an experiment file against that file's directory, on the command line, in a dict or in
-    # ``overrides`` against the working directory (a trial runs in a directory of its own)
-    file_keys: ClassVar[tuple[str, ...]] = ()
-
-    def resolve(self, *layers: dict[str, Any]) -> Any:
-        """The validated config of one trial from dotted-key layers (file, point, overrides)."""
-        raise NotImplementedError
-
-    def save(self, cfg: Any, path: Path) -> None:
-        """The resolved config as flat YAML (``config.yaml`` of a trial), written atomically."""
-        raise NotImplementedError
-
-    def output_setting(self, cfg: Any) -> str:
-        """The sweep directory a config names ("" = ``results/<file stem>/``)."""
-        return ""
-
-    def check_plan(self, configs: list[Any], where: str) -> None:
-        """Checks across the grid's configs (each is already valid on its own)."""
+class SweepKind(ExperimentKind):
+    """An experiment kind as the engine runs it: the kind's own hooks plus the Ray side
+    (defaults: nothing to do, one CPU per trial, as many trials as fit)."""
 
     def check_inputs(self, plan: SweepPlan, log) -> None:
         """Before Ray starts a trial: read every input once, do the work the trials share."""
@@ -81,24 +60,14 @@ class ExperimentKind:
     def tune_options(self, plan: SweepPlan) -> TuneOptions:
         return TuneOptions()
 
-    def run_trial(self, cfg: Any, trial_dir: Path, point: dict[str, Any]) -> None:
-        """Inside the Tune trial's process: run it, write its files, report to Tune (the last
-        report has ``finished: 1``)."""
-        raise NotImplementedError
 
-    def report(self, sweep_dir: Path, title: str, log=None) -> str:
-        """Rebuild the sweep's tables and ``report.md``; returns the summary Markdown."""
-        raise NotImplementedError
+def kind_named(name: str, where: str = "") -> SweepKind:
+    """The kind called ``name`` with its Ray side; an unknown one is an error naming the known
+    ones."""
+    from kdci_ray.engine.dfkd import DFKDSweep
+    from kdci_ray.engine.skdcgn import SKDCGNSweep
 
-
-def kind_named(name: str, where: str = "") -> ExperimentKind:
-    """The kind called ``name``; an unknown one is an error naming the known ones."""
-    from kdci_ray.engine.dfkd import DFKD
-    from kdci_ray.engine.skdcgn import SKDCGN
-
-    kinds = {k.name: k for k in (DFKD(), SKDCGN())}
+    kinds = {k.name: k for k in (DFKDSweep(), SKDCGNSweep())}
     if name not in kinds:
-        src = f"{where}: " if where else ""
-        raise ConfigError(f"{src}unknown experiment kind '{name}' (known: "
-                          f"{', '.join(kinds)}); set `kind:` to one of them")
+        raise unknown_kind(name, where)
     return kinds[name]

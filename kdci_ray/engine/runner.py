@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdci_ray.engine.cluster_wait import watch_cluster
 from kdci_ray.engine.kinds import kind_named
 from kdci_ray.engine.naming import trial_dirname
 from kdci_ray.engine.plan import SweepPlan
+from kdci_ray.environment import CACHES_FILE, log_cache_uses
 from kdci_ray.errors import ConfigError
 from kdci_ray.search import Search
 from kdci_ray.search.cases import expand
-from kdci_ray.train.cluster_wait import watch_cluster
 from kdci_ray.train.run_logs import stopped_reason
 
 LOCAL_RAY_ENV = {  # a Ray started on this machine (no RAY_ADDRESS): the defaults it runs with
@@ -50,7 +51,7 @@ def init_ray() -> bool:
         return False
     address = os.environ.get("RAY_ADDRESS")
     if address:  # a cluster: its auth mode (token) comes from the env
-        from kdci_ray import thread_env
+        from kdci_ray.threads import thread_env
 
         check_address(address)
         with held_sigint() as held:
@@ -143,6 +144,7 @@ def trial_fn(params: dict[str, Any], kind: str, settings: dict[str, Any],
     trial_dir = Path(sweep_dir) / context.get_trial_name() if sweep_dir else \
         Path(context.get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
+    log_cache_uses(trial_dir / CACHES_FILE)  # the cache entries this trial uses
     exp_kind = kind_named(kind)
     point = expand(params, search.cases())  # its searched keys: the trial's TensorBoard HParams
     cfg = exp_kind.resolve(settings, search.layer(params), overrides)
@@ -339,7 +341,7 @@ def stand_in_for_deleted_checkpoints(out: Path) -> list[Path]:
     its state again leaves a state naming a deleted checkpoint, and Tune refuses to restore that
     trial ("does not exist on storage anymore") on every resume. An empty directory stands in
     for it: the trial continues from its latest checkpoint on disk
-    (``tune_trial.latest_resume``); Tune deletes the stand-in in its turn. Returns them."""
+    (``resume.newest_resume``); Tune deletes the stand-in in its turn. Returns them."""
     from ray.tune.experiment.trial import _TrainingRunMetadata
 
     state = json.loads(max(out.glob("experiment_state-*.json")).read_text())

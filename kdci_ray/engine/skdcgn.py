@@ -1,46 +1,37 @@
-"""The SKDCGN kind (``kind: skdcgn``): distil a counterfactual generative network's mechanisms
-into small student generators and score their counterfactuals (``kdci_ray.cgn``).
+"""The Ray side of the SKDCGN kind (``kdci_ray.experiments.skdcgn``).
 
-A trial is the whole pipeline (``kdci_ray.cgn.pipeline.run``) in the Tune trial's process: one
-CPU and, with ``run.use_gpu``, ``run.gpus_per_trial`` of a GPU, which the pipeline computes on (a
-cluster without GPUs is refused before any trial starts; a trial that sees no usable CUDA fails,
-never runs on the CPU instead). Trials share teachers and students through the SKDCGN cache
-(``kdci_ray.cgn.cache``), so a resumed sweep reruns an unfinished trial quickly. Each trial
-directory gets ``config.yaml``, ``metrics.json`` (its result row), ``samples.png`` and
-TensorBoard events; the sweep gets the same record, resume, placement check and report handling
-as every kind (``kdci_ray.results.skdcgn`` writes its tables).
+Before Ray starts (``check_inputs``) each published teacher is loaded strictly once and checked
+against its data, and the Wildlife textures read. Once Ray is up, a trial (one CPU, with
+``run.use_gpu`` a share of a GPU) must fit a node of the cluster (``check_trial_placeable``: a
+cluster without GPUs is refused before any trial starts). A trial reports its result row once,
+when it has finished (``run_trial``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from kdci_ray.atomic import atomic_write_text
 from kdci_ray.cgn import config as cgn_config
-from kdci_ray.engine.kinds import ExperimentKind, TuneOptions
-from kdci_ray.engine.plan import SweepPlan
-from kdci_ray.errors import ConfigError
-from kdci_ray.train.placement import (
+from kdci_ray.engine.kinds import SweepKind, TuneOptions
+from kdci_ray.engine.placement import (
     NodeShape,
     alive_shapes,
     autoscaler_max_workers,
     autoscaler_shapes,
     placeable_workers,
 )
+from kdci_ray.engine.plan import SweepPlan
+from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.skdcgn.kind import SKDCGN, trial_bundle
 
-
-def trial_bundle(run: cgn_config.CGNRunConfig) -> dict[str, float]:
-    """What one SKDCGN trial asks Tune for: one CPU, plus ``run.gpus_per_trial`` of a GPU with
-    ``run.use_gpu``."""
-    return {"CPU": 1.0, "GPU": float(run.gpus_per_trial)} if run.use_gpu else {"CPU": 1.0}
+__all__ = ["SKDCGNSweep", "check_trial_placeable", "trial_bundle"]
 
 
 def check_trial_placeable(bundle: dict[str, float], shapes: list[NodeShape],
                           max_added: int | None = None) -> None:
     """One ``ConfigError`` naming the fix when no node of the cluster (alive, or one the
-    autoscaler may add: ``kdci_ray.train.placement``) can hold one trial's ``bundle``."""
+    autoscaler may add: ``kdci_ray.engine.placement``) can hold one trial's ``bundle``."""
     if placeable_workers(bundle, shapes, max_added) >= 1:
         return
     nodes = "; ".join(f"{s.count} x {s.name} (CPU {s.resources.get('CPU', 0):g}, GPU "
@@ -55,29 +46,8 @@ def check_trial_placeable(bundle: dict[str, float], shapes: list[NodeShape],
                       f"{' and GPUs, or set run.use_gpu=false' if 'GPU' in bundle else ''}")
 
 
-class SKDCGN(ExperimentKind):
-    name = "skdcgn"
-    schema = cgn_config.CGN_SCHEMA
-    file_keys = ("teacher.checkpoint", "data.textures")
-
-    def resolve(self, *layers: dict[str, Any]) -> cgn_config.CGNConfig:
-        return cgn_config.resolve(*layers)
-
-    def save(self, cfg: cgn_config.CGNConfig, path: Path) -> None:
-        cgn_config.save(cfg, path)
-
-    def output_setting(self, cfg: cgn_config.CGNConfig) -> str:
-        return ""  # results/<file stem>/ under the launch directory, like every kind
-
-    def check_plan(self, configs: list[Any], where: str) -> None:
-        """Every trial asks for the same resources (Tune takes one request per sweep). Input
-        files (``file_keys``) are absolute by now: the front door made them so."""
-        bundles = {tuple(sorted(trial_bundle(cfg.run).items())) for cfg in configs}
-        if len(bundles) > 1:
-            raise ConfigError(f"{where}: its trials ask for different resources "
-                              f"({', '.join(str(dict(b)) for b in sorted(bundles))}); Tune gives "
-                              f"every trial of a sweep the same: set run.use_gpu and "
-                              f"run.gpus_per_trial in the settings, not per case")
+class SKDCGNSweep(SweepKind, SKDCGN):
+    """The SKDCGN kind with its pre-trial steps, placement check and Tune settings."""
 
     def check_inputs(self, plan: SweepPlan, log) -> None:
         """Each published teacher (``teacher.mode: pretrained``) loaded strictly once and checked
@@ -114,24 +84,11 @@ class SKDCGN(ExperimentKind):
         return TuneOptions(max_failures=0, reuse_actors=True)
 
     def run_trial(self, cfg: cgn_config.CGNConfig, trial_dir: Path,
-                  point: dict[str, Any]) -> None:
+                  point: dict[str, Any]) -> dict[str, Any]:
+        """The kind's trial, then its row reported to Tune once (``finished: 1``)."""
         from ray import tune
 
-        from kdci_ray.cgn.pipeline import run
-        from kdci_ray.results.skdcgn import METRICS_FILE, variant_name
-        from kdci_ray.train.runtime import limit_threads, worker_device
-
-        limit_threads()
-        # inside a Tune trial Ray set CUDA_VISIBLE_DEVICES to the trial's GPU; GPUUnavailable
-        # when run.use_gpu is set and no CUDA is usable
-        device = worker_device(cfg.run.use_gpu)
-        metrics = run(cfg, trial_dir, log=lambda msg: print(msg, flush=True), device=device)
-        row = {"variant": variant_name(point), "seed": cfg.seed, **metrics}
-        atomic_write_text(trial_dir / METRICS_FILE, json.dumps(row, indent=2))
+        row = super().run_trial(cfg, trial_dir, point)
         tune.report({**{k: v for k, v in row.items() if isinstance(v, (int, float))},
                      "finished": 1.0})
-
-    def report(self, sweep_dir: Path, title: str, log=None) -> str:
-        from kdci_ray.results.skdcgn import write_all
-
-        return write_all(sweep_dir, title, log)
+        return row

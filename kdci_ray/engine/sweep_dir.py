@@ -32,31 +32,34 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kdci_ray.atomic import NOT_A_DIRECTORY, atomic_write_text, write_problem
-from kdci_ray.config.files import DuplicateKeyError, UniqueKeyLoader, read_yaml
+from kdci_ray.atomic import atomic_write_text
+from kdci_ray.config.cases import is_case_key
+from kdci_ray.config.files import read_yaml
 from kdci_ray.engine.lock import LOCK_FILE
-from kdci_ray.engine.sweep_files import SWEEP_FILE, foreign_problem, remove_sweep_entries
+from kdci_ray.engine.sweep_environment import check_resume_environment, write_environment
+from kdci_ray.engine.sweep_files import foreign_problem, remove_sweep_entries
 from kdci_ray.errors import ConfigError
-from kdci_ray.search.cases import is_case_key
+from kdci_ray.results.record import (
+    DIGEST,
+    RECORD_KEYS,
+    SWEEP_FILE,
+    BadRecord,
+    check_writable,
+    load_record,
+    read_record,
+)
 
 if TYPE_CHECKING:
     from kdci_ray.engine.plan import SweepPlan
 
-DIGEST = "digest"
-RECORD_KEYS = ("name", "kind", "settings", "overrides", "search", "num_samples", "only", DIGEST)
-_MAPPINGS = ("settings", "overrides", "search")
+__all__ = ["DIGEST", "RECORD_KEYS", "SWEEP_FILE", "BadRecord", "check_output", "check_writable",
+           "load_record", "prepare_output", "read_record", "record_digest", "sweep_record",
+           "verify_trials", "write_record"]
+
 _HEADER = ("# kdci-ray sweep record, written at launch. `--resume` checks every started trial\n"
            "# and the digest against it: do not edit it (start a new sweep instead).\n")
 _MAX_DIFFS = 3
 _UNSET = "<unset>"
-
-
-class BadRecord(ConfigError):
-    """``sweep.yaml`` exists but is not a kdci-ray sweep record; ``reason`` says why."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path} is not a kdci-ray sweep record ({reason})")
-        self.reason = reason
 
 
 def sweep_record(plan: SweepPlan) -> dict[str, Any]:
@@ -87,55 +90,6 @@ def record_digest(record: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_record(out: Path) -> dict[str, Any] | None:
-    """``out/sweep.yaml``, checked for shape; None when there is none, ``BadRecord`` when it is
-    not a sweep record (unreadable, not YAML, a duplicated key, the wrong shape)."""
-    path = out / SWEEP_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - safe
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadRecord(path, f"it cannot be read: {exc}") from None
-    except DuplicateKeyError as exc:
-        raise BadRecord(path, str(exc)) from None
-    except yaml.YAMLError as exc:
-        raise BadRecord(path, f"not valid YAML: {_one_line(exc)}") from None
-    if not isinstance(record, dict):
-        raise BadRecord(path, f"it holds a {type(record).__name__}, not a mapping")
-    unknown = [str(k) for k in record if k not in RECORD_KEYS]
-    if unknown:
-        raise BadRecord(path, f"unknown entries {', '.join(map(repr, unknown))}; a record holds "
-                              f"{', '.join(RECORD_KEYS)}")
-    for key in _MAPPINGS:
-        if record.get(key) is not None and not isinstance(record[key], dict):
-            raise BadRecord(path, f"its '{key}' is a {type(record[key]).__name__}, not a "
-                                  "mapping")
-    only = record.get("only")
-    if only is not None and not (isinstance(only, list) and all(isinstance(o, str)
-                                                                 for o in only)):
-        raise BadRecord(path, "its 'only' is not a list of KEY=VALUE filters")
-    if record.get(DIGEST) is not None and not isinstance(record[DIGEST], str):
-        raise BadRecord(path, "its 'digest' is not a string")
-    return record
-
-
-def _one_line(exc: yaml.YAMLError) -> str:
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def read_record(out: Path) -> dict[str, Any] | None:
-    """``out/sweep.yaml``; None when it is missing or not a sweep record."""
-    try:
-        return load_record(out)
-    except ConfigError:
-        return None
-
-
 def _has_tune_state(out: Path) -> bool:
     return any(out.glob("experiment_state-*.json"))
 
@@ -159,21 +113,6 @@ def _check_overwrite(out: Path) -> None:
     problem = foreign_problem(out)
     if problem:
         raise ConfigError(problem)
-
-
-def check_writable(directory: Path, fix: str) -> None:
-    """``directory`` (or, while it does not exist, its nearest existing parent) is a directory
-    this process can create files in (``atomic.write_problem``); else a ConfigError ending in
-    ``fix``."""
-    problem = write_problem(directory)
-    if problem is None:
-        return
-    existing, why = problem
-    if why == NOT_A_DIRECTORY:
-        where = f"{existing}" if existing == directory else \
-            f"cannot write into {directory}: {existing}"
-        raise ConfigError(f"{where} {NOT_A_DIRECTORY}; {fix}")
-    raise ConfigError(f"cannot write into {existing} ({why}); {fix}")
 
 
 def check_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> None:
@@ -274,6 +213,7 @@ def _check_resume(plan: SweepPlan, occupied: bool) -> None:
             f"digest written at launch, though no started trial shows the change yet); restore "
             f"it, or start a new sweep with --output elsewhere"
         )
+    check_resume_environment(out)
 
 
 def verify_trials(plan: SweepPlan, from_record: bool = True) -> None:
@@ -353,11 +293,13 @@ def prepare_output(plan: SweepPlan, overwrite: bool, resume: bool = False) -> No
         recorded = read_record(out)
         if recorded is None or _body(recorded) != _as_read(sweep_record(plan)):
             write_record(plan)
+        write_environment(out, resume=True)
         return
     if out.is_dir():
         remove_sweep_entries(out)
     out.mkdir(parents=True, exist_ok=True)
     write_record(plan)
+    write_environment(out)
 
 
 def write_record(plan: SweepPlan) -> Path:

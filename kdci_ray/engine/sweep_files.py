@@ -2,10 +2,11 @@
 
 The top level of a sweep directory holds (measured on a Ray 2.60 sweep; one name or pattern each):
 
-- kdci-ray: ``sweep.yaml`` (the record), ``.kdci-ray.lock`` (the writer's lock, kept while a
-  sweep replaces the rest), the report (``summary.csv``, ``summary.md``, ``report.md``,
-  ``curves.png``, ``kdci_gain.png``, ``acc_vs_<key>.png``), and what an interrupted atomic write
-  or writability probe can leave (``.<name>.*.tmp``, ``.kdci-ray-probe-*``);
+- kdci-ray: ``sweep.yaml`` (the record), ``environment.json`` (the software it ran with),
+  ``.kdci-ray.lock`` (the writer's lock, kept while a sweep replaces the rest), the report
+  (``summary.csv``, ``summary.md``, ``report.md``, ``curves.png``, ``kdci_gain.png``,
+  ``acc_vs_<key>.png``), and what an interrupted atomic write or writability probe can leave
+  (``.<name>.*.tmp``, ``.kdci-ray-probe-*``);
 - Ray Tune: ``experiment_state-*.json``, ``basic-variant-state-*.json``,
   ``search_gen_state-*.json``, ``searcher-state-*.pkl``, ``callback-states-*.pkl``,
   ``tuner.pkl``, ``trainable.pkl``, ``.validate_storage_marker`` and its interrupted writes
@@ -26,14 +27,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from kdci_ray.engine.lock import LOCK_FILE
+from kdci_ray.environment import ENVIRONMENT_FILE
+from kdci_ray.results.record import SWEEP_FILE
 
-SWEEP_FILE = "sweep.yaml"
 _REPORT_FILES = ("summary.csv", "summary.md", "report.md", "curves.png", "kdci_gain.png",
                  "acc_vs_*.png")
 _TUNE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
                "searcher-state-*.pkl", "callback-states-*.pkl", "tuner.pkl", "trainable.pkl",
                ".validate_storage_marker")
-SWEEP_WRITES = (SWEEP_FILE, LOCK_FILE, *_REPORT_FILES, *_TUNE_FILES)
+SWEEP_WRITES = (SWEEP_FILE, ENVIRONMENT_FILE, LOCK_FILE, *_REPORT_FILES, *_TUNE_FILES)
 _LEFTOVERS = (".kdci-ray-probe-*", ".*-tmp-*")  # a probe, a Tune write cut short
 _TRIAL_DIR = re.compile(r"[A-Za-z0-9_.=-]*_\d{5,}")  # trial_dirname: ..._<Tune trial index>
 _TRIAL_FILES = ("config.yaml", "params.json", "result.json")

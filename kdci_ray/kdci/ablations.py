@@ -10,7 +10,7 @@ leaves the rest as trained:
 - ``uniform_p``: ``P(z_i) = 1/K``. This was this project's "w/o P(z)" until the Table 4 reading
   was fixed; clustering already gives ``P ~ 1/K``, so it changes almost nothing. Kept as its own
   ablation, under its honest name.
-- random lambda (Table 4) lives in the attention module (``BackdoorAdjustment``): weights drawn
+- random lambda (Table 4) lives in the attention module (``KDCIAttention``): weights drawn
   per sample instead of computed.
 - ``random_dictionary`` (Table 5's "random" source): no clustering at all; K random prototypes
   (as for ``random_z``) and ``P(z_i)`` = the share of features nearest to each.

@@ -9,8 +9,10 @@ the selection, the teacher/source model or a clustering setting gives a new key 
 simply not used again; so are entries of older versions whose spec still named the backend).
 
 On disk: ``<dir>/<key>.pt`` (``{"prototypes", "proportions"}`` tensors) and ``<key>.json`` (the
-metadata: source, K, backend, algorithm, PCA dims, inertia, N, the data and model hashes, time),
-both written atomically; the ``.pt`` appearing last marks the entry complete.
+metadata: source, K, backend, algorithm, PCA dims, inertia, N, the data and model hashes, the
+versions of the packages that change it (``DICTIONARY_PACKAGES``), time), both written
+atomically; the ``.pt`` appearing last marks the entry complete. An entry built with other
+package versions is not loaded (rebuilt and replaced, saying so).
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from typing import Any
 import torch
 
 from kdci_ray.atomic import atomic_write
+from kdci_ray.environment import (
+    DICTIONARY_PACKAGES,
+    note_cache_use,
+    say,
+    version_difference,
+    versions,
+)
 from kdci_ray.kdci.dictionary import ConfounderDictionary
 
 
@@ -77,6 +86,12 @@ class DictionaryStore:
             return None  # unreadable or damaged: rebuilt and overwritten
         if meta.get("spec") != asdict(spec) or protos.shape[0] != spec.k:
             return None
+        stale = version_difference(meta.get("versions"), versions(DICTIONARY_PACKAGES))
+        if stale:
+            say(f"KDCI dictionary {pt} was built with other package versions ({stale}); "
+                f"building it again")
+            return None
+        note_cache_use("dictionary", pt, "hit", spec.key)
         return ConfounderDictionary(prototypes=protos.float(), proportions=props.float(),
                                     inertia=float(meta["inertia"]), backend=meta["backend"],
                                     num_samples=int(meta["num_samples"]),
@@ -90,12 +105,15 @@ class DictionaryStore:
                 "pca_dim": dictionary.pca_dim, "inertia": dictionary.inertia,
                 "num_samples": dictionary.num_samples,
                 "feature_dim": int(dictionary.prototypes.shape[1]),
+                "versions": versions(DICTIONARY_PACKAGES),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
         buf = io.BytesIO()
         torch.save({"prototypes": dictionary.prototypes.cpu(),
                     "proportions": dictionary.proportions.cpu()}, buf)
+        status = "rebuilt" if pt.is_file() else "built"
         atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
         atomic_write(pt, lambda fh: fh.write(buf.getvalue()))
+        note_cache_use("dictionary", pt, status, spec.key)
         return pt
 
     def metadata(self, spec: DictionarySpec) -> dict[str, Any]:

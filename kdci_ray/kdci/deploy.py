@@ -17,21 +17,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdci_ray.kdci.intervention import BackdoorAdjustment
+from kdci_ray.kdci.attention import KDCIAttention
 from kdci_ray.models import Outputs, create_model
 
 
 class CompensatedStudent(nn.Module):
-    """Student + backdoor adjustment: ``forward(x).logits`` is the compensated prediction."""
+    """Student + KDCI's attention: ``forward(x).logits`` is the compensated prediction."""
 
-    def __init__(self, student: nn.Module, adjustment: BackdoorAdjustment) -> None:
+    def __init__(self, student: nn.Module, attention: KDCIAttention) -> None:
         super().__init__()
         self.student = student
-        self.adjustment = adjustment
+        self.attention = attention
 
     def forward(self, x: torch.Tensor) -> Outputs:
         out = self.student(x)
-        adjusted, _ = self.adjustment(out.logits)
+        adjusted, _ = self.attention(out.logits)
         return Outputs(logits=adjusted, features=out.features)
 
 
@@ -51,6 +51,6 @@ def load_student(path: str | Path, compensated: bool = False,
     if "kdci_module" not in state:
         raise ValueError(f"{path} is a student trained without KDCI: there is no compensated "
                          f"prediction; load it with compensated=False")
-    adjustment = BackdoorAdjustment(**state["kdci_module"])
-    adjustment.load_state_dict(state["kdci"])
-    return CompensatedStudent(student, adjustment).eval()
+    attention = KDCIAttention(**state["kdci_module"])
+    attention.load_state_dict(state["kdci"])
+    return CompensatedStudent(student, attention).eval()

@@ -12,9 +12,10 @@ nothing to the adjustment; K stays fixed so the attention weights keep their sha
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from kdci_ray.cluster import fit_kmeans
 
@@ -36,6 +37,23 @@ class ConfounderDictionary:
     def with_(self, **changes) -> ConfounderDictionary:
         """A copy with some fields replaced (the ablations use it)."""
         return replace(self, **changes)
+
+
+class Images(Protocol):
+    """What a refresh scores: a tensor, or anything sized whose slices are the model's input
+    batches (a fixed pool's share, normalised a slice at a time)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice) -> Tensor: ...
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, images: Images, batch_size: int = 256) -> Tensor:
+    """``teacher``'s logits on ``images``, ``batch_size`` at a time (a refresh holds no more
+    activations than a KD step)."""
+    return torch.cat([teacher(images[i:i + batch_size]).logits
+                      for i in range(0, len(images), batch_size)])
 
 
 def dictionary_features(logits: Tensor, space: str = "logits") -> Tensor:

@@ -1,14 +1,32 @@
-"""The KDCI plug-in the distillation loop applies to any method.
+"""KDCI as the distillation loop sees it: one object, built once per run, called a few times.
 
-It owns the attention module and the dictionary life cycle: ``refresh`` scores substitution images
-with the teacher and rebuilds the dictionary (under DDP: features gathered from every rank, built on
-rank 0, broadcast, so every rank's attention sees the same prototypes); ``compensate`` returns the
-adjusted logits for the KD loss.
+The loop (``kdci_ray.train.loop``) builds it when ``kdci.enabled``
+(``kdci_ray.train.kdci_setup.build_kdci``) and otherwise never mentions KDCI's life cycle::
 
-Collectives run only with two or more ranks (Ray Train creates a process group even for one
-worker) and take tensors on a device their backend accepts: the module's device when the backend
-supports it (NCCL: the GPU), else the CPU (``collective_device``). A KD step's calls
-(``observe``, ``compensate``) never read a value back to the host.
+    kdci = KDCI(cfg.kdci, num_classes, device, seed=cfg.seed, score_batch=cfg.train.batch_size,
+                fixed_pool=method_cls.substitution.fixed, wrap=runtime.wrap, ...)
+    opt = SGD([student group, kdci.param_group(lr)], ...)
+    for round ...:
+        method.synthesize(round)
+        logs.update(kdci.start_round(round, teacher, method))  # dictionary refresh when due
+        for step ...:
+            s_logits, step_logs = kdci.adjust(s_logits, t_logits)  # before the KD loss
+        compensated, eval_logs = kdci.evaluate(test_logits)  # beside the raw prediction
+    checkpoint: kdci.state_dict() (resume), kdci.deploy_state() (``student.pt``)
+
+What it owns: its settings (the ``kdci`` config section, ``KDCIConfig``, with K already resolved
+by ``kdci_ray.config.resolve``: ``kdci.k = 0`` is the method's ``substitution.default_clusters``;
+plus the run's seed and scoring batch), the refresh policy (every round for substitution data
+generated afresh each round, from the teacher logits its KD steps observed; once, in the first
+round, for a fixed pool, keyed by the pool's content so the dictionary store shares it across
+trials), the dictionary's life cycle (scored, clustered, ablated, stored), the DDP gathering and
+broadcast (features from every rank, built on rank 0, broadcast, so every rank's attention sees
+the same prototypes), the attention module (``KDCIAttention``) with its DDP wrapping and optimiser
+parameter group, the per-step metrics (attention entropy, prior ratio) and what the checkpoint and
+the deployable student hold. A KD step's call (``adjust``) never reads a value back to the host.
+It knows the method only through the neutral description of its substitution data (a fixed pool
+or not) and two calls (``substitution_batch()``, ``substitution_key()``); it never imports
+``kdci_ray.methods``.
 """
 
 from __future__ import annotations
@@ -16,266 +34,147 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdci_ray.kdci.ablations import apply_ablations, random_dictionary
 from kdci_ray.kdci.artifact import DictionarySpec, DictionaryStore
+from kdci_ray.kdci.attention import (
+    KDCIAttention,
+    attention_entropy_tensor,
+    prior_ratio,
+    prior_ratio_tensor,
+)
+from kdci_ray.kdci.collectives import broadcast_from_main, gather_to_cpu, is_main_rank, world_size
 from kdci_ray.kdci.dictionary import (
     ConfounderDictionary,
+    Images,
     build_dictionary,
     dictionary_features,
+    teacher_logits,
 )
-from kdci_ray.kdci.intervention import BackdoorAdjustment
+from kdci_ray.kdci.settings import KDCIConfig
 from kdci_ray.models.fingerprint import state_fingerprint
 
 
-@dataclass
-class KDCISettings:
-    k: int
-    pca_dim: int = 0
-    hidden: int = 256
-    backend: str = "sklearn"
-    algorithm: str = "auto"
-    n_init: int = 1
-    seed: int = 0  # the trial's seed: per-refresh clustering seeds and the random ablations
-    source: str = "teacher"  # teacher | model | random (which logits / dictionary)
-    random_lambda: bool = False
-    random_z: bool = False
-    uniform_p: bool = False  # P = 1/K (not Table 4's w/o P(z): that is without_p)
-    without_p: bool = False  # P = 1 (Table 4's "w/o P(z)": P removed from Eq. 4)
-    fusion: str = "softmax"  # softmax | expectation | scaled | log_prior (intervention.py)
-    projection: bool = False
-    space: str = "logits"  # logits | log_probs: the feature space of the prototypes
-    tau: float = 1.0  # log_prior fusion: the adjustment is tau * centred log(pi + 1e-3)
-    # per-round refreshes: "observed" clusters the teacher logits the loop's KD steps computed
-    # since the last refresh (free; the first refresh, before any KD step, scores); "source"
-    # scores the method's substitution batch with the model at every refresh
-    features: str = "observed"
-    # images per teacher pass when a refresh scores images: no larger than the KD batch, so a
-    # refresh never holds more activations than a KD step (peak memory unchanged by KDCI)
-    score_batch: int = 256
+class SubstitutionSource(Protocol):
+    """What KDCI asks of a method at a refresh (``kdci_ray.methods.base.Method``)."""
 
-    @classmethod
-    def from_config(cls, section: Any, *, seed: int, score_batch: int) -> KDCISettings:
-        """The settings of a ``kdci`` config section (``KDCIConfig``): every field of it these
-        settings have, by name, plus the run's ``seed`` and ``score_batch`` (the KD batch). Its
-        ``k`` must be resolved already (``kdci_ray.config.resolve`` turns 0 into the method's
-        default)."""
-        own = {f.name for f in fields(cls)} - {"seed", "score_batch"}
-        settings = cls(**{name: getattr(section, name) for name in own}, seed=seed,
-                       score_batch=score_batch)
-        if settings.k < 1:
-            raise ValueError(f"KDCI dictionary size k={settings.k}: kdci.k = 0 (the method's "
-                             f"default) must be resolved first (kdci_ray.config.resolve)")
-        return settings
+    def substitution_batch(self) -> Images: ...
+
+    def substitution_key(self) -> str | None: ...
 
 
-class Images(Protocol):
-    """What a refresh scores: a tensor, or anything sized whose slices are the model's input
-    batches (a fixed pool's share, normalised a slice at a time)."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: slice) -> Tensor: ...
-
-
-@torch.no_grad()
-def teacher_logits(teacher: nn.Module, images: Images, batch_size: int = 256) -> Tensor:
-    return torch.cat([teacher(images[i:i + batch_size]).logits
-                      for i in range(0, len(images), batch_size)])
-
-
-def world_size() -> int:
-    """Ranks of the default process group (1 without one): collectives only when it is > 1."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_rank() -> bool:
-    return world_size() == 1 or dist.get_rank() == 0
-
-
-def collective_device(preferred: torch.device) -> torch.device:
-    """Where tensors handed to the default group's collectives must live: ``preferred`` (the
-    trial's device) when its backend takes that device type, else the CPU when it takes that
-    (gloo with a CUDA model); NCCL takes only CUDA tensors."""
-    backend = str(dist.get_backend())
-    takes = dist.Backend.backend_capability.get(backend.lower(), ["cpu"])
-    if preferred.type in takes:
-        return preferred
-    if "cpu" in takes:
-        return torch.device("cpu")
-    raise RuntimeError(f"the process group's backend {backend!r} takes only {takes} tensors, "
-                       f"but this rank computes on {preferred}")
-
-
-def _gather(x: Tensor, device: torch.device) -> Tensor:
-    """Every rank's ``x``, concatenated in rank order, on the CPU. The ranks' shares are equal
-    by construction (the same KD steps and batches on every rank; a fixed pool's equal shares,
-    ``Method.substitution_size``)."""
-    if world_size() == 1:
-        return x.cpu()
-    x = x.to(collective_device(device)).contiguous()
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x)
-    return torch.cat(parts).cpu()
-
-
-def _broadcast(tensors: list[Tensor], device: torch.device) -> list[Tensor]:
-    """Rank 0's ``tensors`` on every rank (returned on ``device``)."""
-    if world_size() == 1:
-        return [t.to(device) for t in tensors]
-    where = collective_device(device)
-    out = [t.to(where).contiguous() for t in tensors]
-    for t in out:
-        dist.broadcast(t, src=0)
-    return [t.to(device) for t in out]
+def _unwrapped(module: nn.Module) -> nn.Module:
+    return module
 
 
 class KDCI:
-    """The plug-in: attention module, dictionary life cycle, optional artifact store.
+    """KDCI's whole life cycle in one run (see the module docstring).
 
-    ``source_model`` (source ``model``) is the other pre-trained model whose logits are clustered
-    (``source_dim`` of them); otherwise the teacher passed to ``refresh`` scores the images.
-    With a ``store``, a refresh given a ``data_key`` (build-once dictionaries) loads the saved
-    dictionary of the same spec or builds and saves it; those are clustered with seed 0 so that
-    every trial of a sweep shares one. The Table 4 ablations are applied after loading, with the
-    trial's seed.
+    ``config``: the ``kdci`` section, K resolved (copied; ``enabled`` is the caller's check);
+    ``seed``: the trial's (per-refresh clustering seeds, the random ablations); ``score_batch``:
+    images per model pass when a refresh scores images (the KD batch: a refresh never holds more
+    activations than a KD step); ``fixed_pool``: the method samples a pool selected once (the
+    dictionary is built once, in round 0) rather than data generated every round (rebuilt every
+    round); ``wrap``: makes the attention module data-parallel (the runtime's; identity on one
+    rank); ``source_model``: the other pre-trained model of ``kdci.source: model``, whose logits
+    are clustered instead of the teacher's; ``store``: where build-once dictionaries are saved
+    and shared (None: never stored; those are clustered with seed 0 so that every trial of a
+    sweep shares one, the Table 4 ablations applied after loading, with the trial's seed).
     """
 
-    def __init__(self, settings: KDCISettings, num_classes: int, device: torch.device,
-                 source_model: nn.Module | None = None, source_dim: int | None = None,
+    def __init__(self, config: KDCIConfig, num_classes: int, device: torch.device, *,
+                 seed: int = 0, score_batch: int = 256, fixed_pool: bool = False,
+                 wrap: Callable[[nn.Module], nn.Module] = _unwrapped,
+                 source_model: nn.Module | None = None,
                  store: DictionaryStore | None = None) -> None:
-        if settings.source == "model" and source_model is None:
+        if config.k < 1:
+            raise ValueError(f"KDCI dictionary size k={config.k}: kdci.k = 0 (the method's "
+                             f"default) must be resolved first (kdci_ray.config.resolve)")
+        if config.source == "model" and source_model is None:
             raise ValueError("KDCI source 'model' needs the other model (source_model)")
-        self.settings = settings
+        self.config = replace(config)
+        self.seed, self.score_batch = int(seed), int(score_batch)
         self.num_classes = int(num_classes)
-        self._source_dim = source_dim if settings.source == "model" else None
+        self.fixed_pool = bool(fixed_pool)
         self.source_model = source_model
         self.store = store
-        self.module = BackdoorAdjustment(
-            num_classes, settings.k, settings.hidden,
-            source_dim=source_dim if settings.source == "model" else None,
-            random_lambda=settings.random_lambda, seed=settings.seed, fusion=settings.fusion,
-            projection=settings.projection, tau=settings.tau).to(device)
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.module = KDCIAttention(**self.module_spec()).to(device)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.dictionary: ConfounderDictionary | None = None
         self.refreshes = 0
         self._model_key: str | None = None
         self._observed: list[Tensor] = []
+        self._train_module = wrap(self.module)  # the (possibly DDP-wrapped) module steps call
+
+    @property
+    def k(self) -> int:
+        """The dictionary size."""
+        return self.config.k
 
     def module_spec(self) -> dict[str, Any]:
-        """The arguments that rebuild the attention module (``kdci_ray.kdci.deploy``)."""
-        s = self.settings
-        return {"num_classes": self.num_classes, "k": s.k, "hidden": s.hidden,
-                "source_dim": self._source_dim, "random_lambda": s.random_lambda,
-                "seed": s.seed, "fusion": s.fusion, "projection": s.projection, "tau": s.tau}
+        """The arguments that build the attention module (``kdci_ray.kdci.deploy`` rebuilds it
+        from them)."""
+        c = self.config
+        return {"num_classes": self.num_classes, "k": c.k, "hidden": c.hidden,
+                "source_dim": self.num_classes if c.source == "model" else None,
+                "random_lambda": c.random_lambda, "seed": self.seed, "fusion": c.fusion,
+                "projection": c.projection, "tau": c.tau}
 
-    def observe(self, teacher_logits: Tensor) -> None:
-        """Keep a KD step's teacher logits for the next refresh (``features: observed`` with the
-        teacher as source; otherwise a no-op)."""
-        if self.settings.features == "observed" and self.settings.source != "model":
-            self._observed.append(teacher_logits.detach().float())  # stays on the device
+    def param_group(self, lr: float) -> dict[str, Any]:
+        """The attention's optimiser parameter group, ``lr`` being the student's."""
+        return {"params": self.module.parameters(), "lr": lr * float(self.config.lr_scale)}
 
-    def spec(self, model: nn.Module, data_key: str) -> DictionarySpec:
-        """The artifact spec of a build-once dictionary of ``data_key`` scored by ``model``."""
-        if self._model_key is None:
-            self._model_key = state_fingerprint(model)
-        s = self.settings
-        return DictionarySpec(data_key=data_key, model_key=self._model_key, source=s.source,
-                              k=s.k, pca_dim=s.pca_dim, algorithm=s.algorithm,
-                              n_init=s.n_init, seed=0, space=s.space)
+    # ------------------------------------------------------------------ the loop's calls
 
-    def _lookup(self, model: nn.Module,
-                data_key: str | None) -> tuple[ConfounderDictionary | None, bool]:
-        """Rank 0's stored dictionary of a build-once ``data_key`` and whether there is one,
-        agreed by every rank (so all skip scoring, or all score): ``(None, False)`` when the
-        dictionary is not build-once or none is stored."""
-        if data_key is None or self.store is None or self.settings.source == "random":
-            return None, False
-        stored = self.store.load(self.spec(model, data_key)) if is_main_rank() else None
-        found = stored is not None
-        if world_size() > 1:
-            (flag,) = _broadcast([torch.tensor([float(found)])], self.module.prototypes.device)
-            found = bool(flag.cpu())
-        return stored, found
+    def refreshes_in(self, round_idx: int) -> bool:
+        """Whether the dictionary is rebuilt after the synthesis of ``round_idx``: every round
+        for generated data, only the first for a fixed pool (a resumed run restores it)."""
+        return not self.fixed_pool or round_idx == 0
 
-    def _build(self, model: nn.Module, feats: Tensor, data_key: str | None) -> ConfounderDictionary:
-        s = self.settings
-        if s.source == "random":
-            return random_dictionary(feats, s.k, self.generator)
-        seed = 0 if data_key is not None else s.seed + self.refreshes
-        built = build_dictionary(feats, s.k, s.pca_dim, seed, s.n_init, s.backend, s.algorithm)
-        if data_key is not None and self.store is not None:
-            self.store.save(self.spec(model, data_key), built)
-        return built
+    def start_round(self, round_idx: int, teacher: nn.Module,
+                    method: SubstitutionSource) -> dict[str, float]:
+        """After the method's synthesis of ``round_idx``: refresh the dictionary when due, from
+        the method's substitution batch (a fixed pool's is keyed by its content, so a stored
+        dictionary is loaded, before the batch is even asked for, or the built one stored).
+        The refresh's metrics; ``{}`` when none."""
+        if not self.refreshes_in(round_idx):
+            return {}
+        data_key = method.substitution_key() if self.fixed_pool else None
+        return self.refresh(teacher, method.substitution_batch, data_key=data_key)
 
-    def _features(self, model: nn.Module, images: Images | Callable[[], Images] | None,
-                  data_key: str | None, logits: Tensor | None) -> Tensor:
-        """This rank's features of the refresh (in the dictionary's space)."""
-        if logits is not None:
-            local = logits
-        elif self._observed and data_key is None:  # reuse what the KD steps already computed
-            local = torch.cat(self._observed)
-        elif images is not None:
-            batch = images() if callable(images) else images
-            local = teacher_logits(model, batch, self.settings.score_batch)
-        else:
-            raise ValueError("KDCI.refresh needs images to score or precomputed logits")
-        return dictionary_features(local, self.settings.space)
+    def adjust(self, student_logits: Tensor,
+               teacher_logits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One KD step, before its loss: keep the teacher's logits for the next refresh
+        (generated data only: a fixed pool's dictionary is never rebuilt), compensate the
+        student's logits. Returns the logits the KD loss sees (adjusted with
+        ``kdci.train_through``, else the raw ones) and this step's metrics as 0-d tensors on the
+        device (summed there and averaged by the loop at its next evaluation: nothing is read
+        back per step)."""
+        if not self.fixed_pool:
+            self.observe(teacher_logits)
+        adjusted, lam = self.compensate(student_logits)
+        logs = {"kdci/attn_entropy": attention_entropy_tensor(lam),
+                "kdci/prior_ratio": prior_ratio_tensor(student_logits, adjusted)}
+        return (adjusted if self.config.train_through else student_logits), logs
 
-    def refresh(self, teacher: nn.Module, images: Images | Callable[[], Images] | None,
-                data_key: str | None = None, logits: Tensor | None = None) -> dict[str, float]:
-        """Rebuild the dictionary from this rank's substitution ``images`` (or a zero-argument
-        callable giving them, called only when they are scored) and load it into the module.
-        ``data_key`` identifies the images of a build-once dictionary: with a store, a stored
-        one is loaded before anything is scored (unless ``random_z`` needs the features), else
-        the built one is stored; ``logits``: the source model's logits on those images,
-        computed elsewhere (the dictionary job's Ray workers), used instead of scoring."""
-        start = time.perf_counter()
-        model = self.source_model if self.source_model is not None else teacher
-        device = self.module.prototypes.device
-        stored, found = self._lookup(model, data_key)
-        feats = None
-        if not found or self.settings.random_z:
-            feats = _gather(self._features(model, images, data_key, logits), device)
-        self._observed = []
-        if is_main_rank():
-            built = stored if found else self._build(model, feats, data_key)
-            self.dictionary = apply_ablations(built, feats, random_z=self.settings.random_z,
-                                              uniform_p=self.settings.uniform_p,
-                                              without_p=self.settings.without_p,
-                                              generator=self.generator)
-            protos, props = self.dictionary.prototypes, self.dictionary.proportions
-        else:
-            protos = torch.empty_like(self.module.prototypes, device="cpu")
-            props = torch.empty_like(self.module.proportions, device="cpu")
-        protos, props = _broadcast([protos.float(), props.float()], device)
-        self.module.set_dictionary(protos, props)
-        self.refreshes += 1
-        props_cpu = props.cpu()
-        d = self.dictionary
-        samples = len(feats) if feats is not None else (d.num_samples if d is not None else 0)
-        metrics = {"kdci/refresh_s": time.perf_counter() - start,
-                   "kdci/scale": self.module.scale(),
-                   "kdci/prop_max": float(props_cpu.max()), "kdci/samples": float(samples),
-                   "kdci/cached": float(found)}
-        if d is not None:  # what ran, recorded as numbers (rank 0 knows; others report 0)
-            metrics["kdci/backend_cuml"] = float(d.backend == "cuml")
-            metrics["kdci/minibatch"] = float(d.algorithm == "minibatch")
-            if math.isfinite(d.inertia):
-                metrics["kdci/inertia"] = d.inertia
-        return metrics
+    @torch.no_grad()
+    def evaluate(self, logits: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The compensated prediction of raw student ``logits`` (returned on the CPU) and its
+        metrics: the prior ratio it applies and the attention's scale."""
+        adjusted, _ = self.module(logits.to(self.module.prototypes.device))
+        adjusted = adjusted.cpu()
+        return adjusted, {"eval/prior_ratio": prior_ratio(logits, adjusted),
+                          "kdci/scale": self.module.scale()}
 
-    def compensate(self, logits: Tensor, module: nn.Module | None = None) -> tuple[Tensor, Tensor]:
-        """Adjusted logits and attention; ``module`` is the (possibly DDP-wrapped) attention."""
-        if self.refreshes == 0:
-            raise RuntimeError("KDCI.compensate() before the first dictionary refresh")
-        return (module or self.module)(logits)
+    def deploy_state(self) -> dict[str, Any]:
+        """What ``student.pt`` adds for KDCI: the attention's weights and what rebuilds it, so
+        ``kdci_ray.kdci.load_student(path, compensated=True)`` gives the compensated model."""
+        return {"kdci": self.module.state_dict(), "kdci_module": self.module_spec()}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly: attention weights and the loaded
@@ -295,23 +194,113 @@ class KDCI:
         self._observed = [] if observed is None else \
             [observed.to(self.module.prototypes.device)]
 
+    # ------------------------------------------------------------------ the parts of a step
 
-def prior_ratio_tensor(raw: Tensor, adjusted: Tensor) -> Tensor:
-    """Mean over samples of ``||prior|| / ||s||`` (how much the adjustment moves the logits), as
-    a 0-d tensor on their device (a KD step reads nothing back)."""
-    prior = (adjusted - raw).detach().float()
-    return (prior.norm(dim=1) / raw.detach().float().norm(dim=1).clamp_min(1e-12)).mean()
+    def observe(self, teacher_logits: Tensor) -> None:
+        """Keep a KD step's teacher logits for the next refresh (``features: observed`` with the
+        teacher as source; otherwise a no-op)."""
+        if self.config.features == "observed" and self.config.source != "model":
+            self._observed.append(teacher_logits.detach().float())  # stays on the device
 
+    def compensate(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Adjusted logits and attention weights, through the (possibly DDP-wrapped) module."""
+        if self.refreshes == 0:
+            raise RuntimeError("KDCI.compensate() before the first dictionary refresh")
+        return self._train_module(logits)
 
-def attention_entropy_tensor(lam: Tensor) -> Tensor:
-    """Mean entropy of the attention weights, as a 0-d tensor on their device."""
-    lam = lam.detach()
-    return -(lam * torch.log(lam + 1e-12)).sum(1).mean()
+    # ------------------------------------------------------------------ the dictionary
 
+    def spec(self, model: nn.Module, data_key: str) -> DictionarySpec:
+        """The artifact spec of a build-once dictionary of ``data_key`` scored by ``model``."""
+        if self._model_key is None:
+            self._model_key = state_fingerprint(model)
+        c = self.config
+        return DictionarySpec(data_key=data_key, model_key=self._model_key, source=c.source,
+                              k=c.k, pca_dim=c.pca_dim, algorithm=c.algorithm,
+                              n_init=c.n_init, seed=0, space=c.space)
 
-def prior_ratio(raw: Tensor, adjusted: Tensor) -> float:
-    return float(prior_ratio_tensor(raw, adjusted))
+    def refresh(self, teacher: nn.Module, images: Images | Callable[[], Images] | None,
+                data_key: str | None = None, logits: Tensor | None = None) -> dict[str, float]:
+        """Rebuild the dictionary from this rank's substitution ``images`` (or a zero-argument
+        callable giving them, called only when they are scored) and load it into the module.
+        ``data_key`` identifies the images of a build-once dictionary: with a store, a stored
+        one is loaded before anything is scored (unless ``random_z`` needs the features), else
+        the built one is stored; ``logits``: the source model's logits on those images,
+        computed elsewhere, used instead of scoring. Under DDP every rank calls it: features
+        gathered, built on rank 0, broadcast."""
+        start = time.perf_counter()
+        model = self.source_model if self.source_model is not None else teacher
+        device = self.module.prototypes.device
+        c = self.config
+        stored, found = self._lookup(model, data_key)
+        feats = None
+        if not found or c.random_z:
+            feats = gather_to_cpu(self._features(model, images, data_key, logits), device)
+        self._observed = []
+        if is_main_rank():
+            built = stored if found else self._build(model, feats, data_key)
+            self.dictionary = apply_ablations(built, feats, random_z=c.random_z,
+                                              uniform_p=c.uniform_p, without_p=c.without_p,
+                                              generator=self.generator)
+            protos, props = self.dictionary.prototypes, self.dictionary.proportions
+        else:
+            protos = torch.empty_like(self.module.prototypes, device="cpu")
+            props = torch.empty_like(self.module.proportions, device="cpu")
+        protos, props = broadcast_from_main([protos.float(), props.float()], device)
+        self.module.set_dictionary(protos, props)
+        self.refreshes += 1
+        samples = len(feats) if feats is not None else \
+            (self.dictionary.num_samples if self.dictionary is not None else 0)
+        return self._refresh_metrics(time.perf_counter() - start, props, samples, found)
 
+    def _refresh_metrics(self, seconds: float, props: Tensor, samples: int,
+                         cached: bool) -> dict[str, float]:
+        metrics = {"kdci/refresh_s": seconds, "kdci/scale": self.module.scale(),
+                   "kdci/prop_max": float(props.cpu().max()), "kdci/samples": float(samples),
+                   "kdci/cached": float(cached)}
+        d = self.dictionary
+        if d is not None:  # what ran, recorded as numbers (rank 0 knows; others report 0)
+            metrics["kdci/backend_cuml"] = float(d.backend == "cuml")
+            metrics["kdci/minibatch"] = float(d.algorithm == "minibatch")
+            if math.isfinite(d.inertia):
+                metrics["kdci/inertia"] = d.inertia
+        return metrics
 
-def attention_entropy(lam: Tensor) -> float:
-    return float(attention_entropy_tensor(lam))
+    def _lookup(self, model: nn.Module,
+                data_key: str | None) -> tuple[ConfounderDictionary | None, bool]:
+        """Rank 0's stored dictionary of a build-once ``data_key`` and whether there is one,
+        agreed by every rank (so all skip scoring, or all score): ``(None, False)`` when the
+        dictionary is not build-once or none is stored."""
+        if data_key is None or self.store is None or self.config.source == "random":
+            return None, False
+        stored = self.store.load(self.spec(model, data_key)) if is_main_rank() else None
+        found = stored is not None
+        if world_size() > 1:
+            (flag,) = broadcast_from_main([torch.tensor([float(found)])],
+                                          self.module.prototypes.device)
+            found = bool(flag.cpu())
+        return stored, found
+
+    def _features(self, model: nn.Module, images: Images | Callable[[], Images] | None,
+                  data_key: str | None, logits: Tensor | None) -> Tensor:
+        """This rank's features of the refresh (in the dictionary's space)."""
+        if logits is not None:
+            local = logits
+        elif self._observed and data_key is None:  # reuse what the KD steps already computed
+            local = torch.cat(self._observed)
+        elif images is not None:
+            batch = images() if callable(images) else images
+            local = teacher_logits(model, batch, self.score_batch)
+        else:
+            raise ValueError("KDCI.refresh needs images to score or precomputed logits")
+        return dictionary_features(local, self.config.space)
+
+    def _build(self, model: nn.Module, feats: Tensor, data_key: str | None) -> ConfounderDictionary:
+        c = self.config
+        if c.source == "random":
+            return random_dictionary(feats, c.k, self.generator)
+        seed = 0 if data_key is not None else self.seed + self.refreshes
+        built = build_dictionary(feats, c.k, c.pca_dim, seed, c.n_init, c.backend, c.algorithm)
+        if data_key is not None and self.store is not None:
+            self.store.save(self.spec(model, data_key), built)
+        return built

@@ -13,7 +13,8 @@ class KDCIConfig:
     k: int = 0  # dictionary size; 0 = the method's default (DAFL 8, DeepInversion 32)
     pca_dim: int = 0  # PCA components used for clustering; 0 = keep min(C, 64)
     hidden: int = 256  # additive attention width
-    backend: str = "sklearn"  # k-means backend: sklearn | auto
+    backend: str = "sklearn"  # k-means backend: sklearn (CPU) | cuml (GPU, the gpu extra) |
+    #   auto (cuML where a GPU and cuML are present, else scikit-learn)
     algorithm: str = "auto"  # k-means: auto | full | minibatch (sklearn); cuML runs full
     n_init: int = 1  # k-means++ restarts per refresh
     features: str = "observed"  # per-round refresh: observed (reuse KD) | source (score again)
@@ -25,7 +26,7 @@ class KDCIConfig:
     uniform_p: bool = False  # P(z_i) = 1/K: NOT Table 4's "w/o P(z)" (clustering gives ~1/K
     #   anyway); kept as the ablation this project ran before without_p
     without_p: bool = False  # ablation (Table 4's "w/o P(z)"): P removed from Eq. 4, P(z_i) = 1
-    fusion: str = "softmax"  # how lambda and P(z) form the prior (kdci_ray/kdci/intervention.py):
+    fusion: str = "softmax"  # how lambda and P(z) form the prior (kdci_ray/kdci/attention.py):
     #   softmax | expectation | scaled (bounded learned scale) | log_prior (the positive control:
     #   a fixed log class prior of the dictionary, no attention)
     projection: bool = False  # a learned C x C output projection of the prior (identity start)

@@ -17,11 +17,12 @@ and pool helpers are shared with Fast (``methods/inversion.py``).
 Reference: zju-vipa/CMI ``datafree/synthesis/contrastive.py`` (``CMISynthesizer``) and the
 ``--method cmi`` setup of its ``datafree_kd.py``; the settings are ``scripts/cmi_cifar10.sh``
 (also zju-vipa/Fast-Datafree ``scripts/cmi_cifar.sh``). Contrastive features (``features``):
-``stages`` (default) hooks the input of each stage of the teacher (``hooks.stage_inputs``); for a
-ResNet-34 teacher that is ``layer1..layer4``, 64 + 64 + 128 + 256 = 512 channels, exactly the
-reference's ``feature_layers = [teacher.layer1, ..., teacher.layer4]`` (its ``InstanceMeanHook``
-averages each layer's *input*). ``bn`` hooks every BatchNorm input, the reference's choice for
-every other teacher (``feature_layers=None``). Deviations:
+``stages`` (default) hooks the input of each stage of the teacher
+(``bn_statistics.stage_inputs``); for a ResNet-34 teacher that is ``layer1..layer4``, 64 + 64 +
+128 + 256 = 512 channels, exactly the reference's ``feature_layers = [teacher.layer1, ...,
+teacher.layer4]`` (its ``InstanceMeanHook`` averages each layer's *input*). ``bn`` hooks every
+BatchNorm input, the reference's choice for every other teacher (``feature_layers=None``).
+Deviations:
 - WRN and VGG teachers also use their stage inputs by default (WRN ``block1..block3``, VGG
   ``block1..block4``), the KDCI Table 1 protocol's choice; ``features: bn`` restores the
   reference. The digits models (``SmallCNN``) use the first conv after each max pool;
@@ -58,14 +59,14 @@ from torch import Tensor, nn
 
 from kdci_ray.data.labeled import to_device
 from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
-from kdci_ray.methods.generators import DatafreeGenerator, dcgan_reset_
-from kdci_ray.methods.hooks import (
+from kdci_ray.methods.bn_statistics import (
     bn_inputs,
     bn_statistics,
     feature_dim,
     instance_means,
     stage_inputs,
 )
+from kdci_ray.methods.generators import DatafreeGenerator, dcgan_reset_
 from kdci_ray.methods.inversion import (
     decision_adversarial,
     resized_crop,

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
-from kdci_ray.methods.hooks import bn_statistics
+from kdci_ray.methods.bn_statistics import bn_statistics
 from kdci_ray.methods.inversion import BestBatch
 from kdci_ray.methods.losses import js_divergence, total_variation
 from kdci_ray.methods.pool import ImagePool

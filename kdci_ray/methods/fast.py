@@ -53,8 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
+from kdci_ray.methods.bn_statistics import BNMomentum, bn_statistics_momentum
 from kdci_ray.methods.generators import DatafreeGenerator, normal_init_
-from kdci_ray.methods.hooks import BNMomentum, bn_statistics_momentum
 from kdci_ray.methods.inversion import (
     BestBatch,
     decision_adversarial,

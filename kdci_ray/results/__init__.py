@@ -13,14 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from kdci_ray.errors import ConfigError
+from kdci_ray.results.record import check_writable as _check_writable
+from kdci_ray.results.record import read_record, record_kind
 from kdci_ray.results.report import write_report
 from kdci_ray.results.table import rows_from_sweep, summary_markdown, write_tables
-
-
-def _kind(sweep_dir: Path) -> str:
-    from kdci_ray.engine.sweep_dir import read_record
-
-    return str((read_record(sweep_dir) or {}).get("kind") or "dfkd")
 
 
 def sweep_directory(path: str | Path) -> Path:
@@ -39,7 +35,7 @@ def sweep_directory(path: str | Path) -> Path:
 def summary(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per trial of the sweep in ``sweep_dir`` (the rows of ``summary.csv``)."""
     sweep_dir = sweep_directory(sweep_dir)
-    if _kind(sweep_dir) == "skdcgn":
+    if record_kind(sweep_dir) == "skdcgn":
         from kdci_ray.results.skdcgn import rows
 
         return rows(sweep_dir)
@@ -50,8 +46,6 @@ def report(sweep_dir: str | Path, title: str | None = None, log=None) -> str:
     """Rebuild ``summary.csv`` / ``summary.md``, the plots and ``report.md`` of a finished,
     running or interrupted sweep directory, whatever its kind; returns the summary Markdown
     (``log`` hears each file written)."""
-    from kdci_ray.engine.sweep_dir import read_record
-
     sweep_dir = sweep_directory(sweep_dir)
     record = read_record(sweep_dir) or {}
     title = title or record.get("name") or sweep_dir.name
@@ -65,8 +59,6 @@ def report(sweep_dir: str | Path, title: str | None = None, log=None) -> str:
 def preview(sweep_dir: str | Path, title: str | None = None) -> str:
     """The summary Markdown ``report`` would return, computed without writing anything (the
     table of a running sweep's trials so far)."""
-    from kdci_ray.engine.sweep_dir import read_record
-
     sweep_dir = sweep_directory(sweep_dir)
     record = read_record(sweep_dir) or {}
     title = title or record.get("name") or sweep_dir.name
@@ -82,10 +74,9 @@ def preview(sweep_dir: str | Path, title: str | None = None) -> str:
 
 def check_writable(sweep_dir: Path) -> None:
     """The report is written into the sweep directory: refuse one that is not writable."""
-    from kdci_ray.engine.sweep_dir import check_writable as check
-
-    check(sweep_dir, "the report is written into the sweep directory: make it writable, or "
-                     "copy the directory somewhere writable and run `kdci-ray report` on the copy")
+    _check_writable(sweep_dir, "the report is written into the sweep directory: make it "
+                               "writable, or copy the directory somewhere writable and run "
+                               "`kdci-ray report` on the copy")
 
 
 def dfkd_report(sweep_dir: Path, title: str, log=None) -> str:

@@ -1,8 +1,7 @@
 """Results of an SKDCGN sweep: one row per finished trial (its ``metrics.json``), the summary per
 variant, each variant's paired effect against the first one, and ``report.md``.
 
-A trial's ``variant`` is its ``cases.variant`` case name (the composition study's variants),
-else its searched values other than the seed, else ``baseline`` (``variant_name``).
+A trial's row, its ``variant`` included, is the kind's (``kdci_ray.experiments.skdcgn.row``).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from kdci_ray.atomic import atomic_write_text
+from kdci_ray.experiments.skdcgn.row import METRICS_FILE
 from kdci_ray.results.paired import (
     CELL_ALIGN,
     CELL_HEADER,
@@ -23,9 +23,7 @@ from kdci_ray.results.paired import (
     per_seed,
     sig_cell,
 )
-from kdci_ray.search.cases import CASES, column_name, is_case_key
 
-METRICS_FILE = "metrics.json"  # an SKDCGN trial's one result row
 COLUMNS = ["trial", "variant", "seed", "acc_biased", "acc_teacher_cf", "acc_student_cf",
            "acc_oracle", "retained_gain", "label_fidelity", "kid", "param_ratio",
            "sample_speed_ratio"]
@@ -41,18 +39,6 @@ EXTRA = ["mask_iou", "l1_shape", "l1_foreground", "l1_background", *FIDELITY, "k
          "total_s"]
 EFFECTS = (("acc_student_cf", "student CF"), ("acc_teacher_cf", "teacher CF"),
            ("retained_gain", "retained gain"))
-
-
-def variant_name(params: dict[str, Any]) -> str:
-    """The ``variant`` case's name, else the searched values other than the seed, else
-    ``baseline``."""
-    if f"{CASES}.variant" in params:
-        value = params[f"{CASES}.variant"]
-        return str(value.get("name") if isinstance(value, dict) else value)
-    parts = [f"{column_name(k) if is_case_key(k) else k.rsplit('.', 1)[-1]}="
-             f"{v.get('name') if isinstance(v, dict) else v}"
-             for k, v in sorted(params.items()) if k != "seed"]
-    return ",".join(parts) or "baseline"
 
 
 def rows(sweep_dir: Path) -> pd.DataFrame:

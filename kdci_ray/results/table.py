@@ -235,7 +235,7 @@ def is_smoke_sweep(sweep_dir: Path) -> bool:
     ``config.yaml`` says ``smoke: true``, or (no trial readable yet) its ``sweep.yaml`` does."""
     import yaml
 
-    from kdci_ray.engine.sweep_dir import read_record
+    from kdci_ray.results.record import read_record
 
     for path in sorted(Path(sweep_dir).glob("*/config.yaml")):
         try:

@@ -24,17 +24,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from kdci_ray.config import ExperimentConfig, KDCIConfig, flatten
+from kdci_ray.config.cases import case_name, column_name, config_layer, expand, is_case_key
 from kdci_ray.errors import ConfigError
 from kdci_ray.results.columns import KDCI_ONLY, METRIC_KEYS, ROW_COLUMNS, sorted_rows
-from kdci_ray.search.cases import (
-    case_lookup,
-    case_name,
-    column_name,
-    config_layer,
-    expand,
-    is_case_key,
-)
+from kdci_ray.search.cases import case_lookup
 from kdci_ray.train.run_logs import (
     FAILURES_FILE,
     METRICS_FILE,
@@ -82,6 +75,8 @@ def _read_trial_config(trial_dir: Path, lookup: dict[str, dict[str, dict[str, An
         point = expand(params, lookup)
     except ConfigError:  # a case renamed since: config.yaml still has the resolved values
         point = params
+    from kdci_ray.experiments.dfkd import flatten  # the schema, when a trial is first read
+
     merged = flatten(config_layer(point))
     merged.update(flatten(_load(paths[1], yaml.safe_load) or {}))
     return merged, params
@@ -178,6 +173,8 @@ def _metrics(reports: list[dict[str, Any]], scored: list[dict[str, Any]],
 
 
 def _trial_row(trial_dir: Path, cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    from kdci_ray.experiments.dfkd import ExperimentConfig, KDCIConfig  # defaults of a key unsaid
+
     reports = trial_reports(trial_dir)
     last = reports[-1] if reports else {}
     kdci = _as_bool(cfg.get("kdci.enabled", KDCIConfig.enabled))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdci_ray.search.cases import CASES, NAME, config_layer, expand, is_case_key
+from kdci_ray.search.cases import NAME, config_layer, expand, is_case_key
 from kdci_ray.search.space import _domain, _parsed
 
 KeyCheck = Callable[[dict[str, Any], str], None]
@@ -70,10 +70,6 @@ class Search:
         """A trial's Tune parameters (case names) as one layer of dotted config keys."""
         return config_layer(expand(params, self.cases()))
 
-    def searched_keys(self, params: dict[str, Any]) -> list[str]:
-        """The dotted config keys a trial's parameters set (case groups: their cases' keys)."""
-        return list(self.layer(params))
-
     def restrict(self, kept: list[dict[str, Any]]) -> Search:
         """This search cut to the grid points ``kept`` (``--only``; ``only.restrict``)."""
         from kdci_ray.search.only import restrict
@@ -81,7 +77,3 @@ class Search:
         cut = restrict(self.section, kept, self.where, *(() if self.check is None else
                                                           (self.check,)))
         return Search.parse(cut, self.where, self.check)
-
-    @property
-    def has_cases(self) -> bool:
-        return CASES in self.section

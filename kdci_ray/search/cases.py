@@ -4,8 +4,9 @@ A *case* is one mapping of dotted config keys with fixed values (plus an optiona
 *case group* is a list of cases and acts as one grid key whose values are its cases. Here
 the YAML value of ``cases`` is parsed and checked, case names are looked up (Tune's
 ``param_space`` holds only the names), and a sampled point is turned back into one config
-layer (files are read by ``kdci_ray.engine.files``). No Ray import: the results table uses the
-same helpers on a finished sweep.
+layer (files are read by ``kdci_ray.engine.files``; the names themselves live in
+``kdci_ray.config.cases``). No Ray import: the results table uses the same helpers on a finished
+sweep.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from kdci_ray.config import check_keys, flatten
+from kdci_ray.config.cases import (
+    CASES,
+    NAME,
+    case_name,
+    column_name,
+    config_layer,
+    expand,
+    is_case_key,
+)
 from kdci_ray.errors import ConfigError
 
-CASES = "cases"
-NAME = "name"
+__all__ = ["CASES", "NAME", "RESERVED_COLUMNS", "KeyCheck", "case_lookup", "case_name",
+           "column_name", "config_layer", "dfkd_keys", "expand", "is_case_key", "parse_cases"]
 # the results table's own columns (tune/table.py): a case group may not be named like one
 RESERVED_COLUMNS = ("trial", "method", "kdci", "seed", "acc", "acc_kdci", "teacher_acc",
                     "recall_min", "recall_min_kdci", "recall_rare", "recall_rare_kdci",
@@ -33,29 +42,27 @@ _NAME_OK = re.compile(r"[A-Za-z0-9_.=-]+")
 _MAX_DERIVED = 40
 KeyCheck = Callable[[dict[str, Any], str], None]  # raises ConfigError on an unknown key
 
+
+def dfkd_keys(flat: dict[str, Any], where: str = "") -> None:
+    """The default key check: the distillation config's keys (``kdci_ray.experiments.dfkd``,
+    imported on first use: reading a search section needs no method and no torch)."""
+    from kdci_ray.experiments.dfkd import check_keys
+
+    check_keys(flat, where)
+
+
+def _flatten(mapping: dict[str, Any], where: str) -> dict[str, Any]:
+    """A case's body as dotted keys (one level of nesting under a distillation section)."""
+    from kdci_ray.experiments.dfkd import flatten
+
+    return flatten(mapping, where)
+
 _EXAMPLE = ("e.g. `cases: [{name: r34-r18, teacher.arch: resnet34, student.arch: resnet18}, ...]` "
             "or `cases: {pair: [...], schedule: [...]}`")
 
 
-def is_case_key(key: str) -> bool:
-    """True for the Tune parameter of a case group: ``cases`` or ``cases.<group>``."""
-    return key == CASES or key.startswith(CASES + ".")
-
-
-def column_name(key: str) -> str:
-    """Results-table column of a case group: ``case`` for ``cases``, ``<group>`` otherwise."""
-    return "case" if key == CASES else key[len(CASES) + 1:]
-
-
-def case_name(value: Any) -> str:
-    """The name of a sampled case (a mapping with ``name``), or ``str(value)`` for anything else."""
-    if isinstance(value, dict) and NAME in value:
-        return str(value[NAME])
-    return str(value)
-
-
 def case_lookup(search: dict[str, Any], where: str = "",
-                check: KeyCheck = check_keys) -> dict[str, dict[str, dict[str, Any]]]:
+                check: KeyCheck = dfkd_keys) -> dict[str, dict[str, dict[str, Any]]]:
     """``{param key: {case name: case}}`` for the ``cases`` of a search section (``{}`` if none)."""
     if not isinstance(search, dict) or CASES not in search:
         return {}
@@ -63,36 +70,11 @@ def case_lookup(search: dict[str, Any], where: str = "",
     return {key: {case[NAME]: case for case in cases} for key, cases in groups.items()}
 
 
-def expand(params: dict[str, Any], lookup: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Tune parameters with each case name replaced by its case mapping."""
-    out = dict(params)
-    for key, cases in lookup.items():
-        name = params.get(key)
-        if isinstance(name, str):
-            if name not in cases:
-                raise ConfigError(f"search '{key}' has no case named '{name}' (cases: "
-                                  f"{', '.join(cases)})")
-            out[key] = cases[name]
-    return out
-
-
-def config_layer(point: dict[str, Any]) -> dict[str, Any]:
-    """One sampled point (grid values, sampled values, case mappings) as one layer of dotted
-    keys; a case left as a bare name (not ``expand``-ed) contributes nothing."""
-    layer: dict[str, Any] = {}
-    for key, value in point.items():
-        if not is_case_key(key):
-            layer[key] = value
-        elif isinstance(value, dict):
-            layer.update({k: v for k, v in value.items() if k != NAME})
-    return layer
-
-
 # ----------------------------------------------------------------------------- parsing
 
 
 def parse_cases(spec: Any, where: str = "",
-                check: KeyCheck = check_keys) -> dict[str, list[dict[str, Any]]]:
+                check: KeyCheck = dfkd_keys) -> dict[str, list[dict[str, Any]]]:
     """``{param key: [case, ...]}`` for the YAML value of ``cases``.
 
     A list is one group (param key ``cases``); a mapping ``{group: list}`` is several groups
@@ -157,7 +139,7 @@ def _parse_case(key: str, index: int, entry: Any, where: str,
         raise ConfigError(f"{_src(where)}{label} must be a mapping of dotted keys, got "
                           f"{entry!r}; {_EXAMPLE}")
     body = {k: v for k, v in entry.items() if k != NAME}
-    flat = flatten(body, f"{where} ({label})" if where else label)
+    flat = _flatten(body, f"{where} ({label})" if where else label)
     if not flat:
         raise ConfigError(f"{_src(where)}{label} sets no config key; {_EXAMPLE}")
     check(flat, f"{where} ({label})" if where else label)

@@ -17,16 +17,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdci_ray.config.keys import DFKD_SCHEMA
 from kdci_ray.config.schema import ABSENT, Schema, coerce_value, field_type
 from kdci_ray.errors import ConfigError
 from kdci_ray.search import Search
-from kdci_ray.search.cases import CASES, NAME, KeyCheck, case_name, is_case_key, parse_cases
+from kdci_ray.search.cases import (
+    CASES,
+    NAME,
+    KeyCheck,
+    case_name,
+    dfkd_keys,
+    is_case_key,
+    parse_cases,
+)
 from kdci_ray.search.space import SPEC_KINDS
 
 
-def parse_only(items: list[str], schema: Schema = DFKD_SCHEMA) -> dict[str, list[str]]:
-    """``["method=dafl", "method=dfnd", "seed=0"]`` -> ``{"method": ["dafl", "dfnd"], ...}``."""
+def _dfkd_schema() -> Schema:
+    """The default schema: the distillation config's (imported on first use)."""
+    from kdci_ray.experiments.dfkd import DFKD_SCHEMA
+
+    return DFKD_SCHEMA
+
+
+def parse_only(items: list[str], schema: Schema | None = None) -> dict[str, list[str]]:
+    """``["method=dafl", "method=dfnd", "seed=0"]`` -> ``{"method": ["dafl", "dfnd"], ...}``
+    (keys checked against ``schema``: the distillation config's unless given)."""
+    schema = schema or _dfkd_schema()
     filters: dict[str, list[str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -87,9 +103,10 @@ class _Matcher:
 
 def select(filters: dict[str, list[str]], search: dict[str, Any],
            points: list[dict[str, Any]], configs: list[Any],
-           schema: Schema = DFKD_SCHEMA) -> list[int]:
-    """Indices of the grid points that match every filter (OR within a key, AND across keys)."""
-    matcher = _Matcher(search, points, configs, schema)
+           schema: Schema | None = None) -> list[int]:
+    """Indices of the grid points that match every filter (OR within a key, AND across keys;
+    values typed by ``schema``: the distillation config's unless given)."""
+    matcher = _Matcher(search, points, configs, schema or _dfkd_schema())
     columns = [matcher.matches(key, raw) for key, raw in filters.items()]
     kept = [i for i in range(len(points)) if all(col[i] for col in columns)]
     if not kept:
@@ -100,7 +117,7 @@ def select(filters: dict[str, list[str]], search: dict[str, Any],
 
 
 def restrict(search: dict[str, Any], kept: list[dict[str, Any]], where: str = "",
-             check: KeyCheck = DFKD_SCHEMA.check_keys) -> dict[str, Any]:
+             check: KeyCheck = dfkd_keys) -> dict[str, Any]:
     """The search section with each grid key and case group cut to the values in ``kept``.
 
     Raises a ConfigError when ``kept`` is not a whole sub-grid (Tune runs products only).

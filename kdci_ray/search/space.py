@@ -11,7 +11,7 @@ Each key (dotted, e.g. ``kdci.enabled``) maps to one spec::
       student.arch: {choice: [a, b]}          # tune.choice: one value sampled per trial
 
 Grid keys multiply: Tune runs every grid combination ``num_samples`` times, sampling the other
-specs anew for each. Whether the keys themselves exist is checked by ``config.check_keys``.
+specs anew for each. Whether the keys themselves exist is checked by the kind's schema (``check``).
 
 Bundles of keys that vary together (a teacher with its checkpoint and its student) are *cases*,
 under the reserved key ``cases``: a list of mappings, each one grid value whose keys are applied
@@ -51,9 +51,8 @@ import difflib
 import math
 from typing import Any
 
-from kdci_ray.config import check_keys
 from kdci_ray.errors import ConfigError
-from kdci_ray.search.cases import CASES, NAME, KeyCheck, is_case_key, parse_cases
+from kdci_ray.search.cases import CASES, NAME, KeyCheck, dfkd_keys, is_case_key, parse_cases
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 _EXAMPLE = "e.g. `{grid: [a, b]}`, `{uniform: [0.1, 1.0]}` or a bare list `[a, b]`"
@@ -134,7 +133,7 @@ def _check_distinct(key: str, kind: str, args: list[Any]) -> None:
 
 
 def _parsed(search: dict[str, Any], where: str = "",
-            check: KeyCheck = check_keys) -> dict[str, tuple[str, list[Any]]]:
+            check: KeyCheck = dfkd_keys) -> dict[str, tuple[str, list[Any]]]:
     """``{param key: (kind, args)}``; each case group is a grid over its case mappings."""
     if not isinstance(search, dict):
         raise ConfigError(
@@ -184,7 +183,7 @@ def _domain(kind: str, args: list[Any]) -> Any:
 
 
 def build_param_space(search: dict[str, Any], where: str = "",
-                      check: KeyCheck = check_keys) -> dict[str, Any]:
+                      check: KeyCheck = dfkd_keys) -> dict[str, Any]:
     """Tune ``param_space`` for a ``search`` section (``Search.param_space``)."""
     from kdci_ray.search import Search
 
@@ -192,7 +191,7 @@ def build_param_space(search: dict[str, Any], where: str = "",
 
 
 def grid_points(search: dict[str, Any], where: str = "",
-                check: KeyCheck = check_keys) -> list[dict[str, Any]]:
+                check: KeyCheck = dfkd_keys) -> list[dict[str, Any]]:
     """Every combination of the grid entries (``Search.points``); a case group's value is its
     case mapping, sampled specs are left out, no grid entry gives ``[{}]``."""
     from kdci_ray.search import Search

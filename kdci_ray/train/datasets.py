@@ -3,8 +3,12 @@ student is evaluated on; the methods never see the training split."""
 
 from __future__ import annotations
 
-from kdci_ray.config import ExperimentConfig
+from typing import TYPE_CHECKING
+
 from kdci_ray.data import LabeledData, load_dataset
+
+if TYPE_CHECKING:
+    from kdci_ray.experiments.dfkd import ExperimentConfig
 
 
 def load_data(cfg: ExperimentConfig) -> LabeledData:

@@ -1,15 +1,18 @@
 """The one distillation loop, shared by every DFKD method (runs with or without Ray).
 
-Per round: ``method.synthesize()``; with KDCI, its hook's ``on_round`` (the dictionary refresh
-when due: every round for generated substitution data, once for a fixed pool); then ``kd_steps``
-times: sample a batch, teacher under no_grad, student forward, with KDCI the hook's ``on_batch``
-(compensated logits), ``method.student_loss``, step. KDCI's whole life cycle is one
-``kdci_ray.kdci.KDCIHook``; ``build_kdci_hook`` here is the only place that branches on
-``kdci.enabled``. Under torch.distributed each rank draws its own substitution data and DDP
-averages the gradients of the student, the KDCI attention and the method's generator. A
-non-finite loss (or student weights) stops the run on every rank before it touches the weights
-(or a checkpoint): the last report says ``stopped_nonfinite = 1`` and ``stop_reason`` words it;
-the run returns normally, so nothing retries a deterministic NaN.
+``distill`` builds a run once (data, teacher, student, the method, KDCI when ``kdci.enabled``,
+the optimiser), restores a checkpoint's state when resuming, then per round: the method's
+``synthesize()`` and KDCI's ``start_round`` (the dictionary refresh when due: every round for
+generated substitution data, once for a fixed pool); ``kd_steps`` KD steps (``KDStep``: sample a
+batch, teacher under no_grad, student forward, with KDCI its ``adjust`` (compensated logits),
+``method.student_loss``, step); when due an evaluation (the raw student, ``eval/acc``, and with
+KDCI the compensated one, ``eval/acc_kdci``) and a checkpoint. KDCI's whole life cycle is one
+``kdci_ray.kdci.KDCI``, built by ``kdci_ray.train.kdci_setup.build_kdci``. Under
+torch.distributed each rank draws its own substitution data and DDP averages the gradients of
+the student, the KDCI attention and the method's generator. A non-finite loss (or student
+weights) stops the run on every rank before it touches the weights (or a checkpoint): the last
+report says ``stopped_nonfinite = 1`` and ``stop_reason`` words it; the run returns normally, so
+nothing retries a deterministic NaN.
 """
 
 from __future__ import annotations
@@ -18,22 +21,20 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 from kdci_ray.cache import cache_dir
-from kdci_ray.config import ExperimentConfig
-from kdci_ray.kdci import KDCIHook
-from kdci_ray.kdci.plugin import collective_device
-from kdci_ray.methods import METHODS, Method, MethodContext
+from kdci_ray.kdci import KDCI
+from kdci_ray.methods import METHODS, MethodContext
 from kdci_ray.models import create_model
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.evaluate import accuracy, predict_logits
-from kdci_ray.train.kdci_setup import dictionary_store, load_source_model
-from kdci_ray.train.numerics import autocast, format_input, numerics, to_memory_format
+from kdci_ray.train.kd_step import KDStep, nonfinite_weights
+from kdci_ray.train.kdci_setup import build_kdci
+from kdci_ray.train.numerics import numerics, to_memory_format
 from kdci_ray.train.resume import Progress, Snapshot, capture, restore
 from kdci_ray.train.runtime import (
     Runtime,
@@ -44,10 +45,13 @@ from kdci_ray.train.runtime import (
 )
 from kdci_ray.train.teacher import load_teacher
 
+if TYPE_CHECKING:
+    from kdci_ray.experiments.dfkd import ExperimentConfig
+
 
 def open_world(cfg: ExperimentConfig, data) -> Any:
     """The unlabeled pool of a sampling-based method, in the teacher's input format."""
-    from kdci_ray.data.openworld import build_open_world
+    from kdci_ray.data.pool_sources import build_open_world
 
     p = cfg.pool
     return build_open_world(p.source, p.path, size=p.size, channels=data.channels,
@@ -66,20 +70,6 @@ def method_context(cfg: ExperimentConfig, data, teacher: nn.Module, student: nn.
                          open_world=open_world(cfg, data) if method_cls.needs_open_world else None,
                          cache_dir=cache_dir() / "selections", imbalance=cfg.shift.imbalance,
                          strict_shift=not cfg.smoke)
-
-
-def build_kdci_hook(cfg: ExperimentConfig, method_cls: type[Method], data,
-                    rt: Runtime) -> KDCIHook | None:
-    """The run's KDCI hook (None without ``kdci.enabled``): built from the config, the method's
-    description of its substitution data, the data (classes) and the runtime (device, DDP wrap);
-    with ``kdci.source: model`` the other model is loaded here, with ``kdci.cache`` the store."""
-    if not cfg.kdci.enabled:
-        return None
-    kc = cfg.kdci
-    source_model = load_source_model(cfg, data, rt.device) if kc.source == "model" else None
-    return KDCIHook.from_config(cfg, method_cls.substitution, data.num_classes, rt.device,
-                                wrap=rt.wrap, source_model=source_model,
-                                store=dictionary_store() if kc.cache else None)
 
 
 class Reporter(Protocol):
@@ -131,94 +121,6 @@ def stop_reason(metrics: dict[str, float]) -> str:
     return f"non-finite {what}; train.lr may be too high"
 
 
-def _nonfinite_loss(loss: Tensor, rt: Runtime) -> float | None:
-    """This step's loss if it is NaN or inf on this rank or any other (NaN first), else None:
-    every rank must stop at the same step. The KD step's one read back to the host."""
-    flags = torch.stack([loss.detach().isnan(), loss.detach().isinf()]).float()
-    if rt.distributed:
-        flags = flags.to(collective_device(rt.device))
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    nan, inf, value = torch.cat([flags.to(loss.device),
-                                 loss.detach().double().view(1).to(loss.device)]).tolist()
-    if nan:
-        return math.nan
-    if inf:
-        return value if math.isinf(value) else math.inf
-    return None
-
-
-def _nonfinite_weights(*modules: nn.Module | None) -> bool:
-    """Any NaN / inf among the floating-point weights and buffers (the same on every rank)."""
-    checks = [torch.isfinite(t).all() for m in modules if m is not None
-              for t in m.state_dict().values() if t.is_floating_point()]
-    return bool(checks) and not bool(torch.stack(checks).all())
-
-
-class KDStep:
-    """One KD step of the loop, and what it accumulates between evaluations, on the device.
-
-    ``__call__`` draws a batch, runs the teacher (no grad) and the student, applies the KDCI hook
-    when there is one, and steps the student's optimiser. Its one read back to the host is the
-    non-finite check of the loss (every rank stops at the same step, before the weights are
-    touched); the teacher's arg-max counts and the summed losses stay on the device until
-    :meth:`take_sums` (an evaluation) reads them."""
-
-    def __init__(self, cfg: ExperimentConfig, method: Method, teacher: nn.Module,
-                 student: nn.Module, hook: KDCIHook | None, opt: torch.optim.Optimizer,
-                 sched: Any, rt: Runtime, num_classes: int,
-                 class_counts: list[int] | None = None) -> None:
-        self.cfg, self.method, self.teacher, self.student = cfg, method, teacher, student
-        self.hook, self.opt, self.sched, self.rt = hook, opt, sched, rt
-        self.num_classes = num_classes
-        # the teacher's arg-max over every KD batch so far: which class the substitution data
-        # lacks (restored from a checkpoint when resuming)
-        self.class_counts = torch.zeros(num_classes, dtype=torch.long, device=rt.device)
-        if class_counts is not None:
-            self.class_counts += torch.tensor(class_counts, dtype=torch.long).to(rt.device)
-        self.classes = torch.arange(num_classes, device=rt.device)
-        self.sums: dict[str, Tensor] = {}
-
-    def _add(self, name: str, value: Tensor) -> None:
-        value = value.detach().double()  # summed as the float64 a host-side sum would use
-        self.sums[name] = self.sums[name] + value if name in self.sums else value
-
-    def __call__(self) -> float | None:
-        """One step; the non-finite loss that stopped it (nothing was updated), else None."""
-        cfg, run = self.cfg, self.cfg.run
-        x = format_input(run, self.method.sample(cfg.train.batch_size).to(self.rt.device))
-        with autocast(run, self.rt.device):
-            with torch.no_grad():
-                t_logits = self.teacher(x).logits
-            self.class_counts += (t_logits.argmax(1, keepdim=True) == self.classes).sum(0)
-            s_logits = self.student(x).logits
-            if self.hook is not None:  # compensated logits (raw ones when post-hoc)
-                s_logits, step_logs = self.hook.on_batch(s_logits, t_logits)
-                for name, value in step_logs.items():
-                    self._add(name, value)
-            losses = self.method.student_loss(s_logits.float(), t_logits.float())
-        bad = _nonfinite_loss(losses["loss"], self.rt)
-        if bad is not None:
-            return bad
-        self.opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.opt.step()
-        self.method.after_student_step()
-        self.sched.step()
-        for name, value in losses.items():
-            self._add(f"train/{name}", value)
-        return None
-
-    def take_sums(self) -> dict[str, float]:
-        """The summed step metrics since the last call, read back (an evaluation's one read)."""
-        names = list(self.sums)
-        values = torch.stack([self.sums[n] for n in names]).tolist() if names else []
-        self.sums = {}
-        return dict(zip(names, values, strict=True))
-
-    def counts(self) -> list[int]:
-        return self.class_counts.tolist()
-
-
 def distill(cfg: ExperimentConfig, report: Reporter | None = None,
             runtime: Runtime | None = None,
             resume: dict[str, Any] | None = None) -> dict[str, float]:
@@ -232,88 +134,153 @@ def distill(cfg: ExperimentConfig, report: Reporter | None = None,
     rt = runtime or current_runtime(cfg.run.use_gpu)
     limit_threads(worker_threads(cfg.run, rt.device))
     with numerics(cfg.run):
-        return _distill(cfg, report or Collect(), rt, resume)
+        return Distillation(cfg, rt, resume).run(report or Collect())
 
 
-def _distill(cfg: ExperimentConfig, report: Reporter, rt: Runtime,
-             resume: dict[str, Any] | None) -> dict[str, float]:
-    seed_everything(cfg.seed)  # same initial weights on every rank
-    data = load_data(cfg)
-    teacher = load_teacher(cfg, data, rt.device)
-    student = create_model(cfg.student.arch, data.num_classes, data.channels).to(rt.device)
-    to_memory_format(cfg.run, teacher, student)
-    student_ddp = rt.wrap(student)
-
-    method_cls = METHODS[cfg.method]
-    ctx = method_context(cfg, data, teacher, student, rt)
-    method = method_cls(cfg.method_config, ctx)
-
+def build_optimizer(cfg: ExperimentConfig, student: nn.Module,
+                    kdci: KDCI | None) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD over the student (and KDCI's attention, at its own rate) and the LR schedule."""
     params = [{"params": student.parameters(), "lr": cfg.train.lr}]
-    hook = build_kdci_hook(cfg, method_cls, data, rt)
-    if hook is not None:
-        params.append(hook.param_group(cfg.train.lr))
+    if kdci is not None:
+        params.append(kdci.param_group(cfg.train.lr))
     opt = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
                           weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
 
-    parts = {"rank": rt.rank, "world_size": rt.world_size, "student": student,
-             "optimizer": opt, "scheduler": sched, "method": method, "kdci": hook}
-    if resume is not None:
-        progress = restore(resume, **parts)
-    else:
-        progress = Progress(round=0, step=0, elapsed_s=0.0,
-                            teacher_acc=accuracy(*predict_logits(teacher, data, rt.device)))
-    teacher_acc, step = progress.teacher_acc, progress.step
-    kd_step = KDStep(cfg, method, teacher, student_ddp, hook, opt, sched, rt,
-                     data.num_classes, progress.class_counts)
-    start, last_eval_step = time.perf_counter() - progress.elapsed_s, step
-    final: dict[str, float] = {}
 
-    def stop(rnd: int, steps_in_round: int, loss: float | None = None) -> dict[str, float]:
-        metrics = {"eval/teacher_acc": teacher_acc, "round": rnd, "step": step,
-                   "lr": sched.get_last_lr()[0], "time/elapsed_s": time.perf_counter() - start,
+class Distillation:
+    """One run of the loop: its objects, built once (``_build``), where it starts
+    (``_restore``), and its rounds (``run``): a synthesis, the KD steps, and when due an
+    evaluation and a checkpoint."""
+
+    def __init__(self, cfg: ExperimentConfig, rt: Runtime,
+                 resume: dict[str, Any] | None = None) -> None:
+        self.cfg, self.rt = cfg, rt
+        self._build()
+        progress = self._restore(resume)
+        self.first_round, self.step = progress.round, progress.step
+        self.teacher_acc = progress.teacher_acc
+        self.kd_step = KDStep(cfg, self.method, self.teacher, self.student_ddp, self.kdci,
+                              self.opt, self.sched, rt, self.data.num_classes,
+                              progress.class_counts)
+        self.started = time.perf_counter() - progress.elapsed_s
+        self.last_eval_step = self.step
+
+    def _build(self) -> None:
+        """Data, teacher, student (DDP-wrapped for the steps), method, KDCI, optimiser; the
+        same initial weights on every rank."""
+        cfg, rt = self.cfg, self.rt
+        seed_everything(cfg.seed)
+        self.data = load_data(cfg)
+        self.teacher = load_teacher(cfg, self.data, rt.device)
+        self.student = create_model(cfg.student.arch, self.data.num_classes,
+                                    self.data.channels).to(rt.device)
+        to_memory_format(cfg.run, self.teacher, self.student)
+        self.student_ddp = rt.wrap(self.student)
+        method_cls = METHODS[cfg.method]
+        ctx = method_context(cfg, self.data, self.teacher, self.student, rt)
+        self.method = method_cls(cfg.method_config, ctx)
+        self.kdci = build_kdci(cfg, method_cls.substitution, self.data, rt)
+        self.opt, self.sched = build_optimizer(cfg, self.student, self.kdci)
+
+    def parts(self) -> dict[str, Any]:
+        """What a checkpoint captures and a resume restores (``kdci_ray.train.resume``)."""
+        return {"rank": self.rt.rank, "world_size": self.rt.world_size, "student": self.student,
+                "optimizer": self.opt, "scheduler": self.sched, "method": self.method,
+                "kdci": self.kdci}
+
+    def _restore(self, resume: dict[str, Any] | None) -> Progress:
+        """A checkpoint's state loaded into the fresh objects, or round 0 (where the teacher's
+        test accuracy is measured, once per run)."""
+        if resume is not None:
+            return restore(resume, **self.parts())
+        teacher_acc = accuracy(*predict_logits(self.teacher, self.data, self.rt.device))
+        return Progress(round=0, step=0, elapsed_s=0.0, teacher_acc=teacher_acc)
+
+    def run(self, report: Reporter) -> dict[str, float]:
+        """The remaining rounds; the final metrics (a stopped run's: reported without a
+        checkpoint, so nothing non-finite is saved)."""
+        final: dict[str, float] = {}
+        for rnd in range(self.first_round, self.cfg.train.rounds):
+            logs = self._synthesize(rnd)
+            stopped = self._kd_steps(rnd)
+            if stopped is None and self._evaluates_after(rnd) and self._weights_nonfinite():
+                stopped = self._stopped(rnd, self.cfg.train.kd_steps)
+            if stopped is not None:
+                report(stopped, self.step, None)
+                return stopped
+            if self._evaluates_after(rnd):
+                counts = self.kd_step.counts()
+                final = self._evaluate(rnd, logs, counts)
+                report(final, self.step, self._checkpoint(rnd, final, counts))
+        return final
+
+    def _synthesize(self, rnd: int) -> dict[str, float]:
+        """The method's synthesis of round ``rnd``, then KDCI's round start (its refresh when
+        due); their logs."""
+        logs = {f"synth/{k}": v for k, v in self.method.synthesize(rnd).items()}
+        if self.kdci is not None:
+            logs.update(self.kdci.start_round(rnd, self.teacher, self.method))
+        return logs
+
+    def _kd_steps(self, rnd: int) -> dict[str, float] | None:
+        """The round's KD steps (none while the method holds KD back); the stop metrics of a
+        non-finite loss, else None."""
+        self.student.train()
+        for i in range(self.cfg.train.kd_steps if self.method.kd_active(rnd) else 0):
+            bad = self.kd_step()
+            if bad is not None:
+                return self._stopped(rnd, i + 1, bad)
+            self.step += 1
+        return None
+
+    def _evaluates_after(self, rnd: int) -> bool:
+        return (rnd + 1) % self.cfg.train.eval_every == 0 or rnd + 1 == self.cfg.train.rounds
+
+    def _weights_nonfinite(self) -> bool:
+        return nonfinite_weights(self.student, self.kdci.module if self.kdci is not None else None)
+
+    def _stopped(self, rnd: int, steps_in_round: int,
+                 loss: float | None = None) -> dict[str, float]:
+        """The last report of a run stopped by a non-finite loss (``loss``) or student."""
+        metrics = {"eval/teacher_acc": self.teacher_acc, "round": rnd, "step": self.step,
+                   "lr": self.sched.get_last_lr()[0],
+                   "time/elapsed_s": time.perf_counter() - self.started,
                    "finished": 0.0, "stopped_nonfinite": 1.0, "stopped_round": rnd + 1,
                    "stopped_kd_step": steps_in_round}
         if loss is not None:
             metrics["stopped_loss"] = loss
-        report(metrics, step, None)
         return metrics
 
-    for rnd in range(progress.round, cfg.train.rounds):
-        logs = {f"synth/{k}": v for k, v in method.synthesize(rnd).items()}
-        if hook is not None:
-            logs.update(hook.on_round(rnd, teacher, method))
-        student.train()
-        for i in range(cfg.train.kd_steps if method.kd_active(rnd) else 0):
-            bad = kd_step()
-            if bad is not None:
-                return stop(rnd, i + 1, bad)
-            step += 1
-        last = rnd + 1 == cfg.train.rounds
-        if (rnd + 1) % cfg.train.eval_every == 0 or last:
-            if _nonfinite_weights(student, hook.module if hook is not None else None):
-                return stop(rnd, cfg.train.kd_steps)
-            counts = kd_step.counts()
-            rare = int(torch.tensor(counts).argmin()) if cfg.shift.imbalance else None
-            metrics = _evaluate(student, hook, data, rt, rare)
-            n = max(1, step - last_eval_step)
-            metrics.update({k: v / n for k, v in kd_step.take_sums().items()})
-            last_eval_step = step
-            metrics.update(logs)
-            metrics.update({"eval/teacher_acc": teacher_acc, "round": rnd + 1, "step": step,
-                            "lr": sched.get_last_lr()[0],
-                            "time/elapsed_s": time.perf_counter() - start,
-                            "finished": float(last)})
-            snapshot = None
-            if _checkpoint_round(cfg, rnd + 1):
-                done = Progress(round=rnd + 1, step=step, elapsed_s=metrics["time/elapsed_s"],
-                                teacher_acc=teacher_acc, class_counts=counts)
-                student_state = copy.deepcopy(_state(student, hook, cfg, data))
-                snapshot = Snapshot(student=student_state, resume=capture(done, **parts),
-                                    final=last)
-            report(metrics, step, snapshot)
-            final = metrics
-    return final
+    def _evaluate(self, rnd: int, logs: dict[str, float], counts: list[int]) -> dict[str, float]:
+        """The evaluation after round ``rnd``: the student raw and compensated
+        (:func:`evaluate_student`; ``counts``: the teacher's arg-max counts so far, naming the
+        rare class under a shift), the step metrics averaged since the last one, the round's
+        logs."""
+        cfg = self.cfg
+        rare = int(torch.tensor(counts).argmin()) if cfg.shift.imbalance else None
+        metrics = evaluate_student(self.student, self.kdci, self.data, self.rt, rare)
+        n = max(1, self.step - self.last_eval_step)
+        metrics.update({k: v / n for k, v in self.kd_step.take_sums().items()})
+        self.last_eval_step = self.step
+        metrics.update(logs)
+        metrics.update({"eval/teacher_acc": self.teacher_acc, "round": rnd + 1, "step": self.step,
+                        "lr": self.sched.get_last_lr()[0],
+                        "time/elapsed_s": time.perf_counter() - self.started,
+                        "finished": float(rnd + 1 == cfg.train.rounds)})
+        return metrics
+
+    def _checkpoint(self, rnd: int, metrics: dict[str, float],
+                    counts: list[int]) -> Snapshot | None:
+        """This rank's checkpoint after round ``rnd`` when one is due (a copy: training on does
+        not change it), else None."""
+        if not _checkpoint_round(self.cfg, rnd + 1):
+            return None
+        done = Progress(round=rnd + 1, step=self.step, elapsed_s=metrics["time/elapsed_s"],
+                        teacher_acc=self.teacher_acc, class_counts=counts)
+        student = copy.deepcopy(deployable_state(self.student, self.kdci, self.cfg, self.data))
+        return Snapshot(student=student, resume=capture(done, **self.parts()),
+                        final=rnd + 1 == self.cfg.train.rounds)
 
 
 def _recalls(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -324,16 +291,16 @@ def _recalls(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> to
     return torch.where(total > 0, hits / total.clamp_min(1), torch.nan)
 
 
-def _evaluate(student: nn.Module, hook: KDCIHook | None, data, rt: Runtime,
-              rare: int | None = None) -> dict[str, float]:
+def evaluate_student(student: nn.Module, kdci: KDCI | None, data, rt: Runtime,
+                     rare: int | None = None) -> dict[str, float]:
     """Raw student (``eval/acc``, the deployable model) and, with KDCI, the compensated one
     (``eval/acc_kdci``: raw logits + the adjustment); lowest per-class recall; under a shift,
     the recall of ``rare`` (the class the substitution data had least of)."""
     logits, labels = predict_logits(student, data, rt.device)
     outputs = {"": logits}
     kdci_metrics: dict[str, float] = {}
-    if hook is not None:
-        outputs["_kdci"], kdci_metrics = hook.evaluate(logits)
+    if kdci is not None:
+        outputs["_kdci"], kdci_metrics = kdci.evaluate(logits)
     metrics: dict[str, float] = {}
     for suffix, out in outputs.items():
         recalls = _recalls(out, labels, data.num_classes)
@@ -347,13 +314,13 @@ def _evaluate(student: nn.Module, hook: KDCIHook | None, data, rt: Runtime,
     return metrics
 
 
-def _state(student: nn.Module, hook: KDCIHook | None, cfg: ExperimentConfig,
-           data) -> dict[str, Any]:
-    """The deployable student (``student.pt``); with KDCI also the adjustment and what rebuilds
+def deployable_state(student: nn.Module, kdci: KDCI | None, cfg: ExperimentConfig,
+                     data) -> dict[str, Any]:
+    """The deployable student (``student.pt``); with KDCI also its attention and what rebuilds
     it, so ``kdci_ray.kdci.load_student(path, compensated=True)`` gives the compensated model."""
     state: dict[str, Any] = {"state_dict": student.state_dict(), "arch": cfg.student.arch,
                              "method": cfg.method, "num_classes": data.num_classes,
                              "channels": data.channels}
-    if hook is not None:
-        state.update(hook.deploy_state())
+    if kdci is not None:
+        state.update(kdci.deploy_state())
     return state

@@ -22,15 +22,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
 from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 
-from kdci_ray.config import ExperimentConfig, resolve
-from kdci_ray.train.placement import worker_bundle
-from kdci_ray.train.resume import STUDENT_FILE
+from kdci_ray.environment import CACHES_FILE, log_cache_uses
+from kdci_ray.train.resources import worker_bundle
+from kdci_ray.train.resume import STUDENT_FILE, newest_resume
 from kdci_ray.train.run_logs import FAILURES_FILE
 from kdci_ray.train.run_reporter import (
     RunReporter,
@@ -40,6 +40,11 @@ from kdci_ray.train.run_reporter import (
     resume_state,
 )
 from kdci_ray.train.runtime import Runtime, current_runtime, worker_device
+
+if TYPE_CHECKING:
+    from kdci_ray.experiments.dfkd import ExperimentConfig
+
+TRAIN_STORAGE = "train"  # the trainer's directory in the run's: its checkpoint_* and state
 
 
 def train_runtime(cfg: ExperimentConfig) -> Runtime:
@@ -56,9 +61,11 @@ def train_func(config: dict[str, Any]) -> None:
     """Per-worker entry point (``train_loop_per_worker``)."""
     from kdci_ray.train.loop import distill
 
-    cfg = resolve(config["settings"])
+    cfg = config["cfg"]  # resolved by the driver; the workers get the same object
     run_dir = Path(config["run_dir"])
     rank = ray.train.get_context().get_world_rank()
+    if rank == 0:
+        log_cache_uses(run_dir / CACHES_FILE)  # the cache entries the run uses
     runtime = train_runtime(cfg)
 
     def send(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
@@ -66,7 +73,9 @@ def train_func(config: dict[str, Any]) -> None:
                       else ray.train.Checkpoint.from_directory(checkpoint_dir))
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    resume = resume_state(ray.train.get_checkpoint(), rank)
+    context = ray.train.get_context()
+    resume = newest_resume(run_dir / TRAIN_STORAGE, resume_state(ray.train.get_checkpoint(), rank),
+                           cfg.train.rounds, rank, context.get_world_size())
     report = RunReporter(cfg, run_dir, rank, send, searched=config.get("searched"),
                          resume=resume)
     try:
@@ -100,8 +109,7 @@ def start_attempts(start_timeout_s: float) -> int:
     return max(1, math.ceil(start_timeout_s / per_attempt))
 
 
-def fit(cfg: ExperimentConfig, settings: dict[str, Any], run_dir: Path,
-        callbacks: list | None = None,
+def fit(cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = None,
         searched: dict[str, Any] | None = None) -> ray.train.Result:
     """Train one configuration with Ray Train; the final student lands in ``run_dir/student.pt``.
 
@@ -112,12 +120,11 @@ def fit(cfg: ExperimentConfig, settings: dict[str, Any], run_dir: Path,
     run = cfg.run
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"settings": settings, "run_dir": str(run_dir),
-                           "searched": searched or {}},
+        train_loop_config={"cfg": cfg, "run_dir": str(run_dir), "searched": searched or {}},
         scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu,
                                                resources_per_worker=worker_bundle(run)),
         run_config=ray.train.RunConfig(
-            name="train", storage_path=str(run_dir),
+            name=TRAIN_STORAGE, storage_path=str(run_dir),
             failure_config=ray.train.FailureConfig(
                 max_failures=run.max_failures,
                 controller_failure_limit=start_attempts(run.start_timeout_s)),
@@ -130,3 +137,11 @@ def fit(cfg: ExperimentConfig, settings: dict[str, Any], run_dir: Path,
         with result.checkpoint.as_directory() as ckpt_dir:
             shutil.copy2(Path(ckpt_dir) / STUDENT_FILE, run_dir / STUDENT_FILE)
     return result
+
+
+def fit_under_tune(cfg: ExperimentConfig, run_dir: Path,
+                   searched: dict[str, Any] | None = None) -> ray.train.Result:
+    """``fit`` inside a Tune trial: each report of the worker group is the trial's report too."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return fit(cfg, run_dir, callbacks=[TuneReportCallback()], searched=searched)

@@ -123,3 +123,26 @@ def load_resume_state(directory: Path, rank: int) -> dict[str, Any]:
             f"written by a run with fewer workers or by an older kdci_ray: start the trial afresh"
         )
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def newest_resume(checkpoints: Path, given: dict[str, Any] | None, rounds: int,
+                  rank: int = 0, world_size: int = 1) -> dict[str, Any] | None:
+    """This rank's state to continue from: ``given`` (the checkpoint Ray registered), or a newer
+    one among the ``checkpoint_*`` directories persisted under ``checkpoints``.
+
+    A worker killed just after persisting a checkpoint, before Ray registered it, leaves one that
+    Ray does not hand back; it is taken when every rank's file of it loads (a copy cut short by
+    the kill does not), so all ranks pick the same directory. A final one (``rounds`` done) Ray
+    did not register is passed over: the run's final result would be lost with it (the last
+    rounds run again instead)."""
+    best, best_round = given, int(given["round"]) if given is not None else -1
+    for directory in sorted(Path(checkpoints).glob("checkpoint_*")):
+        try:
+            states = [load_resume_state(directory, r) for r in range(world_size)]
+        except Exception:  # noqa: BLE001 - missing or cut short by a kill: another one serves
+            continue
+        done = int(states[rank].get("round", 0))
+        if done < rounds and done > best_round and all(
+                int(s.get("round", -1)) == done for s in states):
+            best, best_round = states[rank], done
+    return best

@@ -27,16 +27,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from kdci_ray.atomic import atomic_write_text
-from kdci_ray.config import ExperimentConfig, save_resolved, to_flat
+from kdci_ray.config.cases import NAME, case_name, is_case_key
 from kdci_ray.train.resume import (
     Snapshot,
     load_resume_state,
     save_snapshot,
 )
 from kdci_ray.train.run_logs import METRICS_FILE, begin_continuation, has_earlier_attempt
+
+if TYPE_CHECKING:
+    from kdci_ray.experiments.dfkd import ExperimentConfig
 
 INJECTED_MARK = ".injected_failure"
 
@@ -103,8 +108,6 @@ def hparam_value(value: Any) -> str | float | bool | None:
 def searched_config_keys(searched: dict[str, Any]) -> list[str]:
     """The config keys a trial's searched point sets: its own keys, with each case group
     (``cases``/``cases.<group>``, expanded to its mapping) replaced by the case's keys."""
-    from kdci_ray.search.cases import NAME, is_case_key
-
     keys: list[str] = []
     for key, value in searched.items():
         if not is_case_key(key):
@@ -119,10 +122,8 @@ def trial_hparams(cfg: ExperimentConfig, searched: dict[str, Any] | None) -> dic
     searched (``searched``: the Tune point with its cases expanded), values from the resolved
     config; a case group is named by its Tune parameter (``cases``, ``cases.<group>``) with the
     case's name as value, and each key the case sets is an hparam of its own."""
-    from kdci_ray.search.cases import case_name, is_case_key
-
     searched = searched or {}
-    flat = to_flat(cfg)
+    flat = cfg.to_flat()
     out: dict[str, Any] = {}
     for key in [*ALWAYS_HPARAMS, *searched]:
         if is_case_key(key):
@@ -200,8 +201,9 @@ class RunReporter:
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 save_snapshot(Path(tmp), snapshot, self.rank)
-                if self.rank == 0:
-                    save_resolved(self.cfg, Path(tmp) / "config.yaml")
+                if self.rank == 0:  # the resolved config, as the trial's config.yaml
+                    atomic_write_text(Path(tmp) / "config.yaml",
+                                      yaml.safe_dump(self.cfg.to_flat(), sort_keys=False))
                 self.send(metrics, tmp)
         self._maybe_inject(metrics)
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdci_ray import thread_env
+from kdci_ray.threads import thread_env
 
 
 @dataclass
@@ -23,10 +23,6 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """DDP-wrap a module whose gradients must be averaged across ranks (no-op on one rank)."""

@@ -4,8 +4,10 @@ The cache lives under ``$KDCI_RAY_CACHE`` (``kdci_ray.cache``); the run's labell
 ``kdci_ray.train.datasets``. A cached teacher's
 file name is keyed by everything that changes it (``teacher_record``: data, architecture, seed,
 schedule, thread count, cache version): a short readable prefix plus a hash. The file carries
-that record and its test accuracy, and both are checked before it is used: one trained with other
-settings, or below the run's ``teacher.min_acc`` (a smoke run's 1-epoch teacher), is retrained.
+that record, the versions of the packages that change its weights (``TEACHER_PACKAGES``) and its
+test accuracy, and all are checked before it is used: one trained with other settings or package
+versions, or below the run's ``teacher.min_acc`` (a smoke run's 1-epoch teacher), is retrained
+(``ensure_teacher``, saying why) or refused (``load_teacher``, in a trial).
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdci_ray.cache import cache_dir
-from kdci_ray.config import ExperimentConfig
 from kdci_ray.data import LabeledData
+from kdci_ray.environment import TEACHER_PACKAGES, note_cache_use, version_difference, versions
 from kdci_ray.errors import ConfigError
 from kdci_ray.methods.pool import augment
 from kdci_ray.models import create_model, load_checkpoint, save_checkpoint
@@ -31,6 +33,9 @@ from kdci_ray.train.datasets import load_data
 from kdci_ray.train.evaluate import accuracy, predict_logits
 from kdci_ray.train.runtime import limit_threads, seed_everything, thread_count
 
+if TYPE_CHECKING:
+    from kdci_ray.experiments.dfkd import ExperimentConfig
+
 CACHE_VERSION = 2  # bump when the embedded data's preprocessing changes
 # what train_teacher does beyond its settings: change it together with train_teacher
 SCHEDULE = "sgd(momentum=0.9,nesterov,wd=5e-4)+onecycle+shift(pad=1)"
@@ -38,20 +43,27 @@ FINITE_CHECK_BATCH = 256  # test images the finiteness check runs the teacher on
 
 
 def teacher_record(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Everything the embedded teacher of ``cfg`` depends on (its cache key, saved with it)."""
+    """Everything the embedded teacher of ``cfg`` depends on (saved with it; all but the
+    package ``versions`` key its file name: another version retrains it in place)."""
     d, t = cfg.data, cfg.teacher
     return {"cache_version": CACHE_VERSION, "data": d.name, "data_root": d.root,
             "image_size": d.image_size, "test_fraction": d.test_fraction,
             "split_seed": d.split_seed, "arch": t.arch, "seed": t.seed, "epochs": t.epochs,
             "lr": t.lr, "batch_size": t.batch_size, "schedule": SCHEDULE,
-            "threads": thread_count()}
+            "threads": thread_count(), "versions": versions(TEACHER_PACKAGES)}
+
+
+def _settings(record: Any) -> Any:
+    """A teacher record without its package versions (what keys the file name)."""
+    return {k: v for k, v in record.items() if k != "versions"} if isinstance(record, dict) \
+        else record
 
 
 def teacher_path(cfg: ExperimentConfig) -> Path:
     """Where this config's teacher is read from: ``teacher.checkpoint`` or the embedded cache."""
     if cfg.teacher.checkpoint:
         return Path(cfg.teacher.checkpoint).expanduser().resolve()
-    record = teacher_record(cfg)
+    record = _settings(teacher_record(cfg))
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
     d, t = cfg.data, cfg.teacher
     key = (f"{d.name}{d.image_size}_{t.arch}_seed{t.seed}_e{t.epochs}_t{record['threads']}_"
@@ -72,12 +84,18 @@ def cached_teacher_problem(cfg: ExperimentConfig, role: str = "teacher") -> str:
     except ValueError as exc:
         return f"cached {role} {path} is unreadable ({exc})"
     record, wanted = meta.get("record"), teacher_record(cfg)
-    if record != wanted:
+    if _settings(record) != _settings(wanted):
         if not isinstance(record, dict):
             return f"cached {role} {path} carries no record of its settings"
+        record, wanted = _settings(record), _settings(wanted)
         diff = ", ".join(f"{k} {record.get(k)!r} instead of {wanted.get(k)!r}"
                          for k in {**wanted, **record} if record.get(k) != wanted.get(k))
         return f"cached {role} {path} was trained with other settings ({diff})"
+    if not isinstance(record.get("versions"), dict):
+        return f"cached {role} {path} records no package versions (an older kdci_ray made it)"
+    diff = version_difference(record["versions"], wanted["versions"])
+    if diff:
+        return f"cached {role} {path} was trained with other package versions ({diff})"
     acc, min_acc = meta.get("test_acc"), cfg.teacher.min_acc
     if not isinstance(acc, float) or not acc >= min_acc:  # NaN too
         shown = f"{acc:.4f}" if isinstance(acc, float) else repr(acc)
@@ -142,10 +160,12 @@ def ensure_teacher(cfg: ExperimentConfig, log=print, role: str = "teacher") -> P
             )
         return path
     problem = cached_teacher_problem(cfg, role)
+    status = "rebuilt" if problem and path.is_file() else "built" if problem else "hit"
     if problem:
         log(f"{problem}; training one ({cfg.teacher.arch} on {cfg.data.name}, "
             f"{cfg.teacher.epochs} epochs)")
         train_teacher(cfg, log)
+    note_cache_use("teacher", path, status, role=role)
     return path
 
 
@@ -158,6 +178,8 @@ def load_teacher(cfg: ExperimentConfig, data: LabeledData, device: torch.device)
                           f"retrains it")
     model = build_teacher(cfg, data)
     load_checkpoint(model, teacher_path(cfg))
+    if not cfg.teacher.checkpoint:
+        note_cache_use("teacher", teacher_path(cfg), "hit")
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

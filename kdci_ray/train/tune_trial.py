@@ -11,7 +11,7 @@ the failure record (``failures.jsonl``) is written by the trial, since there is 
 
 The trial persists each checkpoint itself, before the driver hears of it: a driver stopped in
 between (Ctrl-C, a kill) saves a Tune state that lacks the trial's latest checkpoints. A resumed
-trial therefore continues from the latest one it finds in its directory (``latest_resume``).
+trial therefore continues from the latest one it finds in its directory (``resume.newest_resume``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdci_ray.atomic import atomic_write
-from kdci_ray.config import ExperimentConfig
-from kdci_ray.train.resume import RANK_FILE, STUDENT_FILE, load_resume_state
+from kdci_ray.train.resume import STUDENT_FILE, newest_resume
 from kdci_ray.train.run_logs import FAILURES_FILE
 from kdci_ray.train.run_reporter import (
     RunReporter,
@@ -33,6 +32,9 @@ from kdci_ray.train.run_reporter import (
     record_stop,
     resume_state,
 )
+
+if TYPE_CHECKING:
+    from kdci_ray.experiments.dfkd import ExperimentConfig
 
 
 def fit_in_trial(cfg: ExperimentConfig, run_dir: Path,
@@ -58,7 +60,7 @@ def fit_in_trial(cfg: ExperimentConfig, run_dir: Path,
 
     report = None
     try:
-        resume = latest_resume(run_dir, _tune_state(tune.get_checkpoint()), cfg.train.rounds)
+        resume = newest_resume(run_dir, _tune_state(tune.get_checkpoint()), cfg.train.rounds)
         report = RunReporter(cfg, run_dir, 0, send, searched=searched, resume=resume)
         final = distill(cfg, report, resume=resume)
     except Exception as exc:  # Tune retries the trial from its latest checkpoint
@@ -82,26 +84,6 @@ def _tune_state(checkpoint: Any) -> dict[str, Any] | None:
     return resume_state(checkpoint, 0)
 
 
-def latest_resume(run_dir: Path, given: dict[str, Any] | None,
-                  rounds: int) -> dict[str, Any] | None:
-    """The state to continue from: ``given`` (Tune's checkpoint), or the one with more rounds
-    among those this trial persisted in ``run_dir`` (``checkpoint_*``) that load. A final one
-    Tune did not register is passed over: the trial's final result would be lost with it (the
-    last rounds run again instead)."""
-    best = given
-    for directory in Path(run_dir).glob("checkpoint_*"):
-        if not (directory / RANK_FILE.format(rank=0)).is_file():
-            continue
-        try:
-            state = load_resume_state(directory, 0)
-        except Exception:  # noqa: BLE001 - cut short by a kill: an earlier one serves
-            continue
-        done = int(state.get("round", 0))
-        if done < rounds and (best is None or done > int(best["round"])):
-            best = state
-    return best
-
-
 def record_failure(run_dir: Path, exc: BaseException) -> None:
     """One ``failures.jsonl`` record, in the shape the Train controller writes."""
     error = last_line(exc)
@@ -112,6 +94,6 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
 
 def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
     """What a ``tune_trial`` trial asks Tune for: one worker's bundle (``worker_bundle``)."""
-    from kdci_ray.train.placement import worker_bundle
+    from kdci_ray.train.resources import worker_bundle
 
     return worker_bundle(cfg.run)

@@ -1,8 +1,10 @@
-"""The config sections: one dataclass per section, defaults in code.
+"""The distillation experiment's config: one dataclass per section, defaults in code.
 
 Each method's own section (its paper defaults) is the ``Config`` dataclass in its method file;
 ``ExperimentConfig.methods`` holds one of each. ``CHOICES`` lists the keys whose value must be
-one of a few names; ``validate`` checks them.
+one of a few names (``validate`` checks them); ``SMOKE`` is smoke mode's schedule. The keys are
+``keys.DFKD_SCHEMA`` (the generic ``kdci_ray.config.schema`` over this root), resolved by
+``resolve.resolve``.
 """
 
 from __future__ import annotations
@@ -171,6 +173,14 @@ class ExperimentConfig:
     @property
     def method_config(self) -> Any:
         return self.methods[self.method]
+
+    def to_flat(self) -> dict[str, Any]:
+        """This config as dotted keys, its method's section only: what a trial's
+        ``config.yaml`` holds (``DFKD_SCHEMA.to_flat``). The loop's layers call it on the config
+        they are given, without importing this experiment kind."""
+        from kdci_ray.experiments.dfkd.keys import DFKD_SCHEMA
+
+        return DFKD_SCHEMA.to_flat(self)
 
 
 TOP_LEVEL = ("name", "method", "preset", "seed", "smoke")

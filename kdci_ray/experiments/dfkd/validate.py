@@ -1,13 +1,14 @@
-"""Value checks on a resolved config that need more than a type."""
+"""Value checks on a resolved distillation config that need more than a type."""
 
 from __future__ import annotations
 
 import difflib
 import math
 
-from kdci_ray.config.sections import CHOICES, ExperimentConfig
 from kdci_ray.errors import ConfigError
+from kdci_ray.experiments.dfkd.config import CHOICES, ExperimentConfig
 from kdci_ray.methods import METHODS
+from kdci_ray.train.resources import parse_resources
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -111,33 +112,6 @@ def _check_archs(cfg: ExperimentConfig) -> None:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"config key '{key}': unknown model '{name}'{hint} "
                               f"(known: {', '.join(sorted(MODELS))})")
-
-
-RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
-
-
-def parse_resources(spec: str) -> dict[str, float]:
-    """``run.worker_resources`` ("name=amount,...") as a dict; errors name the bad entry."""
-    out: dict[str, float] = {}
-    for entry in filter(None, (e.strip() for e in spec.split(","))):
-        name, sep, amount = entry.partition("=")
-        name = name.strip()
-        try:
-            value = float(amount) if sep else -1.0
-        except ValueError:
-            value = -1.0
-        if not name or value <= 0:
-            raise ConfigError(
-                f"config key 'run.worker_resources' takes 'name=amount' entries separated by "
-                f"commas with amounts > 0 (e.g. 'accel=1'), got {entry!r}"
-            )
-        if name in RESERVED_RESOURCES:
-            raise ConfigError(
-                f"config key 'run.worker_resources' must not name {name!r}: use "
-                f"run.cpus_per_worker, run.use_gpu / run.gpus_per_worker for those"
-            )
-        out[name] = value
-    return out
 
 
 def _check_run(cfg: ExperimentConfig) -> None:

@@ -1,8 +1,10 @@
-"""Backdoor adjustment of the student's logits (KDCI, Wang et al., CVPR 2024, Eq. 6-8).
+"""KDCI's learnable part: attention over the dictionary and the backdoor adjustment of the student's
+logits (KDCI, Wang et al., CVPR 2024, Eq. 6-8).
 
 ``lambda_i(x) = softmax_i(w^T tanh(W_s s(x) + W_z z_i))`` (additive attention) and
 ``s~(x) = s(x) + sum_i lambda_i(x) z_i P(z_i)``. The KD loss uses ``s~``; the attention weights
-train with the student. The dictionary is held in buffers so DDP and checkpoints carry it.
+train with the student. The dictionary is held in buffers so DDP and checkpoints carry it. The
+``KDCI`` object (``kdci_ray.kdci.plugin``) owns one and loads each dictionary into it.
 
 Two variants the paper's ablations need:
 - ``source_dim``: the dictionary came from another model whose logits live in a different space
@@ -43,7 +45,10 @@ import torch
 from torch import Tensor, nn
 
 
-class BackdoorAdjustment(nn.Module):
+class KDCIAttention(nn.Module):
+    """``forward(s) -> (s~, weights)``: the student's ``(B, C)`` logits adjusted by the prior of
+    the loaded dictionary, and the ``(B, K)`` weights it put on the prototypes."""
+
     FUSIONS = ("softmax", "expectation", "scaled", "log_prior")
 
     def __init__(self, num_classes: int, k: int, hidden: int = 256, source_dim: int | None = None,
@@ -175,3 +180,24 @@ class BackdoorAdjustment(nn.Module):
     def forward(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         prior, lam = self.prior(logits)
         return logits + prior, lam
+
+
+def prior_ratio_tensor(raw: Tensor, adjusted: Tensor) -> Tensor:
+    """Mean over samples of ``||prior|| / ||s||`` (how much the adjustment moves the logits), as
+    a 0-d tensor on their device (a KD step reads nothing back)."""
+    prior = (adjusted - raw).detach().float()
+    return (prior.norm(dim=1) / raw.detach().float().norm(dim=1).clamp_min(1e-12)).mean()
+
+
+def attention_entropy_tensor(lam: Tensor) -> Tensor:
+    """Mean entropy of the attention weights, as a 0-d tensor on their device."""
+    lam = lam.detach()
+    return -(lam * torch.log(lam + 1e-12)).sum(1).mean()
+
+
+def prior_ratio(raw: Tensor, adjusted: Tensor) -> float:
+    return float(prior_ratio_tensor(raw, adjusted))
+
+
+def attention_entropy(lam: Tensor) -> float:
+    return float(attention_entropy_tensor(lam))

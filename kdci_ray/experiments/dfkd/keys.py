@@ -8,9 +8,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from kdci_ray.config.renamed import RENAMED
 from kdci_ray.config.schema import ABSENT, Schema, coerce_value, field_type
-from kdci_ray.config.sections import SECTIONS, TOP_LEVEL, ExperimentConfig
+from kdci_ray.experiments.dfkd.config import SECTIONS, TOP_LEVEL, ExperimentConfig
+from kdci_ray.experiments.dfkd.renamed import RENAMED
 from kdci_ray.methods import METHODS
 
 __all__ = ["DFKD_SCHEMA", "apply", "check_keys", "coerce_value", "field_type", "flatten",

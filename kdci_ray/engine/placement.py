@@ -1,11 +1,12 @@
 """Refuse, before any trial starts, a trial that the cluster can never place.
 
 A trial's Ray Train worker group is ``run.workers`` bundles of ``{CPU: run.cpus_per_worker}``
-(plus ``{GPU: run.gpus_per_worker}`` with ``run.use_gpu``); a bundle must fit on one node. The
-nodes counted are the cluster's alive nodes and, on an autoscaling cluster started with
-``ray up``, every node the autoscaler may still add (its ``available_node_types`` x
-``max_workers``, read from the config ``ray up`` leaves on the head node; the config's global
-``max_workers`` caps the nodes of all types together, as the autoscaler does). Without this check
+(plus ``{GPU: run.gpus_per_worker}`` with ``run.use_gpu``: ``train.resources.worker_bundle``); a
+bundle must fit on one node. The nodes counted are the cluster's alive nodes and, on an
+autoscaling cluster started with ``ray up``, every node the autoscaler may still add (its
+``available_node_types`` x ``max_workers``, read from the config ``ray up`` leaves on the head
+node; the config's global ``max_workers`` caps the nodes of all types together, as the
+autoscaler does). Without this check
 an unplaceable worker group would wait until ``run.start_timeout_s`` for nodes that never come.
 """
 
@@ -15,13 +16,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kdci_ray.config import RunConfig
-from kdci_ray.config.validate import parse_resources
 from kdci_ray.errors import ConfigError
+from kdci_ray.train.resources import worker_bundle
+
+if TYPE_CHECKING:
+    from kdci_ray.experiments.dfkd import RunConfig
 
 AUTOSCALER_CONFIG_ENV = "KDCI_RAY_AUTOSCALER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the config on the head
@@ -35,15 +38,6 @@ class NodeShape:
     resources: dict[str, float]
     count: int
     autoscaled: bool = False  # a node type the autoscaler may still add (count = its maximum)
-
-
-def worker_bundle(run: RunConfig) -> dict[str, float]:
-    """One Train worker's (or pool scorer's) resource request: CPU, GPU, custom resources."""
-    bundle = {"CPU": float(run.cpus_per_worker)}
-    if run.use_gpu:
-        bundle["GPU"] = float(run.gpus_per_worker)
-    bundle.update(parse_resources(run.worker_resources))
-    return {k: v for k, v in bundle.items() if v > 0}
 
 
 def _fits(node: dict[str, float], bundle: dict[str, float]) -> int:

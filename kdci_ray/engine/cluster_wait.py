@@ -111,7 +111,7 @@ class ClusterWaitWatcher:
 @contextmanager
 def watch_cluster(log=print) -> Iterator[None]:
     """On a cluster (``RAY_ADDRESS``), log what waits for nodes and what the autoscaler is doing
-    while the body runs (``train.cluster_wait``); elsewhere nothing."""
+    while the body runs (``engine.cluster_wait``); elsewhere nothing."""
     if not os.environ.get("RAY_ADDRESS"):
         yield
         return

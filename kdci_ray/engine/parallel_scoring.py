@@ -60,7 +60,7 @@ def wait_for_actors(actors: list[Any], timeout_s: float, what: str, unit: str,
     :class:`ClusterWaitTimeout`. ``what`` names them in the messages, ``unit`` their request."""
     import ray
 
-    from kdci_ray.train.cluster_wait import INTERVAL_S
+    from kdci_ray.engine.cluster_wait import INTERVAL_S
 
     pending = {a.__ray_ready__.remote(): a for a in actors}
     ready: list[Any] = []
@@ -125,7 +125,7 @@ class _ScoringWorker:
 
 class RayScorer:
     """Forward passes of ``models`` over ``pool`` on ``workers`` Ray actors, each asking for
-    ``bundle`` (a trial's Train worker request: ``train.placement.worker_bundle``), so they land
+    ``bundle`` (a trial's Train worker request: ``train.resources.worker_bundle``), so they land
     on the nodes the trials will use. On an autoscaling cluster the actors first wait for their
     nodes, up to ``start_timeout_s`` (a line every ``INTERVAL_S``); those still pending then are
     given up, and none placed is a :class:`ClusterWaitTimeout`. Ray must be initialised."""

@@ -1,61 +1,14 @@
-"""Unlabeled open-world image pools for the sampling-based methods (MosaicKD, DFND).
+"""The open-world pool a config's ``pool.source`` names, built in the teacher's input format.
 
-A pool is anything with ``len(pool)``, ``pool.get(indices)`` returning uint8 ``(n, C, H, W)`` images
-already in the teacher's input format (channels, size), and a ``fingerprint`` string that changes
-whenever the content would (used to key cached selections). Sources: the embedded photo crops,
-image folders, downsampled-ImageNet npz batches (see ``build_open_world``).
+Sources: ``embedded`` (random crops of the photographs shipped with scikit-learn,
+``kdci_ray.data.photos``), ``folder`` (image files, ``kdci_ray.data.folder``), ``npz``
+(downsampled-ImageNet batches, ``kdci_ray.data.npz``); ``transform: edges`` wraps any of them
+(``kdci_ray.data.edges``). Each is an ``OpenWorldPool`` (``kdci_ray.data.pool_format``).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
-
-import numpy as np
-import torch
-from torch import Tensor
-
-
-@runtime_checkable
-class OpenWorldPool(Protocol):
-    def __len__(self) -> int: ...
-
-    def get(self, indices: Sequence[int] | np.ndarray) -> Tensor: ...
-
-    @property
-    def fingerprint(self) -> str: ...
-
-
-def check_format(channels: int, image_size: int) -> None:
-    """The teacher input formats a pool can produce: 1 (grayscale) or 3 (RGB) channels."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if int(image_size) < 1:
-        raise ValueError(f"image_size must be at least 1, got {image_size}")
-
-
-class TensorPool:
-    """An in-memory pool over a uint8 ``(N, C, H, W)`` tensor (tests, small pools)."""
-
-    def __init__(self, images: Tensor, name: str = "tensor") -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"TensorPool needs uint8 (N, C, H, W) images, got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        self.images = images
-        digest = hashlib.sha1(images.numpy().tobytes()).hexdigest()[:16]
-        self._fingerprint = f"{name}-{tuple(images.shape)}-{digest}"
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def get(self, indices: Sequence[int] | np.ndarray) -> Tensor:
-        return self.images[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
+from kdci_ray.data.pool_format import OpenWorldPool
 
 SOURCES = ("embedded", "folder", "npz")
 TRANSFORMS = ("none", "edges")

@@ -24,18 +24,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdci_ray.config import ExperimentConfig, RunConfig
+from kdci_ray.engine.placement import NodeShape, placeable_workers, worker_bundle
 from kdci_ray.errors import ConfigError
-from kdci_ray.kdci import plugin_from_config
-from kdci_ray.kdci.dictionary import ConfounderDictionary, build_dictionary, dictionary_features
-from kdci_ray.kdci.plugin import teacher_logits
+from kdci_ray.experiments.dfkd import ExperimentConfig, RunConfig
+from kdci_ray.kdci import KDCI
+from kdci_ray.kdci.dictionary import (
+    ConfounderDictionary,
+    build_dictionary,
+    dictionary_features,
+    teacher_logits,
+)
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.open_world import NormalizedImages, OpenWorldSubset
 from kdci_ray.models import create_model
 from kdci_ray.train.datasets import load_data
 from kdci_ray.train.kdci_setup import dictionary_store, load_source_model
 from kdci_ray.train.loop import method_context
-from kdci_ray.train.placement import NodeShape, placeable_workers, worker_bundle
 from kdci_ray.train.runtime import Runtime, host_device, limit_threads
 from kdci_ray.train.teacher import ensure_teacher, load_teacher
 
@@ -87,8 +91,8 @@ class _PoolJob:
 
     def scorer(self) -> Any:
         if not self._scorers:
-            from kdci_ray.train.parallel_scoring import RayScorer
-            from kdci_ray.train.placement import cluster_capacity
+            from kdci_ray.engine.parallel_scoring import RayScorer
+            from kdci_ray.engine.placement import cluster_capacity
 
             run = self.cfg.run
             count = self.workers or max(1, cluster_capacity(run))
@@ -127,7 +131,7 @@ def builds_on_gpu_actor(run: RunConfig, shapes: list[NodeShape] | None,
                         max_added: int | None = None) -> bool:
     """Whether a dictionary is clustered on a Ray actor with one GPU rather than in the driver:
     with ``run.use_gpu``, when Ray is reachable (``shapes``: its alive and autoscalable nodes,
-    ``train.placement``; None without Ray) and some node has or may add room for
+    ``engine.placement``; None without Ray) and some node has or may add room for
     :func:`dictionary_bundle` (``max_added``: the autoscaler's global ``max_workers``)."""
     if not run.use_gpu or shapes is None:
         return False
@@ -140,7 +144,7 @@ def _cluster_shapes() -> tuple[list[NodeShape] | None, int | None]:
 
     if not ray.is_initialized():
         return None, None
-    from kdci_ray.train.placement import alive_shapes, autoscaler_max_workers, autoscaler_shapes
+    from kdci_ray.engine.placement import alive_shapes, autoscaler_max_workers, autoscaler_shapes
 
     return alive_shapes(ray.nodes()) + autoscaler_shapes(), autoscaler_max_workers()
 
@@ -148,7 +152,7 @@ def _cluster_shapes() -> tuple[list[NodeShape] | None, int | None]:
 @torch.no_grad()
 def score_in_chunks(model: nn.Module, images: NormalizedImages, batch_size: int) -> Tensor:
     """``(N, C)`` float32 logits of ``model`` on ``images``, on the CPU: each batch normalised
-    only when scored (the trial's refresh scores the same batches: ``kdci.plugin.teacher_logits``
+    only when scored (the trial's refresh scores the same batches: ``teacher_logits``
     over slices, so the numbers are identical)."""
     parts = [teacher_logits(model, images[i:i + batch_size], batch_size).float().cpu()
              for i in range(0, len(images), batch_size)]
@@ -185,8 +189,9 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print, workers: int = 1,
     if cfg.kdci.source == "model":
         source_model = load_source_model(cfg, job.data, job.rt.device)
     # kdci.cache=false still gets its artifact when asked for one
-    kdci = plugin_from_config(cfg, job.data.num_classes, job.rt.device, source_model,
-                              store=dictionary_store())
+    kdci = KDCI(cfg.kdci, job.data.num_classes, job.rt.device, seed=cfg.seed,
+                score_batch=cfg.train.batch_size, fixed_pool=True, source_model=source_model,
+                store=dictionary_store())
     model = kdci.source_model if kdci.source_model is not None else job.teacher
     source_name = "teacher" if model is job.teacher else "source"
     job.models[source_name] = model  # one entry when they are one
@@ -199,12 +204,12 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print, workers: int = 1,
         cached = kdci.store.load(spec) is not None
         if not cached:
             if workers == 1:
-                logits = score_in_chunks(model, subset.normalized(keep), kdci.settings.score_batch)
+                logits = score_in_chunks(model, subset.normalized(keep), kdci.score_batch)
             else:
                 logits = job.scorer().logits(source_name, subset.indices[:keep])
             job.close()  # the scorers' resources are the builder's now
-            dictionary, built_on = _build(cfg, kdci.settings, dictionary_features(
-                logits, kdci.settings.space), spec.seed, actor_gpus, log)
+            dictionary, built_on = _build(cfg, kdci.config, dictionary_features(
+                logits, kdci.config.space), spec.seed, actor_gpus, log)
             kdci.store.save(spec, dictionary)
     finally:
         job.close()
@@ -226,7 +231,7 @@ def _build(cfg: ExperimentConfig, settings: Any, features: Tensor, seed: int,
         actor_gpus = 1.0 if builds_on_gpu_actor(cfg.run, shapes, max_added) else None
     if actor_gpus is None:
         return build_dictionary(features, **options), "driver"
-    from kdci_ray.train.parallel_scoring import build_dictionary_on_ray
+    from kdci_ray.engine.parallel_scoring import build_dictionary_on_ray
 
     dictionary = build_dictionary_on_ray(features, options, dictionary_bundle(cfg.run, actor_gpus),
                                          cfg.run.start_timeout_s, log)
@@ -310,7 +315,7 @@ def prepare_kdci(configs: list[ExperimentConfig], log=print, workers: int | None
     :func:`data_key` (missing ones are loaded and added). Returns :func:`build_all`'s records."""
     import torch
 
-    from kdci_ray.train.cluster_wait import watch_cluster
+    from kdci_ray.engine.cluster_wait import watch_cluster
 
     datasets = {} if datasets is None else datasets
     seen: set[tuple] = set()
