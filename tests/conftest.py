@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import tiers
 
 # Before anything imports torch / ray: one thread per process, no auth on the local Ray, a cache
 # that never touches the user's home.
@@ -48,7 +49,7 @@ TINY = {
 @pytest.fixture(scope="session")
 def tiny_settings() -> dict:
     """TINY settings with the tiny teacher trained once into the test cache."""
-    from kdci_ray.config import resolve
+    from kdci_ray.experiments.dfkd import resolve
     from kdci_ray.train.teacher import ensure_teacher
 
     ensure_teacher(resolve(TINY), log=lambda msg: None)
@@ -74,9 +75,26 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config) -> None:
+    if tiers.fast_tier(config):
+        tiers.install_fast_tier_guard()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    tiers.running(item.nodeid if tiers.fast_tier(item.config) else None)
+    try:
+        yield
+    finally:
+        tiers.running(None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
 def pytest_collection_modifyitems(config, items) -> None:
-    """``KDCI_TEST_SHUFFLE=<seed>`` runs the tests in a shuffled order (``make test-shuffled``):
+    """Marks ``slow`` what starts Ray or a driver (``tests/tiers.py``).
+    ``KDCI_TEST_SHUFFLE=<seed>`` runs the tests in a shuffled order (``make test-shuffled``):
     every test must own what it reads from a shared store, whatever ran before it."""
+    tiers.mark_slow_tests(items)
     seed = os.environ.get("KDCI_TEST_SHUFFLE")
     if seed:
         import random
