@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -68,6 +69,18 @@ def ray_session():
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _sigint_left_as_found():
+    """A test leaves Ctrl-C's handler as it found it: a process it starts later inherits an
+    ignored SIGINT, and the Ctrl-C tests' drivers would not stop (in whichever test runs next)."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left SIGINT handled by {after!r} (it found {before!r})")
 
 
 @pytest.fixture

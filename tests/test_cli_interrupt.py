@@ -23,7 +23,8 @@ def test_interrupting_the_dictionary_command_prints_one_line_and_exits_130(
     argv = ["dictionary", str(config)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # scored in-process
     proc = subprocess.Popen([sys.executable, "-m", "kdci_ray.cli", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=terminal_sigint)
     try:
         first = proc.stdout.readline()  # the job's first line: the selection is under way
         assert first.startswith("[kdci-ray] dfnd: selecting"), first
@@ -52,6 +53,13 @@ CLI = ["-c", "import runpy, signal; signal.signal(signal.SIGINT, signal.default_
              "runpy.run_module('kdci_ray.cli', run_name='__main__', alter_sys=True)"]
 
 
+def terminal_sigint() -> None:
+    """Run in a driver before exec: Ctrl-C's default action, as a terminal's foreground job has
+    it, whatever this process passes on (a background job's SIGINT is ignored, and an ignored
+    signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _grid(tmp_path, settings: dict) -> Path:
     config = tmp_path / "grid.yaml"
     config.write_text(yaml.safe_dump({**settings, "method": "dafl", "train.rounds": 40,
@@ -67,7 +75,7 @@ def _ctrl_c_when(tmp_path, argv: list[str], marker: str, after_s: float) -> tupl
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, *CLI, *argv], stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"},
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=terminal_sigint)
     try:
         deadline = time.monotonic() + 120
         while marker not in log.read_text():

@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_cli_interrupt import terminal_sigint
 
 from kdci_ray.engine import check_inputs, plan_sweep, run_sweep
 from kdci_ray.engine.sweep_dir import prepare_output
@@ -42,7 +43,7 @@ def _sweep(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "kdci_ray.cli", "sweep", *args],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=terminal_sigint)
 
 
 def _reports(trial: Path) -> list[dict]:

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_cli_interrupt import CLI, end_session
+from test_cli_interrupt import CLI, end_session, terminal_sigint
 
 SEED = int(os.environ.get("KDCI_KILL_SEED", 23))  # another seed: other moments, same checks
 KILLS = 10
@@ -44,7 +44,7 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.Popen([sys.executable, *CLI, "sweep", *argv], stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"},
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=terminal_sigint)
 
 
 def _reports(trial: Path) -> list[dict]:

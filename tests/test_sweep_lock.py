@@ -25,7 +25,7 @@ from kdci_ray.engine.sweep_dir import read_record
 from kdci_ray.engine.sweep_files import foreign_entries
 from kdci_ray.environment import ENVIRONMENT_FILE
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "tune_configs" / "quickstart.yaml"
+GRID = {"search": {"method": ["dafl", "deepinv"], "kdci.enabled": [False, True], "seed": [0, 1]}}
 ROUNDS = 40  # long enough that the winner is still training while the checks run
 
 HOLD = """import sys, time
@@ -36,10 +36,19 @@ with sweep_lock(sys.argv[1], command="kdci-ray sweep held-by-a-test"):
 """
 
 
+def _grid_file(out: Path) -> Path:
+    return out.parent / "grid.yaml"
+
+
 def _argv(settings: dict, out: Path, method: str, *extra: str) -> list[str]:
-    """The quickstart grid with the tiny settings, one method, seed 0: two trials."""
+    """A quickstart-like grid (methods x KDCI x seeds) with the tiny settings, one method, seed
+    0: two trials."""
+    grid = _grid_file(out)
+    if not grid.is_file():
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        grid.write_text(yaml.safe_dump(GRID))
     over = [f"{k}={v}" for k, v in {**settings, "train.rounds": ROUNDS}.items()]
-    return ["sweep", str(QUICKSTART), *over, "--output", str(out), "--only", f"method={method}",
+    return ["sweep", str(grid), *over, "--output", str(out), "--only", f"method={method}",
             "--only", "seed=0", *extra]
 
 
@@ -111,7 +120,8 @@ def test_one_writer_per_sweep_directory(tiny_settings, tmp_path, capsys) -> None
         owner = procs[winner].pid
         said = logs[loser].read_text()
         assert procs[loser].returncode == 2, said[-3000:]
-        assert f"kdci-ray: error: {out} is being written by `kdci-ray sweep {QUICKSTART}" in said
+        grid = _grid_file(out)
+        assert f"kdci-ray: error: {out} is being written by `kdci-ray sweep {grid}" in said
         assert f"--only method={winner}" in said, said
         assert f"(PID {owner} on host {socket.gethostname()}, since " in said, said
         assert "wait for it to finish, or stop it" in said

@@ -216,7 +216,8 @@ def ray_session() -> Iterator[None]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_rows_from_real_tune_sweep(ray_session: None, tmp_path: Path) -> None:
+def test_rows_from_real_tune_sweep(ray_session: None, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Tune leaves its Ctrl-C handler
     from ray import tune
 
     # defined here so that Ray pickles it by value (workers cannot import this test module)
