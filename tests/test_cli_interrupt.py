@@ -146,3 +146,14 @@ def test_ctrl_c_before_any_trial_started_names_only_kdci_rays_resume(
     assert any(line.startswith("[kdci-ray] Ctrl-C: stopping the sweep") for line in lines)
     assert lines[-1].startswith("[kdci-ray] interrupted:"), output[-3000:]
     assert f"`kdci-ray sweep {out} --resume`" in lines[-1]
+
+
+def test_ray_trains_ctrl_c_handler_does_not_outlive_its_fit() -> None:
+    """Ray Train's ``fit`` installs a Ctrl-C handler that aborts its controller and leaves it
+    behind: after the run, Ctrl-C would exit 0. ``ray_train.fit`` keeps the handler it found."""
+    from kdci_ray.train.ray_train import sigint_handler_kept
+
+    before = signal.getsignal(signal.SIGINT)
+    with sigint_handler_kept():
+        signal.signal(signal.SIGINT, lambda signum, frame: None)  # what Train's fit does
+    assert signal.getsignal(signal.SIGINT) is before

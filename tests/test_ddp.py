@@ -115,7 +115,10 @@ def test_ray_train_two_workers_same_weights_different_data(tiny_settings, ray_se
                                        failure_config=ray.train.FailureConfig(
                                            controller_failure_limit=1)),
     )
-    trainer.fit()
+    from kdci_ray.train.ray_train import sigint_handler_kept
+
+    with sigint_handler_kept():  # Train's fit leaves its Ctrl-C handler behind
+        trainer.fit()
     r0, r1 = (torch.load(out / f"rank{r}.pt") for r in range(2))
     assert r0["world"] == r1["world"] == 2
     assert set(r0["samples"]).isdisjoint(r1["samples"])  # every batch differs across ranks

@@ -20,7 +20,11 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +113,22 @@ def start_attempts(start_timeout_s: float) -> int:
     return max(1, math.ceil(start_timeout_s / per_attempt))
 
 
+@contextmanager
+def sigint_handler_kept() -> Iterator[None]:
+    """Ctrl-C's handler as before the block: Ray Train's ``fit`` installs its own (it aborts its
+    controller) and leaves it behind, where a later Ctrl-C would ``sys.exit(0)`` for a run that
+    has ended. Outside the main thread (no handler can be set there) nothing to do."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
 def fit(cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = None,
         searched: dict[str, Any] | None = None) -> ray.train.Result:
     """Train one configuration with Ray Train; the final student lands in ``run_dir/student.pt``.
@@ -132,7 +152,8 @@ def fit(cfg: ExperimentConfig, run_dir: Path, callbacks: list | None = None,
             callbacks=[*(callbacks or []), FailureRecorder(run_dir)],
         ),
     )
-    result = trainer.fit()
+    with sigint_handler_kept():
+        result = trainer.fit()
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as ckpt_dir:
             shutil.copy2(Path(ckpt_dir) / STUDENT_FILE, run_dir / STUDENT_FILE)
