@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_ARGS ?=
-# --no-compile: Python compiles what is imported on first use (pip's byte-compilation of every
-# installed module, torch and Ray included, doubles the install: 70 s -> 37 s here)
-PIP := $(BIN)/pip install --disable-pip-version-check -q --no-compile $(PIP_ARGS)
+# pip byte-compiles every installed module (half the install's time): kept, since Python does not
+# write what it compiles where PYTHONDONTWRITEBYTECODE is set (every process would compile torch
+# and Ray again: the suite took twice as long)
+PIP := $(BIN)/pip install --disable-pip-version-check -q $(PIP_ARGS)
 # Installs come from the lock files (`make lock` writes them: tools/lock.sh), every package pinned
 # with its hashes, for Python 3.11. LOCK: requirements/cpu.lock (CPU Linux x86_64, torch's CPU
 # build 2.13.0+cpu; `make dev` takes requirements/cpu-dev.lock, the same versions plus pytest and
