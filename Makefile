@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_ARGS ?=
-# pip byte-compiles every installed module (half the install's time): kept, since Python does not
-# write what it compiles where PYTHONDONTWRITEBYTECODE is set (every process would compile torch
-# and Ray again: the suite took twice as long)
-PIP := $(BIN)/pip install --disable-pip-version-check -q $(PIP_ARGS)
+# pip installs without byte-compiling (it compiles one file at a time: half the install's time);
+# COMPILE then compiles the venv and the package on every core. Compiled they must be: where
+# PYTHONDONTWRITEBYTECODE is set Python writes nothing it compiles, and every process would compile
+# torch and Ray again (the suite took twice as long). Like pip, it skips files that do not compile.
+PIP := $(BIN)/pip install --disable-pip-version-check -q --no-compile $(PIP_ARGS)
+COMPILE := $(BIN)/python -m compileall -qq -j 0 $(VENV)/lib kdci_ray >/dev/null || true
 # Installs come from the lock files (`make lock` writes them: tools/lock.sh), every package pinned
 # with its hashes, for Python 3.11. LOCK: requirements/cpu.lock (CPU Linux x86_64, torch's CPU
 # build 2.13.0+cpu; `make dev` takes requirements/cpu-dev.lock, the same versions plus pytest and
@@ -35,11 +37,13 @@ install = $(if $(1),($(PIP) -r $(1) || (echo "make: installing $(1) failed; $(LO
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt $(LOCK)
 	$(call install,$(LOCK),)
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt $(DEV_LOCK)
 	$(call install,$(DEV_LOCK),[dev])
 	$(if $(LOCK),$(if $(filter $(LOCK),$(DEV_LOCK)),$(PIP) -e '.[dev]'))
+	$(COMPILE)
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed

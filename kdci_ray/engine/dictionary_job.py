@@ -191,7 +191,7 @@ def build_shared_dictionary(cfg: ExperimentConfig, log=print, workers: int = 1,
     # kdci.cache=false still gets its artifact when asked for one
     kdci = KDCI(cfg.kdci, job.data.num_classes, job.rt.device, seed=cfg.seed,
                 score_batch=cfg.train.batch_size, fixed_pool=True, source_model=source_model,
-                store=dictionary_store())
+                store=dictionary_store(), dictionary_seed=cfg.pool.seed)
     model = kdci.source_model if kdci.source_model is not None else job.teacher
     source_name = "teacher" if model is job.teacher else "source"
     job.models[source_name] = model  # one entry when they are one

@@ -84,14 +84,16 @@ class KDCI:
     rank); ``source_model``: the other pre-trained model of ``kdci.source: model``, whose logits
     are clustered instead of the teacher's; ``store``: where build-once dictionaries are saved
     and shared (None: never stored; those are clustered with seed 0 so that every trial of a
-    sweep shares one, the Table 4 ablations applied after loading, with the trial's seed).
+    sweep shares one, the Table 4 ablations applied after loading, with the trial's seed);
+    ``dictionary_seed``: the clustering seed of those (the pool's draw, ``pool.seed``: 0 unless
+    every seed draws its own pool).
     """
 
     def __init__(self, config: KDCIConfig, num_classes: int, device: torch.device, *,
                  seed: int = 0, score_batch: int = 256, fixed_pool: bool = False,
                  wrap: Callable[[nn.Module], nn.Module] = _unwrapped,
                  source_model: nn.Module | None = None,
-                 store: DictionaryStore | None = None) -> None:
+                 store: DictionaryStore | None = None, dictionary_seed: int = 0) -> None:
         if config.k < 1:
             raise ValueError(f"KDCI dictionary size k={config.k}: kdci.k = 0 (the method's "
                              f"default) must be resolved first (kdci_ray.config.resolve)")
@@ -99,6 +101,7 @@ class KDCI:
             raise ValueError("KDCI source 'model' needs the other model (source_model)")
         self.config = replace(config)
         self.seed, self.score_batch = int(seed), int(score_batch)
+        self.dictionary_seed = int(dictionary_seed)
         self.num_classes = int(num_classes)
         self.fixed_pool = bool(fixed_pool)
         self.source_model = source_model
@@ -217,7 +220,7 @@ class KDCI:
         c = self.config
         return DictionarySpec(data_key=data_key, model_key=self._model_key, source=c.source,
                               k=c.k, pca_dim=c.pca_dim, algorithm=c.algorithm,
-                              n_init=c.n_init, seed=0, space=c.space)
+                              n_init=c.n_init, seed=self.dictionary_seed, space=c.space)
 
     def refresh(self, teacher: nn.Module, images: Images | Callable[[], Images] | None,
                 data_key: str | None = None, logits: Tensor | None = None) -> dict[str, float]:
@@ -299,7 +302,7 @@ class KDCI:
         c = self.config
         if c.source == "random":
             return random_dictionary(feats, c.k, self.generator)
-        seed = 0 if data_key is not None else self.seed + self.refreshes
+        seed = self.dictionary_seed if data_key is not None else self.seed + self.refreshes
         built = build_dictionary(feats, c.k, c.pca_dim, seed, c.n_init, c.backend, c.algorithm)
         if data_key is not None and self.store is not None:
             self.store.save(self.spec(model, data_key), built)

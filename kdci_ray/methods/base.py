@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from kdci_ray.data.labeled import normalize, to_device
-from kdci_ray.methods.losses import kd_loss
+from kdci_ray.methods.losses import kd_loss, weighted_kd_loss
 from kdci_ray.methods.pool import ImagePool, augment
 
 
@@ -115,6 +115,9 @@ class MethodContext:
         return ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+HELDOUT_SEED = 7_919  # offset of the held-out inputs' random stream from the method's seed
+
+
 class Method:
     """Base class; subclasses set the class attributes and implement the three calls."""
 
@@ -151,13 +154,23 @@ class Method:
         """A batch of substitution inputs for one KD step (no grad to the generator)."""
         raise NotImplementedError
 
-    def sample_targets(self, n: int) -> Tensor:
-        """``n`` conditional target classes (CPU): uniform draws by default; under a controlled
-        shift, draws from ``ctx.class_profile``."""
+    def sample_targets(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` conditional target classes (CPU) drawn with ``generator`` (default: this
+        method's RNG): uniform draws by default; under a controlled shift, draws from
+        ``ctx.class_profile``."""
+        rng = self.rng if generator is None else generator
         profile = self.ctx.class_profile
         if profile is None:
-            return torch.randint(self.ctx.num_classes, (n,), generator=self.rng)
-        return torch.multinomial(profile.float().cpu(), n, replacement=True, generator=self.rng)
+            return torch.randint(self.ctx.num_classes, (n,), generator=rng)
+        return torch.multinomial(profile.float().cpu(), n, replacement=True, generator=rng)
+
+    def heldout_batch(self, n: int) -> Tensor | None:
+        """``n`` substitution inputs never used for KD, drawn as the method draws its own, in
+        the teacher's input space (the label-free readings fit on them:
+        ``kdci_ray.train.readings``); drawing them changes nothing the run does next (their own
+        random stream, seeded ``HELDOUT_SEED + ctx.seed``). None: the method has none."""
+        del n
+        return None
 
     def sample_pool(self, pool: ImagePool, batch_size: int) -> Tensor:
         """A batch from an in-memory pool of synthetic images: drawn with ``self.rng``,
@@ -186,10 +199,17 @@ class Method:
         fresh every round) means never stored."""
         return None
 
-    def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
+    def student_loss(self, student_logits: Tensor, teacher_logits: Tensor,
+                     weights: Tensor | None = None) -> dict[str, Tensor]:
         """Named loss terms for the student step; must contain ``loss`` (the sum that trains).
-        Default: plain KD at the method's explicit ``kd_temperature``."""
-        kd = kd_loss(student_logits, teacher_logits, self.cfg.kd_temperature)
+        Default: plain KD at the method's explicit ``kd_temperature``; with ``weights`` (``(B,)``,
+        the loop's per-sample weights, ``train.balance_beta``) KD weighted per sample,
+        ``T^2 * sum_i w_i KL_i / B``. The loop passes ``weights`` only when it has some."""
+        if weights is None:
+            kd = kd_loss(student_logits, teacher_logits, self.cfg.kd_temperature)
+        else:
+            kd = weighted_kd_loss(student_logits, teacher_logits, weights,
+                                  self.cfg.kd_temperature)
         return {"loss": kd, "kd": kd}
 
     def after_student_step(self) -> None:

@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
+from kdci_ray.methods.base import HELDOUT_SEED, Method, MethodContext, SubstitutionData
+from kdci_ray.methods.losses import weighted_kd_loss
 from kdci_ray.methods.open_world import NormalizedImages, OpenWorldSubset
 
 
@@ -79,15 +80,6 @@ def noise_adaptation_loss(noisy_probs: Tensor, labels: Tensor,
     """``NLL(log(p @ T), labels)`` given ``p @ T``; a class-weighted mean as
     ``nn.NLLLoss(weight=...)``."""
     return F.nll_loss(torch.log(noisy_probs.clamp_min(1e-12)), labels, weight=class_weights)
-
-
-def weighted_kd_loss(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
-                     temperature: float) -> Tensor:
-    """``T^2 * sum_i w_i KL_i / B`` (the reference's ``kdloss``; w = 1 is plain KD)."""
-    t = temperature
-    kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
-                  reduction="none").sum(1)
-    return (kl * weights).sum() / len(kl) * (t * t)
 
 
 def inverse_frequency_weights(labels: Tensor, num_classes: int) -> Tensor:
@@ -191,20 +183,31 @@ class DFND(Method):
         the dictionary pre-build of ``run.workers`` ranks and for every rank of the trial."""
         return self._require_subset().key
 
+    def heldout_batch(self, n: int) -> Tensor:
+        """``n`` pool crops the selection left out (``OpenWorldSubset.heldout``)."""
+        return self._require_subset().heldout(n, HELDOUT_SEED + self.ctx.seed)
+
     def transition(self) -> Tensor:
         """The current label-transition matrix ``T`` (rows sum to 1, diagonal ``teacher_acc``)."""
         return self.noise.matrix().detach()
 
-    def student_loss(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
+    def student_loss(self, student_logits: Tensor, teacher_logits: Tensor,
+                     weights: Tensor | None = None) -> dict[str, Tensor]:
+        """KD weighted by the class weight of the teacher's arg-max, times the loop's per-sample
+        ``weights`` when given (``train.balance_beta``; KD term only), plus the noise-adaptation
+        loss (class-weighted)."""
         labels = teacher_logits.argmax(dim=1)
-        weights = self.weights if self.weights is not None else \
+        class_weights = self.weights if self.weights is not None else \
             torch.ones(self.ctx.num_classes, device=student_logits.device)
-        kd = weighted_kd_loss(student_logits, teacher_logits, weights[labels],
+        sample_weights = class_weights[labels]
+        if weights is not None:
+            sample_weights = sample_weights * weights
+        kd = weighted_kd_loss(student_logits, teacher_logits, sample_weights,
                               self.cfg.kd_temperature)
         if not self.cfg.adaptation:
             return {"loss": kd, "kd": kd, "noise": torch.zeros_like(kd)}
         noisy = self.noise_module(F.softmax(student_logits, dim=1))
-        noise = noise_adaptation_loss(noisy, labels, weights)
+        noise = noise_adaptation_loss(noisy, labels, class_weights)
         return {"loss": kd + noise, "kd": kd, "noise": noise}
 
     def after_student_step(self) -> None:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdci_ray.methods.base import Method, MethodContext, SubstitutionData
+from kdci_ray.methods.base import HELDOUT_SEED, Method, MethodContext, SubstitutionData
 from kdci_ray.methods.bn_statistics import BNMomentum, bn_statistics_momentum
 from kdci_ray.methods.generators import DatafreeGenerator, normal_init_
 from kdci_ray.methods.inversion import (
@@ -152,45 +152,68 @@ class Fast(Method):
             self.reset_first_layers()
             self._sync_generator()  # the reset draws from this rank's RNG
         fast = copy.deepcopy(self.generator).train()
-        fast_ddp = ctx.wrap(fast)
-        z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=self.rng).to(ctx.device)
-        z.requires_grad_(True)
-        targets = self.sample_targets(cfg.batch_size).to(ctx.device)
-        opt = torch.optim.Adam([{"params": fast.parameters()},
-                                {"params": [z], "lr": cfg.lr_z}], lr=cfg.lr_g, betas=(0.5, 0.999))
         # the reference's ep (1-based call count) >= warmup: the last warm-up round already
         # pushes against the (still untrained) student
         adversarial = cfg.adversarial_weight > 0 and round_idx + 1 >= cfg.warmup
-        meta_grads = [torch.zeros_like(p) for p in fast.parameters()]
-        student_was_training = ctx.student.training
-        ctx.student.eval()
-        best = BestBatch()
         with bn_statistics_momentum(ctx.teacher, self.bn_memory) as bn_stats:
-            for _ in range(cfg.g_steps):
-                images = fast_ddp(z)
-                view = ctx.normalize(shift_flip(images, self.rng, cfg.view_pad, cfg.view_flip))
-                t_logits = ctx.teacher(view).logits
-                losses = {"bn": bn_stats.pop(), "oh": F.cross_entropy(t_logits, targets)}
-                loss = cfg.bn_weight * losses["bn"] + cfg.onehot_weight * losses["oh"]
-                if adversarial:
-                    losses["adv"] = decision_adversarial(ctx.student(view).logits, t_logits)
-                    loss = loss + cfg.adversarial_weight * losses["adv"]
-                losses["loss"] = loss
-                best.update(loss.item(), images, losses)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for acc, p in zip(meta_grads, fast.parameters(), strict=True):
-                    if p.grad is not None:
-                        acc.add_(p.grad)
-                opt.step()
+            best, meta_grads = self._invert(fast, ctx.wrap(fast), self.rng, adversarial,
+                                            bn_stats)
             bn_stats.commit()
         self._meta_step(fast, meta_grads)
-        ctx.student.train(student_was_training)
-        ctx.student.zero_grad(set_to_none=True)
         stored = to_pool_images(best.images)
         self.pool.add(stored)
         self.last_batch = ctx.normalize(stored)
         return {**best.logs, "pool_size": float(len(self.pool))}
+
+    def _invert(self, fast: torch.nn.Module, fast_ddp: torch.nn.Module, rng: torch.Generator,
+                adversarial: bool, bn_stats) -> tuple[BestBatch, list[Tensor]]:
+        """One synthesis: ``g_steps`` steps of a copy of the generator and of fresh ``z`` toward
+        targets drawn with ``rng``; the best batch and the summed (first-order meta) gradients.
+        The student is left in its mode, without gradients."""
+        cfg, ctx = self.cfg, self.ctx
+        z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=rng).to(ctx.device)
+        z.requires_grad_(True)
+        targets = self.sample_targets(cfg.batch_size, rng).to(ctx.device)
+        opt = torch.optim.Adam([{"params": fast.parameters()},
+                                {"params": [z], "lr": cfg.lr_z}], lr=cfg.lr_g, betas=(0.5, 0.999))
+        meta_grads = [torch.zeros_like(p) for p in fast.parameters()]
+        student_was_training = ctx.student.training
+        ctx.student.eval()
+        best = BestBatch()
+        for _ in range(cfg.g_steps):
+            images = fast_ddp(z)
+            view = ctx.normalize(shift_flip(images, rng, cfg.view_pad, cfg.view_flip))
+            t_logits = ctx.teacher(view).logits
+            losses = {"bn": bn_stats.pop(), "oh": F.cross_entropy(t_logits, targets)}
+            loss = cfg.bn_weight * losses["bn"] + cfg.onehot_weight * losses["oh"]
+            if adversarial:
+                losses["adv"] = decision_adversarial(ctx.student(view).logits, t_logits)
+                loss = loss + cfg.adversarial_weight * losses["adv"]
+            losses["loss"] = loss
+            best.update(loss.item(), images, losses)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for acc, p in zip(meta_grads, fast.parameters(), strict=True):
+                if p.grad is not None:
+                    acc.add_(p.grad)
+            opt.step()
+        ctx.student.train(student_was_training)
+        ctx.student.zero_grad(set_to_none=True)
+        return best, meta_grads
+
+    def heldout_batch(self, n: int) -> Tensor:
+        """``n`` images synthesised afresh as a late round would (targets from the shift's
+        profile), never used for KD: the meta generator, its BN memory, the pool and this
+        method's RNG are untouched (a generator of its own, seeded from the trial's)."""
+        rng = torch.Generator(device="cpu").manual_seed(HELDOUT_SEED + self.ctx.seed)
+        adversarial = self.cfg.adversarial_weight > 0
+        kept: list[Tensor] = []
+        with bn_statistics_momentum(self.ctx.teacher, self.bn_memory) as bn_stats:  # no commit
+            while sum(len(b) for b in kept) < n:
+                fast = copy.deepcopy(self.generator).train()
+                best, _ = self._invert(fast, fast, rng, adversarial, bn_stats)
+                kept.append(to_pool_images(best.images))
+        return self.ctx.normalize(torch.cat(kept)[:n])
 
     def _meta_step(self, adapted: torch.nn.Module, fomaml_grads: list[Tensor]) -> None:
         self.meta_optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,16 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
 
 
+def weighted_kd_loss(student_logits: Tensor, teacher_logits: Tensor, weights: Tensor,
+                     temperature: float) -> Tensor:
+    """Per-sample weighted KD: ``T^2 * sum_i w_i KL_i / B`` (DFND's reference ``kdloss``;
+    ``weights`` ``(B,)``, w = 1 is plain KD up to rounding)."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
+                  reduction="none").sum(1)
+    return (kl * weights).sum() / len(kl) * (t * t)
+
+
 def js_divergence(p_logits: Tensor, q_logits: Tensor, temperature: float) -> Tensor:
     """Jensen-Shannon divergence (natural log, in [0, ln 2]) between two softmax outputs."""
     p = F.softmax(p_logits / temperature, dim=1)

@@ -142,6 +142,15 @@ class OpenWorldSubset:
         x = self.ctx.normalize(self.images[idx])
         return augment(x, generator, pad=pad, flip=flip) if pad > 0 or flip else x
 
+    def heldout(self, n: int, seed: int) -> Tensor:
+        """``n`` normalised pool images the selection left out (never distilled on), drawn
+        without replacement by a NumPy generator of ``seed``; fewer when fewer are left."""
+        pool = self.ctx.open_world
+        rest = np.setdiff1d(np.arange(len(pool), dtype=np.int64), self.indices)
+        chosen = np.sort(np.random.default_rng(seed).permutation(rest)[:n])
+        return self.ctx.normalize(self._materialise(pool, chosen)) if len(chosen) else \
+            torch.empty(0)
+
     def shard(self) -> NormalizedImages:
         """This rank's equal share of the subset (the whole subset on one rank), normalised a
         chunk at a time when indexed: the KDCI refresh scores it in slices and gathers all

@@ -44,6 +44,7 @@ from kdci_ray.results.columns import label as _label
 from kdci_ray.results.comparisons import comparison_section, select
 from kdci_ray.results.paired import CELL_ALIGN, CELL_HEADER, cells, inline, paired_frames
 from kdci_ray.results.plots import plot_curves, plot_gain, write_plots
+from kdci_ray.results.shift_readings import write_readings
 from kdci_ray.results.table import SMOKE_NOTE, is_smoke_sweep, summarize, trial_reports
 
 CURVE_COLUMNS = ["trial", "method", "kdci", "seed", "round", "step", "eval_acc", "eval_acc_kdci"]
@@ -355,11 +356,13 @@ def _summary_section(summary_markdown: str) -> list[str]:
 
 def report_markdown(title: str, rows: pd.DataFrame, summary_markdown: str, gains: pd.DataFrame,
                     paths: dict[str, Path | None], searched: list[Path],
-                    smoke: bool = False) -> str:
-    """The text of ``report.md``; a smoke sweep's says so before anything else."""
+                    smoke: bool = False, readings: list[str] | None = None) -> str:
+    """The text of ``report.md``; a smoke sweep's says so before anything else. ``readings``:
+    the label-shift section (``shift_readings``), after the comparisons."""
     lines = [f"# {title}", "", *([SMOKE_NOTE, ""] if smoke else []), headline(rows, gains), ""]
     lines += _figures(paths, searched, gains)
     lines += comparison_section(rows)
+    lines += readings or []
     lines += _summary_section(summary_markdown)
     lines += ["## Trials", "", *trial_table(rows), ""]
     left = _unfinished_lines(rows)
@@ -392,6 +395,7 @@ def write_report(sweep_dir: Path, rows: pd.DataFrame, summary_markdown: str,
     searched = write_plots(rows, sweep_dir) if len(rows) else []
     written += [p for p in paths.values() if p is not None] + searched
     text = report_markdown(title, rows, summary_markdown, gains, paths, searched,
-                           smoke=is_smoke_sweep(sweep_dir))
+                           smoke=is_smoke_sweep(sweep_dir),
+                           readings=write_readings(sweep_dir, rows))
     written.append(atomic_write_text(sweep_dir / REPORT_FILE, text))
     return written

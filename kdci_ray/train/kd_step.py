@@ -1,7 +1,8 @@
 """One KD step of the distillation loop (``kdci_ray.train.loop``) and its non-finite checks.
 
 A step draws a substitution batch, runs the teacher (no grad) and the student, applies KDCI's
-adjustment when the run has KDCI, and steps the optimiser; the metrics it sums stay on the device
+adjustment when the run has KDCI, weights each sample's KD term towards balanced classes when
+``train.balance_beta`` > 0, and steps the optimiser; the metrics it sums stay on the device
 until an evaluation reads them. Its one read back to the host is the non-finite check of the loss,
 agreed by every rank, so every rank stops at the same step before any weight is touched.
 """
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from kdci_ray.experiments.dfkd import ExperimentConfig
 
 
+POSTERIORS_KEPT = 65_536  # teacher posteriors kept for the EM prior (shift.readings)
+
+
 def nonfinite_loss(loss: Tensor, rt: Runtime) -> float | None:
     """This step's loss if it is NaN or inf on this rank or any other (NaN first), else None:
     every rank must stop at the same step. The KD step's one read back to the host."""
@@ -39,6 +43,17 @@ def nonfinite_loss(loss: Tensor, rt: Runtime) -> float | None:
     if inf:
         return value if math.isinf(value) else math.inf
     return None
+
+
+def _balanced_weights(probs: Tensor, prior: Tensor, beta: float) -> Tensor:
+    """``(N,)`` weights ``(sum_y probs[x, y] / prior[y]) ** beta`` normalised to mean 1 (``prior``
+    clamped below at 1e-6), detached, in float64 and returned as float32: the math of
+    ``kdci_ray.kdci.label_shift.balanced_weights`` without its value checks, which read the
+    device back to the host (a KD step keeps its one read for the non-finite check; a non-finite
+    weight shows up in the loss there)."""
+    p = probs.detach().double()
+    w = (p / prior.detach().double().clamp_min(1e-6)).sum(1) ** float(beta)
+    return (w / w.mean()).float()
 
 
 def nonfinite_weights(*modules: nn.Module | None) -> bool:
@@ -71,6 +86,10 @@ class KDStep:
             self.class_counts += torch.tensor(class_counts, dtype=torch.long).to(rt.device)
         self.classes = torch.arange(num_classes, device=rt.device)
         self.sums: dict[str, Tensor] = {}
+        # with shift.readings: the teacher's posteriors on the KD batches since the last
+        # evaluation (the EM prior's input; checkpoints are taken at evaluations, so a resumed
+        # run collects the same ones), at most POSTERIORS_KEPT rows, the latest
+        self.posteriors: list[Tensor] | None = [] if cfg.shift.readings else None
 
     def _add(self, name: str, value: Tensor) -> None:
         value = value.detach().double()  # summed as the float64 a host-side sum would use
@@ -84,15 +103,24 @@ class KDStep:
             with torch.no_grad():
                 t_logits = self.teacher(x).logits
             self.class_counts += (t_logits.argmax(1, keepdim=True) == self.classes).sum(0)
+            if self.posteriors is not None:
+                self._keep_posteriors(t_logits)
             s_logits = self.student(x).logits
             if self.kdci is not None:  # compensated logits (raw ones when post-hoc)
                 s_logits, step_logs = self.kdci.adjust(s_logits, t_logits)
                 for name, value in step_logs.items():
                     self._add(name, value)
-            losses = self.method.student_loss(s_logits.float(), t_logits.float())
+            beta = cfg.train.balance_beta
+            if beta > 0:  # class-balanced KD: weights from the teacher's posteriors and prior
+                w = self._balance_weights(t_logits, beta)
+                losses = self.method.student_loss(s_logits.float(), t_logits.float(), weights=w)
+            else:
+                losses = self.method.student_loss(s_logits.float(), t_logits.float())
         bad = nonfinite_loss(losses["loss"], self.rt)
         if bad is not None:
             return bad
+        if beta > 0:
+            self._add("train/balance_w_max", w.max())
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.opt.step()
@@ -102,12 +130,33 @@ class KDStep:
             self._add(f"train/{name}", value)
         return None
 
+    def _balance_weights(self, t_logits: Tensor, beta: float) -> Tensor:
+        """``train.balance_beta``'s per-sample KD weights, on the device (no read back): the
+        teacher's posteriors over the prior ``pi`` = its arg-max counts so far, this batch
+        included, half-count smoothed ``(n + 1/2) / (N + C/2)``."""
+        counts = self.class_counts.double()
+        prior = (counts + 0.5) / (counts.sum() + 0.5 * self.num_classes)
+        return _balanced_weights(torch.softmax(t_logits.float(), dim=1), prior, beta)
+
     def take_sums(self) -> dict[str, float]:
         """The summed step metrics since the last call, read back (an evaluation's one read)."""
         names = list(self.sums)
         values = torch.stack([self.sums[n] for n in names]).tolist() if names else []
         self.sums = {}
         return dict(zip(names, values, strict=True))
+
+    def _keep_posteriors(self, t_logits: Tensor) -> None:
+        self.posteriors.append(torch.softmax(t_logits.detach().float(), dim=1))
+        while sum(len(p) for p in self.posteriors[1:]) >= POSTERIORS_KEPT:
+            self.posteriors.pop(0)
+
+    def take_posteriors(self) -> Tensor | None:
+        """The kept teacher posteriors (CPU), emptied; None without ``shift.readings``."""
+        if self.posteriors is None:
+            return None
+        kept = torch.cat(self.posteriors).cpu() if self.posteriors else None
+        self.posteriors = []
+        return kept
 
     def counts(self) -> list[int]:
         return self.class_counts.tolist()

@@ -42,7 +42,7 @@ def build_kdci(cfg: ExperimentConfig, substitution: SubstitutionData, data: Labe
     source_model = load_source_model(cfg, data, rt.device) if kc.source == "model" else None
     return KDCI(kc, data.num_classes, rt.device, seed=cfg.seed, score_batch=cfg.train.batch_size,
                 fixed_pool=substitution.fixed, wrap=rt.wrap, source_model=source_model,
-                store=dictionary_store() if kc.cache else None)
+                store=dictionary_store() if kc.cache else None, dictionary_seed=cfg.pool.seed)
 
 
 def source_config(cfg: ExperimentConfig) -> ExperimentConfig:

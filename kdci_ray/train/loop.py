@@ -35,6 +35,7 @@ from kdci_ray.train.evaluate import accuracy, predict_logits
 from kdci_ray.train.kd_step import KDStep, nonfinite_weights
 from kdci_ray.train.kdci_setup import build_kdci
 from kdci_ray.train.numerics import numerics, to_memory_format
+from kdci_ray.train.readings import model_logits, realised_prior_metrics, shift_readings
 from kdci_ray.train.resume import Progress, Snapshot, capture, restore
 from kdci_ray.train.runtime import (
     Runtime,
@@ -260,6 +261,11 @@ class Distillation:
         cfg = self.cfg
         rare = int(torch.tensor(counts).argmin()) if cfg.shift.imbalance else None
         metrics = evaluate_student(self.student, self.kdci, self.data, self.rt, rare)
+        if cfg.shift.imbalance or cfg.shift.readings:
+            metrics.update(realised_prior_metrics(torch.tensor(counts)))
+        posteriors = self.kd_step.take_posteriors()  # those since the last evaluation
+        if cfg.shift.readings and rnd + 1 == cfg.train.rounds:
+            metrics.update(self._readings(counts, rare, posteriors))
         n = max(1, self.step - self.last_eval_step)
         metrics.update({k: v / n for k, v in self.kd_step.take_sums().items()})
         self.last_eval_step = self.step
@@ -269,6 +275,22 @@ class Distillation:
                         "time/elapsed_s": time.perf_counter() - self.started,
                         "finished": float(rnd + 1 == cfg.train.rounds)})
         return metrics
+
+    def _readings(self, counts: list[int], rare: int | None,
+                  posteriors: torch.Tensor | None) -> dict[str, float]:
+        """The post-hoc label-shift readings of the final student (``shift.readings``,
+        ``kdci_ray.train.readings``): nothing it does changes the student or a random stream."""
+        cfg = self.cfg
+        logits, labels = predict_logits(self.student, self.data, self.rt.device)
+        heldout = self.method.heldout_batch(cfg.shift.heldout) if cfg.shift.heldout else None
+        student_h = teacher_h = None
+        if heldout is not None:
+            student_h = model_logits(self.student, heldout)
+            teacher_h = model_logits(self.teacher, heldout)
+        return shift_readings(torch.tensor(counts), logits, labels,
+                              kd_posteriors=posteriors,
+                              heldout_student=student_h, heldout_teacher=teacher_h,
+                              ridge=cfg.shift.ridge, rare=rare)
 
     def _checkpoint(self, rnd: int, metrics: dict[str, float],
                     counts: list[int]) -> Snapshot | None:

@@ -58,6 +58,12 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine | constant
     eval_every: int = 10  # rounds between evaluations on the test split
     eval_batch_size: int = 512
+    # class-balanced KD (importance weighting for label shift); 0 = off, plain KD. With beta > 0
+    # each KD sample x is weighted by (sum_y p_T(y|x) / pi(y))^beta, normalised to mean 1 over the
+    # batch, where pi is the teacher's arg-max histogram over every KD batch so far (this one
+    # included; the loop's class counts, half-count smoothed): up-weights what the substitution
+    # data lacks. 0.5 or 1 typically; at most 4
+    balance_beta: float = 0.0
 
 
 @dataclass
@@ -70,6 +76,16 @@ class ShiftConfig:
     # so (class 0 most common); sampling-based methods select per-class quotas of the pool by the
     # teacher's arg-max (classes ranked by how many pool images the teacher gives them)
     imbalance: float = 0.0
+    # post-hoc label-shift readings of the student at the final evaluation (kdci_ray/train/
+    # readings.py): the control (s - log pi, pi the teacher's arg-max histogram over every KD
+    # batch), em (the EM prior of Saerens et al. 2002 on the last KD batches' teacher posteriors),
+    # teacher_ref / teacher_ref_scalar (a class bias, or a scale along log pi, fitted label-free
+    # so the student matches the teacher on held-out substitution inputs) and the oracle (a bias
+    # fitted on the test labels: a ceiling, reported only); the student trains exactly as without
+    # them
+    readings: bool = False
+    heldout: int = 1024  # held-out substitution inputs for teacher_ref (never used for KD)
+    ridge: float = 1e-3  # ridge on the fitted class bias (teacher_ref and the oracle)
 
 
 @dataclass
@@ -79,7 +95,8 @@ class PoolConfig:
     source: str = "embedded"  # embedded (crops of packaged photos) | folder | npz
     path: str = ""  # folder / npz directory for the real sources
     size: int = 600_000  # images in the pool (embedded: crops generated; others: at most this)
-    seed: int = 0
+    seed: int = 0  # the pool's draw (and a build-once dictionary's clustering seed); -1 = the
+    #   trial's seed, so every seed of a sweep draws its own pool, selection and dictionary
     min_scale: float = 0.1  # embedded crops: smallest crop side as a share of the photo's side
     transform: str = "none"  # none | edges (Sobel edge maps: strokes on black, see data/edges.py)
 

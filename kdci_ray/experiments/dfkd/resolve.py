@@ -52,9 +52,12 @@ def smoke_values(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def decide(cfg: ExperimentConfig) -> None:
     """The "decide for me" values decided, so the saved config says what ran: ``run.trainer:
-    auto`` (which trainer) and ``kdci.k: 0`` (the method's default dictionary size)."""
+    auto`` (which trainer), ``kdci.k: 0`` (the method's default dictionary size) and
+    ``pool.seed: -1`` (the trial's seed)."""
     cfg.run.trainer = resolved_trainer(cfg.run)
     cfg.kdci.k = resolved_k(cfg)
+    if cfg.pool.seed == -1:  # every seed of a sweep draws its own pool
+        cfg.pool.seed = cfg.seed
 
 
 def resolve(*layers: dict[str, Any], smoke: bool | None = None) -> ExperimentConfig:

@@ -34,6 +34,12 @@ def validate(cfg: ExperimentConfig) -> None:
                             ("train.weight_decay", cfg.train.weight_decay, float("inf"))):
         if not 0 <= value < top:
             raise ConfigError(f"config key '{key}' must be in [0, {top:g}), got {value}")
+    beta = cfg.train.balance_beta
+    if not (math.isfinite(beta) and 0 <= beta <= 4):
+        raise ConfigError(
+            f"config key 'train.balance_beta' must be a finite exponent in [0, 4], got {beta}: "
+            f"set 0 for plain KD, or 0.5 or 1 to weight each KD sample by the inverse of the "
+            f"teacher's class prior")
     _check_archs(cfg)
     _check_run(cfg)
     _check_shift(cfg)
@@ -99,6 +105,16 @@ def _check_shift(cfg: ExperimentConfig) -> None:
             f"shift.imbalance needs substitution data with classes to skew: '{cfg.method}' has "
             f"no conditional targets and no pool; use a sampling-based method (dfnd, mosaickd) "
             f"or one with targets (fast, cmi, deepinv), or set shift.imbalance: 0")
+    if cfg.shift.heldout < 0:
+        raise ConfigError(f"config key 'shift.heldout' must be >= 0 (0: no teacher_ref "
+                          f"readings), got {cfg.shift.heldout}")
+    if not (math.isfinite(cfg.shift.ridge) and cfg.shift.ridge > 0):
+        raise ConfigError(f"config key 'shift.ridge' must be a finite number > 0 (the fitted "
+                          f"biases need it: a class never predicted would get -inf), got "
+                          f"{cfg.shift.ridge}")
+    if cfg.pool.seed < -1:
+        raise ConfigError(f"config key 'pool.seed' must be >= 0, or -1 for the trial's seed, got "
+                          f"{cfg.pool.seed}")
 
 
 def _check_archs(cfg: ExperimentConfig) -> None:
