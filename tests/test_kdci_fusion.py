@@ -3,6 +3,7 @@ class-imbalance shift, the loop's shift metrics and the compensated student's ex
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -73,17 +74,27 @@ def test_scaled_starts_as_softmax_and_its_scale_stays_bounded() -> None:
     assert 1.0 < scaled.scale() <= K
 
 
-def test_log_prior_is_fixed_centred_and_read_off_the_dictionary() -> None:
-    m = KDCIAttention(3, 3, hidden=4, fusion="log_prior")
-    protos = torch.tensor([[5.0, 0, 0], [4.0, 1, 0], [0, 0, 3.0]])
-    m.set_dictionary(protos, torch.tensor([0.5, 0.3, 0.2]))
-    pi = torch.tensor([0.8, 0.0, 0.2])
-    expected = torch.log(pi + 1e-3) - torch.log(pi + 1e-3).mean()
-    a, b = m(torch.randn(4, 3))[0], m(torch.zeros(4, 3))[0]
+def test_log_prior_is_the_realised_histogram_with_no_zero_class_when_k_is_below_c() -> None:
+    """Issue 25: with K = 8 prototypes for 10 classes, a prior read off the prototypes' arg-max
+    gives two classes a share of 0 (+1.9 logits each at tau = -0.5); the realised prior (the
+    teacher's arg-max histogram over the KD batches) has every class the batches had."""
+    m = KDCIAttention(10, 8, hidden=4, fusion="log_prior", tau=-1.0)
+    m.set_dictionary(torch.eye(10)[:8] * 5, torch.full((8,), 1 / 8))  # classes 8, 9 own none
+    labels = torch.tensor([c for c in range(10) for _ in range(c + 1)])  # 1, 2, ..., 10 each
+    teacher = torch.nn.functional.one_hot(labels, 10).float() * 4 + torch.randn(len(labels), 10)
+    m.count(teacher[:20])
+    m.count(teacher[20:])  # counted batch by batch
+    hist = torch.bincount(teacher.argmax(1), minlength=10).float()
+    assert torch.equal(m.class_prior(), hist / hist.sum())
+    assert (m.class_prior() > 0).all()
+    log_pi = torch.log((hist + 0.5) / (hist.sum() + 5.0))
+    expected = -(log_pi - log_pi.mean())
     assert torch.allclose(m.log_prior(), expected)
-    assert torch.allclose(b, expected.expand(4, 3))  # the same vector whatever the input
+    a, b = m(torch.randn(4, 10))[0], m(torch.zeros(4, 10))[0]
+    assert torch.allclose(b, expected.expand(4, 10))  # the same vector whatever the input
     assert torch.allclose(a - a.detach().clone(), torch.zeros_like(a))
     assert not any(p.requires_grad for p in m.parameters())
+    assert "class_counts" in m.state_dict()  # deployed and resumed with the student
 
 
 def test_projection_starts_as_identity_and_trains() -> None:
@@ -209,7 +220,7 @@ def test_post_hoc_control_trains_the_vanilla_student(tiny_settings) -> None:
     for name, tensor in vanilla.state["state_dict"].items():
         assert torch.equal(tensor, control.state["state_dict"][name]), name
     assert final["eval/prior_ratio"] > 0
-    with pytest.raises(ConfigError, match="needs kdci.fusion=log_prior"):
+    with pytest.raises(ConfigError, match="needs a fixed fusion"):
         resolve({"kdci.enabled": True, "kdci.train_through": False})
 
 
@@ -250,17 +261,20 @@ def test_shift_benchmark_plans_levels_arms_seeds_and_smoke_runs_one_seed(repo_ro
     from kdci_ray.engine import plan_sweep
 
     path = repo_root / "tune_configs" / "kdci_shift.yaml"
-    assert path.read_text().startswith("# kdci-ray sweep tune_configs/kdci_shift.yaml")
+    text = path.read_text()
+    assert text.startswith("# kdci-ray sweep tune_configs/kdci_shift.yaml")
+    assert "PASS RULE" in text  # written in the header, before any run
     plan = plan_sweep(path)
-    assert len(plan.configs) == 150
+    assert len(plan.configs) == 300
     assert {c.shift.imbalance for c in plan.configs} == {1, 8, 64}
     assert {c.method for c in plan.configs} == {"dfnd", "fast"}
-    assert len({c.seed for c in plan.configs}) >= 5
-    arms = {(c.kdci.enabled, c.kdci.fusion, c.kdci.train_through) for c in plan.configs}
-    assert arms == {(False, "softmax", True), (True, "log_prior", False),
-                    (True, "softmax", True), (True, "expectation", True), (True, "scaled", True)}
-    control = [c for c in plan.configs if c.kdci.fusion == "log_prior"]
-    assert all(c.kdci.tau < 0 for c in control)
+    assert len({c.seed for c in plan.configs}) >= 10
+    assert all(c.pool.seed == c.seed for c in plan.configs)  # every seed draws its own pool
+    arms = {(c.kdci.enabled, c.kdci.fusion, c.train.balance_beta, c.shift.readings)
+            for c in plan.configs}
+    assert arms == {(False, "softmax", 0.0, True), (True, "softmax", 0.0, False),
+                    (True, "expectation", 0.0, False), (False, "softmax", 0.5, False),
+                    (False, "softmax", 1.0, False)}
     smoke = plan_sweep(path, smoke=True)
     assert len(smoke.configs) == 30 and {c.seed for c in smoke.configs} == {10}
     assert all(c.smoke for c in smoke.configs)
@@ -285,3 +299,29 @@ def test_selection_cache_keys_differ_per_imbalance(tmp_path) -> None:
     assert len(list(tmp_path.glob("*.npy"))) == 2
     counts = np.bincount(labels[torch.as_tensor(shifted)].numpy(), minlength=4)
     assert counts.max() / counts.min() >= 6 and len(plain) == 40
+
+
+def test_the_levels_of_a_shift_score_each_pool_once(tmp_path, monkeypatch) -> None:
+    """The selections of every imbalance level are cut from one scoring of the pool (cached
+    beside them); scores recorded with other package versions are not trusted."""
+    from kdci_ray.data import selection
+    from kdci_ray.data.pool_format import TensorPool
+
+    images = torch.arange(200, dtype=torch.uint8).view(200, 1, 1, 1).expand(200, 1, 2, 2)
+    labels = torch.arange(200) % 4
+    seen = []
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(len(batch))
+        return torch.nn.functional.one_hot(labels[batch[:, 0, 0, 0].long()], 4).float() * 5
+
+    pool = TensorPool(images.contiguous())
+    picks = [selection.select(pool, score, 40, "confidence", tmp_path, imbalance=r,
+                              num_classes=4) for r in (1.0, 8.0)]
+    assert sum(seen) == 200 and not np.array_equal(*picks)
+    record = next(tmp_path.glob("scores-*.json"))
+    data = json.loads(record.read_text())
+    data["versions"] = {k: "0.0" for k in data["versions"]}
+    record.write_text(json.dumps(data))
+    selection.select(pool, score, 40, "confidence", tmp_path, imbalance=64.0, num_classes=4)
+    assert sum(seen) == 400  # scored again

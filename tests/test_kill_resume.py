@@ -1,6 +1,7 @@
 """The kill test: a smoke sweep stopped ten times at random moments, by SIGINT (Ctrl-C) and by
 SIGKILL, and continued each time with ``kdci-ray sweep DIR --resume``, ends as if it had run
-once: every trial once in the table and finished, each round once in ``metrics.jsonl``, each
+once: every trial once in the table and finished (one of them, short, finishes early and is
+never run again after a kill, SIGKILL included), each round once in ``metrics.jsonl``, each
 TensorBoard step once and in order, and every continuation counted (``resumes.jsonl`` and the
 table's ``resumes``: one per attempt after a trial's first, and each attempt opens one event
 file), and the most interrupted trial's student bit for bit the uninterrupted run's.
@@ -30,11 +31,13 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli_interrupt import CLI, end_session, terminal_sigint
+from test_interrupt_resume import _tune_saw_finished
 
 SEED = int(os.environ.get("KDCI_KILL_SEED", 23))  # another seed: other moments, same checks
 KILLS = 10
 EARLY = 5  # kills at a random point of start-up (the others after real progress)
 ROUNDS = 40  # more than the runs before the last can do (kills land mid-sweep, never after)
+SHORT = 4  # the rounds of seed 0's trial: it finishes early, and the kills after must not rerun it
 KD_STEPS = 2
 SEEDS = [0, 1, 2]
 BAD_OUTPUT = ("Traceback", "Segmentation fault", "Tuner.restore", "holds no trials")
@@ -96,6 +99,23 @@ def _interrupt(proc: subprocess.Popen, sig: int, log: Path) -> int:
     return code
 
 
+def _seed(trial: Path) -> int:
+    return int(yaml.safe_load((trial / "config.yaml").read_text())["seed"])
+
+
+def _finished_as_tune_saw_it(out: Path, known: dict) -> dict[str, tuple[str, int]]:
+    """The trials not in ``known`` that have their student and that Tune's newest saved
+    experiment state calls TERMINATED (those a resume must not rerun): their ``result.json``
+    text and ``student.pt`` mtime."""
+    found = {}
+    for trial in _trials(out):
+        if trial.name not in known and (trial / "student.pt").is_file() \
+                and _tune_saw_finished(out, trial):
+            found[trial.name] = ((trial / "result.json").read_text(),
+                                 (trial / "student.pt").stat().st_mtime_ns)
+    return found
+
+
 def _scalars(trial: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(trial))
     events.Reload()
@@ -126,10 +146,13 @@ def test_a_sweep_killed_ten_times_ends_as_if_run_once(tiny_settings, tmp_path) -
     settings = {**tiny_settings, "method": "dafl", "train.rounds": ROUNDS,
                 "train.kd_steps": KD_STEPS, "train.eval_every": 1}
     config = tmp_path / "grid.yaml"
+    trials = [{"name": f"s{seed}", "seed": seed, "train.rounds": SHORT if seed == 0 else ROUNDS}
+              for seed in SEEDS]
     config.write_text(yaml.safe_dump({**settings, "run.max_concurrent_trials": 2,
-                                      "search": {"seed": SEEDS}}, sort_keys=False))
+                                      "search": {"cases": trials}}, sort_keys=False))
     out = tmp_path / "sweep"
     start, moments, proc = time.monotonic(), [], None
+    finished_before: dict[str, tuple[str, int]] = {}  # finished before a kill: never rerun
     try:
         for i, sig in enumerate(signals):
             log = tmp_path / f"run{i}.log"
@@ -150,6 +173,7 @@ def test_a_sweep_killed_ten_times_ends_as_if_run_once(tiny_settings, tmp_path) -
             assert going, f"the sweep ended after {i} kills (raise ROUNDS?):\n{log.read_text()}"
             time.sleep(delay)
             moments.append(f"{signal.Signals(sig).name}@{time.time() - begun:.1f}s")
+            finished_before.update(_finished_as_tune_saw_it(out, finished_before))
             code = _interrupt(proc, sig, log)
             expected = 130 if sig == signal.SIGINT else -signal.SIGKILL
             assert code == expected, (moments, log.read_text()[-4000:])
@@ -167,17 +191,24 @@ def test_a_sweep_killed_ten_times_ends_as_if_run_once(tiny_settings, tmp_path) -
     table = pd.read_csv(out / "summary.csv")
     assert len(trials) == len(SEEDS) and sorted(table["trial"]) == [t.name for t in trials]
     assert table["trial"].is_unique and sorted(table["seed"]) == SEEDS
-    assert table["finished"].all() and (table["rounds_done"] == ROUNDS).all()
+    rounds = {t.name: SHORT if _seed(t) == 0 else ROUNDS for t in trials}
+    assert table["finished"].all()
+    assert dict(zip(table["trial"], table["rounds_done"], strict=True)) == rounds
+    # a trial Tune had recorded as finished before a kill was not run again by a later run
+    assert finished_before, f"seed 0's {SHORT}-round trial never finished before a kill"
+    for name, (result, student) in finished_before.items():
+        assert (out / name / "result.json").read_text() == result, name
+        assert (out / name / "student.pt").stat().st_mtime_ns == student, name
     resumes_column = dict(zip(table["trial"], table["resumes"], strict=True))
     continuations = 0
     for trial in trials:
         reports = _reports(trial)
-        assert [r["round"] for r in reports] == list(range(1, ROUNDS + 1)), trial.name
+        assert [r["round"] for r in reports] == list(range(1, rounds[trial.name] + 1)), trial.name
         scalars = _scalars(trial)
         for tag, points in scalars.items():
             steps = [step for step, _ in points]
             assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), (trial.name, tag)
-        steps = [KD_STEPS * r for r in range(1, ROUNDS + 1)]
+        steps = [KD_STEPS * r for r in range(1, rounds[trial.name] + 1)]
         assert [s for s, _ in scalars["eval/acc"]] == steps, trial.name
         for (_, shown), report in zip(scalars["eval/acc"], reports, strict=True):
             assert math.isclose(shown, report["eval/acc"], rel_tol=1e-6), trial.name
@@ -185,9 +216,10 @@ def test_a_sweep_killed_ten_times_ends_as_if_run_once(tiny_settings, tmp_path) -
             if (trial / "resumes.jsonl").is_file() else []
         attempts = len(list(trial.glob("events.out.tfevents.*")))
         assert len(records) == attempts - 1 == resumes_column[trial.name], trial.name
-        assert all(0 <= r["round"] <= ROUNDS for r in records), records
+        assert all(0 <= r["round"] <= rounds[trial.name] for r in records), records
         continuations += len(records)
     assert continuations >= 1
-    _assert_as_uninterrupted(settings, max(trials, key=lambda t: resumes_column[t.name]))
+    most = max(trials, key=lambda t: resumes_column[t.name])
+    _assert_as_uninterrupted({**settings, "train.rounds": rounds[most.name]}, most)
     print(f"{KILLS} kills ({', '.join(moments)}), {continuations} continuations; "
           f"{elapsed:.0f} s in all")

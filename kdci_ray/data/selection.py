@@ -127,6 +127,39 @@ def score_pool(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], criter
     return scores
 
 
+def _scores_and_classes(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor],
+                        criterion: str, batch_size: int, progress: bool,
+                        cache_dir: Path | None, scorer: str,
+                        wanted: dict[str, str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Every pool image's score and the teacher's arg-max class (what the shifted selections of
+    every imbalance level are cut from), cached as ``scores-<key>.npz`` beside the selections:
+    the levels of a benchmark score each pool once. Trusted as a selection is (its record's
+    package versions)."""
+    key = selection_key(criterion, 0, pool.fingerprint, f"{scorer}|scores-and-classes")
+    npz = json_path = None
+    if cache_dir is not None:
+        npz, json_path = cache_dir / f"scores-{key}.npz", cache_dir / f"scores-{key}.json"
+        if npz.is_file() and not _stale(json_path, wanted):
+            try:
+                with np.load(npz, allow_pickle=False) as found:
+                    scores, labels = found["scores"], found["labels"]
+                if scores.shape == labels.shape == (len(pool),) and labels.dtype.kind in "iu":
+                    note_cache_use("pool-scores", npz, "hit", key, pool=pool.fingerprint)
+                    return scores.astype(np.float64), labels.astype(np.int64)
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # unreadable: score again and overwrite
+    labels = np.empty(len(pool), dtype=np.int64)
+    scores = score_pool(pool, score_fn, criterion, batch_size, progress, labels)
+    if npz is not None and json_path is not None:
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        record = {"key": key, "criterion": criterion, "fingerprint": pool.fingerprint,
+                  "scorer": scorer, "pool_length": len(pool), "versions": wanted}
+        atomic_write(json_path, lambda fh: fh.write(json.dumps(record, indent=2).encode()))
+        atomic_write(npz, lambda fh: np.savez(fh, scores=scores, labels=labels))
+        note_cache_use("pool-scores", npz, "built", key, pool=pool.fingerprint)
+    return scores, labels
+
+
 def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, criterion: str,
            cache_dir: Path | None, key_extra: str = "", batch_size: int = 1024,
            progress: bool = False,
@@ -159,6 +192,7 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     n = int(n)
     fingerprint = pool.fingerprint
+    scorer = key_extra  # who scores the pool (the teacher's identity), whatever the shift
     if imbalance:
         if num_classes < 1:
             raise ValueError("a selection with imbalance needs the teacher's num_classes")
@@ -182,8 +216,8 @@ def select(pool: OpenWorldPool, score_fn: Callable[[Tensor], Tensor], n: int, cr
     if imbalance:
         from kdci_ray.data.shift import quota_select
 
-        labels = np.empty(total, dtype=np.int64)
-        scores = score_pool(pool, score_fn, criterion, int(batch_size), progress, labels)
+        scores, labels = _scores_and_classes(pool, score_fn, criterion, int(batch_size),
+                                             progress, cache_dir, scorer, wanted)
         indices = quota_select(scores, labels, n, float(imbalance), num_classes, strict)
     else:
         if pool_scores is not None:

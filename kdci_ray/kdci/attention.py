@@ -27,11 +27,18 @@ with ``alpha = softmax(a)``:
   learned, bounded scale ``g = K * sigmoid(rho)`` in (0, K), ``rho`` initialised so ``g = 1``
   (today's ``softmax`` at the start). Plain ``exp(a)`` weights diverged in a probe (11% accuracy).
 - ``log_prior`` (the positive control, no attention): the fixed logit adjustment
-  ``prior = tau * (log(pi + 1e-3) - mean_c log(pi_c + 1e-3))`` where ``pi_c = sum_{i: argmax
-  z_i = c} P(z_i)`` is the substitution data's class prior read off the dictionary. ``tau = 1``
+  ``prior = tau * (log pi - mean_c log pi_c)`` where ``pi`` is the realised class prior of the
+  substitution data, the teacher's arg-max histogram over every KD batch (half a count per class;
+  ``class_counts``, counted by ``KDCI.adjust``). It was read off the dictionary's prototypes
+  until issue 25, which gave classes a share of 0 whenever K < C. ``tau = 1``
   is the probe of issue 14 (the KD loss sees ``s + log pi``; the compensated student carries the
   substitution prior); ``tau = -1`` removes it instead (``s - log pi``: the compensated student
   favours the classes the substitution data lacked, as post-hoc logit adjustment does).
+
+- ``teacher_ref`` / ``teacher_ref_scalar`` (post hoc, label-free, issue 25): a fixed class bias
+  ``b`` (buffer ``bias``) that ``KDCI.fit_reference`` fits at each evaluation so the student
+  matches the teacher on held-out substitution inputs (``kdci_ray.kdci.label_shift.
+  teacher_reference``); the scalar variant fits only ``tau`` in ``b = -tau * (log pi - mean)``.
 
 ``projection`` adds a learned output map ``prior -> W prior + b`` (identity, zero start) to any
 attention fusion (comparable causal-intervention modules project after their softmax).
@@ -49,7 +56,9 @@ class KDCIAttention(nn.Module):
     """``forward(s) -> (s~, weights)``: the student's ``(B, C)`` logits adjusted by the prior of
     the loaded dictionary, and the ``(B, K)`` weights it put on the prototypes."""
 
-    FUSIONS = ("softmax", "expectation", "scaled", "log_prior")
+    FUSIONS = ("softmax", "expectation", "scaled", "log_prior", "teacher_ref",
+               "teacher_ref_scalar")
+    FIXED = ("log_prior", "teacher_ref", "teacher_ref_scalar")  # no attention: a class bias
 
     def __init__(self, num_classes: int, k: int, hidden: int = 256, source_dim: int | None = None,
                  random_lambda: bool = False, seed: int = 0, fusion: str = "softmax",
@@ -86,15 +95,19 @@ class KDCIAttention(nn.Module):
         self.random_lambda = bool(random_lambda)
         self._seed = int(seed)
         self._generator: torch.Generator | None = None
-        if self.random_lambda or fusion == "log_prior":  # no learned attention
+        if self.random_lambda or fusion in self.FIXED:  # no learned attention
             for layer in (self.w_s, self.w_z, self.v):
                 layer.requires_grad_(False)
-        if fusion == "log_prior" and self.map is not None:
+        if fusion in self.FIXED and self.map is not None:
             # the fixed adjustment reads only the mapped prototypes' arg-max: the map gets no
             # gradient, so it is frozen (DDP refuses a trainable parameter without one)
             self.map.requires_grad_(False)
         self.register_buffer("prototypes", torch.zeros(k, dim))
         self.register_buffer("proportions", torch.zeros(k))
+        if fusion == "log_prior":  # the teacher's arg-max over the KD batches (count())
+            self.register_buffer("class_counts", torch.zeros(num_classes))
+        if fusion in ("teacher_ref", "teacher_ref_scalar"):  # fitted by KDCI.fit_reference
+            self.register_buffer("bias", torch.zeros(num_classes))
 
     def set_dictionary(self, prototypes: Tensor, proportions: Tensor) -> None:
         if prototypes.shape != self.prototypes.shape or \
@@ -143,17 +156,23 @@ class KDCIAttention(nn.Module):
             return 1.0
         return float(self.prototypes.shape[0] * torch.sigmoid(self.scale_logit.detach()))
 
-    def class_prior(self, z: Tensor | None = None) -> Tensor:
-        """``(C,)`` the dictionary's class prior ``pi_c``: the ``P(z_i)`` of the prototypes whose
-        arg-max is ``c``, summed."""
-        z = self.mapped_prototypes() if z is None else z
-        owner = z.detach().argmax(dim=1)
-        return torch.zeros(z.shape[1], device=z.device).index_add_(0, owner, self.proportions)
+    def count(self, teacher_logits: Tensor) -> None:
+        """Add a KD batch's teacher arg-max to the realised class histogram (``log_prior``)."""
+        classes = torch.arange(self.class_counts.numel(), device=teacher_logits.device)
+        hits = (teacher_logits.detach().argmax(1, keepdim=True) == classes).sum(0)
+        self.class_counts += hits.to(self.class_counts)
 
-    def log_prior(self, z: Tensor | None = None) -> Tensor:
-        """The positive control's fixed ``(C,)`` adjustment: ``tau`` times the centred
-        ``log(pi + 1e-3)``."""
-        log_pi = torch.log(self.class_prior(z) + 1e-3)
+    def class_prior(self) -> Tensor:
+        """``(C,)`` the realised class prior ``pi``: the teacher's arg-max histogram over every
+        KD batch so far (issue 25: the dictionary's arg-max prior gave classes 0 whenever K < C)."""
+        c = self.class_counts
+        return c / c.sum().clamp_min(1.0)
+
+    def log_prior(self) -> Tensor:
+        """The positive control's ``(C,)`` adjustment: ``tau`` times the centred log of the
+        realised prior, half a count per class (a class never seen stays finite)."""
+        c = self.class_counts  # as label_shift.log_prior, without its checks (no host read)
+        log_pi = torch.log((c + 0.5) / (c.sum() + 0.5 * c.numel()))
         return self.tau * (log_pi - log_pi.mean())
 
     def prior(self, logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,9 +180,10 @@ class KDCIAttention(nn.Module):
         prototypes (for ``log_prior``: ``P(z)`` per sample)."""
         z = self.mapped_prototypes()
         p = self.proportions
-        if self.fusion == "log_prior":
+        if self.fusion in self.FIXED:
             weights = p.unsqueeze(0).expand(logits.shape[0], -1)
-            return self.log_prior(z).unsqueeze(0).expand_as(logits), weights
+            fixed = self.log_prior() if self.fusion == "log_prior" else self.bias
+            return fixed.unsqueeze(0).expand_as(logits), weights
         lam = self.attention(logits, z)
         if self.fusion == "expectation":
             weighted = lam * p.unsqueeze(0)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["adjusted_accuracy", "balanced_weights", "em_prior", "fit_class_bias",
-           "fit_prior_scale", "log_prior", "realised_prior"]
+           "fit_prior_scale", "log_prior", "realised_prior", "teacher_reference"]
 
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 40
@@ -233,6 +233,24 @@ def fit_prior_scale(student_logits: Tensor, target_probs: Tensor, direction: Ten
         if not accepted:
             break
     return float(tau)
+
+
+def teacher_reference(student_logits: Tensor, teacher_logits: Tensor,
+                      direction: Tensor | None = None,
+                      ridge: float = 1e-3) -> tuple[Tensor, float | None]:
+    """The label-free ``teacher_ref`` correction (issue 25) from both models' logits on held-out
+    substitution inputs: the class bias whose ``softmax(s + b)`` matches the teacher's posteriors
+    in KL, each input weighted so the teacher's classes count equally (``balanced_weights`` over
+    the teacher's mean posterior on these inputs), with a ridge. With ``direction`` (a centred log
+    prior) the scalar variant: only ``tau`` in ``b = -tau * direction``. ``(b, tau)``; ``tau`` is
+    None for the vector fit."""
+    probs = torch.softmax(teacher_logits.detach().to(torch.float64), dim=1)
+    weights = balanced_weights(probs, probs.mean(0))
+    if direction is None:
+        return fit_class_bias(student_logits, probs, weights, ridge=ridge), None
+    tau = fit_prior_scale(student_logits, probs, direction, weights, ridge=ridge)
+    d = direction.detach().to(torch.float64)
+    return (-tau * (d - d.mean())).to(device=student_logits.device, dtype=torch.float32), tau
 
 
 def adjusted_accuracy(logits: Tensor, bias: Tensor, labels: Tensor) -> float:

@@ -56,6 +56,7 @@ from kdci_ray.kdci.dictionary import (
     dictionary_features,
     teacher_logits,
 )
+from kdci_ray.kdci.label_shift import log_prior, teacher_reference
 from kdci_ray.kdci.settings import KDCIConfig
 from kdci_ray.models.fingerprint import state_fingerprint
 
@@ -160,10 +161,32 @@ class KDCI:
         back per step)."""
         if not self.fixed_pool:
             self.observe(teacher_logits)
+        if self.config.fusion == "log_prior":
+            self.module.count(teacher_logits)
         adjusted, lam = self.compensate(student_logits)
         logs = {"kdci/attn_entropy": attention_entropy_tensor(lam),
                 "kdci/prior_ratio": prior_ratio_tensor(student_logits, adjusted)}
         return (adjusted if self.config.train_through else student_logits), logs
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether an evaluation must first call :meth:`fit_reference` (``teacher_ref``)."""
+        return self.config.fusion in ("teacher_ref", "teacher_ref_scalar")
+
+    @torch.no_grad()
+    def fit_reference(self, student_logits: Tensor, teacher_logits: Tensor,
+                      class_counts: Tensor, ridge: float) -> dict[str, float]:
+        """``teacher_ref``: fit the class bias from both models' logits on held-out
+        substitution inputs (the scalar variant along the realised log prior of
+        ``class_counts``) and load it; its metrics."""
+        direction = None
+        if self.config.fusion == "teacher_ref_scalar":
+            direction = log_prior(class_counts.cpu())
+        bias, tau = teacher_reference(student_logits.cpu(), teacher_logits.cpu(), direction,
+                                      ridge=ridge)
+        self.module.bias.copy_(bias.to(self.module.bias))
+        return {"shift/bias_norm": float(bias.norm()),
+                **({"shift/tau": tau} if tau is not None else {})}
 
     @torch.no_grad()
     def evaluate(self, logits: Tensor) -> tuple[Tensor, dict[str, float]]:

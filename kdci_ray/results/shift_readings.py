@@ -149,8 +149,8 @@ def markdown(frame: pd.DataFrame) -> list[str]:
         body.append([str(method), reading, rows["kind"].iloc[0],
                      *(cells.get(float(lv), "–") for lv in levels),
                      "–" if not math.isfinite(share) else f"{share:.2f}"])
-    lines += markdown_table(["method", "reading", "kind", *(f"r = {lv:g}" for lv in levels),
-                             "of oracle"], ["---", "---", "---", *["---:"] * len(levels), "---:"], body)
+    header = ["method", "reading", "kind", *(f"r = {lv:g}" for lv in levels), "of oracle"]
+    lines += markdown_table(header, ["---"] * 3 + ["---:"] * (len(levels) + 1), body)
     lines += ["", "Realised prior of the KD batches (largest / smallest class share of the "
               "teacher's arg-max), mean over seeds; vanilla accuracy:", ""]
     vanilla = frame[frame[ARM] == VANILLA]

@@ -260,7 +260,9 @@ class Distillation:
         logs."""
         cfg = self.cfg
         rare = int(torch.tensor(counts).argmin()) if cfg.shift.imbalance else None
+        fitted = self._fit_reference(counts)
         metrics = evaluate_student(self.student, self.kdci, self.data, self.rt, rare)
+        metrics.update(fitted)
         if cfg.shift.imbalance or cfg.shift.readings:
             metrics.update(realised_prior_metrics(torch.tensor(counts)))
         posteriors = self.kd_step.take_posteriors()  # those since the last evaluation
@@ -276,17 +278,30 @@ class Distillation:
                         "finished": float(rnd + 1 == cfg.train.rounds)})
         return metrics
 
+    def _heldout_logits(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Student and teacher logits on the method's held-out substitution inputs
+        (``shift.heldout`` of them; ``(None, None)`` when it has none)."""
+        n = self.cfg.shift.heldout
+        heldout = self.method.heldout_batch(n) if n else None
+        if heldout is None or not len(heldout):
+            return None, None
+        return model_logits(self.student, heldout), model_logits(self.teacher, heldout)
+
+    def _fit_reference(self, counts: list[int]) -> dict[str, float]:
+        """``kdci.fusion: teacher_ref[_scalar]``: the class bias fitted before an evaluation."""
+        if self.kdci is None or not self.kdci.needs_reference:
+            return {}
+        student_h, teacher_h = self._heldout_logits()
+        return self.kdci.fit_reference(student_h, teacher_h, torch.tensor(counts),
+                                       self.cfg.shift.ridge)
+
     def _readings(self, counts: list[int], rare: int | None,
                   posteriors: torch.Tensor | None) -> dict[str, float]:
         """The post-hoc label-shift readings of the final student (``shift.readings``,
         ``kdci_ray.train.readings``): nothing it does changes the student or a random stream."""
         cfg = self.cfg
         logits, labels = predict_logits(self.student, self.data, self.rt.device)
-        heldout = self.method.heldout_batch(cfg.shift.heldout) if cfg.shift.heldout else None
-        student_h = teacher_h = None
-        if heldout is not None:
-            student_h = model_logits(self.student, heldout)
-            teacher_h = model_logits(self.teacher, heldout)
+        student_h, teacher_h = self._heldout_logits()
         return shift_readings(torch.tensor(counts), logits, labels,
                               kd_posteriors=posteriors,
                               heldout_student=student_h, heldout_teacher=teacher_h,

@@ -29,11 +29,10 @@ from torch import Tensor, nn
 
 from kdci_ray.kdci.label_shift import (
     adjusted_accuracy,
-    balanced_weights,
     em_prior,
     fit_class_bias,
-    fit_prior_scale,
     log_prior,
+    teacher_reference,
 )
 
 DEPLOYABLE = ("control", "em", "teacher_ref", "teacher_ref_scalar")  # label-free
@@ -86,12 +85,10 @@ def biases(counts: Tensor, test_logits: Tensor, test_labels: Tensor, *,
         log_em = torch.log(em.double().clamp_min(1e-6))
         out["em"] = -(log_em - log_em.mean()).float()
     if heldout_student is not None and heldout_teacher is not None and len(heldout_student):
-        probs = torch.softmax(heldout_teacher.double(), dim=1)
-        weights = balanced_weights(probs, probs.mean(0))
-        out["teacher_ref"] = fit_class_bias(heldout_student, probs, weights, ridge=ridge)
-        tau = fit_prior_scale(heldout_student, probs, direction, weights, ridge=ridge)
-        out["teacher_ref_scalar"] = -tau * direction
-        metrics["shift/tau"] = tau
+        out["teacher_ref"], _ = teacher_reference(heldout_student, heldout_teacher, ridge=ridge)
+        out["teacher_ref_scalar"], tau = teacher_reference(heldout_student, heldout_teacher,
+                                                           direction, ridge=ridge)
+        metrics["shift/tau"] = float(tau)
         metrics["shift/bias_norm"] = float(out["teacher_ref"].norm())
     one_hot = torch.nn.functional.one_hot(test_labels, test_logits.shape[1]).double()
     out["oracle"] = fit_class_bias(test_logits, one_hot, ridge=ridge)

@@ -7,7 +7,7 @@ import math
 
 from kdci_ray.errors import ConfigError
 from kdci_ray.experiments.dfkd.config import CHOICES, ExperimentConfig
-from kdci_ray.methods import METHODS
+from kdci_ray.methods import METHODS, Method
 from kdci_ray.train.resources import parse_resources
 
 
@@ -43,10 +43,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_archs(cfg)
     _check_run(cfg)
     _check_shift(cfg)
-    if not cfg.kdci.train_through and cfg.kdci.fusion != "log_prior":
-        raise ConfigError(
-            f"kdci.train_through=false (a post-hoc adjustment) needs kdci.fusion=log_prior: the "
-            f"{cfg.kdci.fusion} fusion's attention learns only through the KD loss")
+    _check_post_hoc(cfg)
     if not (math.isfinite(cfg.kdci.tau) and cfg.kdci.tau != 0):
         raise ConfigError(f"config key 'kdci.tau' must be a finite non-zero factor, got "
                           f"{cfg.kdci.tau}")
@@ -94,6 +91,31 @@ def validate(cfg: ExperimentConfig) -> None:
             "kdci.backend=cuml runs full k-means only; use kdci.algorithm=auto or full with "
             "cuml, or kdci.backend=sklearn for the mini-batch path"
         )
+
+
+def _check_post_hoc(cfg: ExperimentConfig) -> None:
+    """Post-hoc adjustments: ``log_prior`` may be either; ``teacher_ref`` must be post hoc and
+    needs held-out substitution inputs (``Method.heldout_batch``)."""
+    kc = cfg.kdci
+    reference = kc.fusion in ("teacher_ref", "teacher_ref_scalar")
+    if not kc.train_through and kc.fusion in ("softmax", "expectation", "scaled"):
+        raise ConfigError(
+            f"kdci.train_through=false (a post-hoc adjustment) needs a fixed fusion (log_prior, "
+            f"teacher_ref, teacher_ref_scalar): the {kc.fusion} fusion's attention learns only "
+            f"through the KD loss")
+    if kc.enabled and reference and kc.train_through:
+        raise ConfigError(f"kdci.fusion={kc.fusion} is fitted after training (post hoc): set "
+                          f"kdci.train_through: false")
+    if kc.enabled and reference and (cfg.shift.heldout < 1 or
+                                     not _has_heldout(METHODS[cfg.method])):
+        raise ConfigError(
+            f"kdci.fusion={kc.fusion} fits on held-out substitution inputs: '{cfg.method}' "
+            f"{'draws none' if cfg.shift.heldout >= 1 else 'gets none with shift.heldout: 0'}; "
+            f"use dfnd or fast with shift.heldout > 0, or another fusion")
+
+
+def _has_heldout(method_cls: type[Method]) -> bool:
+    return method_cls.heldout_batch is not Method.heldout_batch
 
 
 def _check_shift(cfg: ExperimentConfig) -> None:
