@@ -341,13 +341,20 @@ def test_a_tune_state_naming_a_deleted_checkpoint_still_resumes(
 def test_a_trial_that_fails_once_is_restarted_from_its_checkpoint_and_recorded(
         tiny_settings, ray_session, tmp_path, trainer: str) -> None:
     """Ray Train restarts its worker group; Tune retries a ``tune_trial`` trial: both continue
-    from the latest checkpoint, and both record the failure the same way."""
+    from the latest checkpoint, and both record the failure the same way. Checkpoints every 2
+    rounds and a failure after round 3: the retry starts from round 2 and reports round 3 again;
+    ``metrics.jsonl`` and TensorBoard show it once (the retry's), each step once and in order,
+    with the trial's HParams session."""
+    from tensorboard.plugins.hparams import api_pb2
+    from test_tensorboard_hparams import BOOKKEEPING, _hparams, _start_values
+
     config = tmp_path / "fail.yaml"
-    config.write_text(yaml.safe_dump({**tiny_settings, "method": "dafl", "train.rounds": 4,
-                                      "train.eval_every": 1, "run.inject_failure_round": 2,
-                                      "run.trainer": trainer}, sort_keys=False))
+    config.write_text(yaml.safe_dump({
+        **tiny_settings, "method": "dafl", "train.rounds": 4, "train.eval_every": 1,
+        "run.checkpoint_every": 2, "run.inject_failure_round": 3, "run.trainer": trainer,
+        "search": {"train.kd_steps": [2]}}, sort_keys=False))
     out = tmp_path / "sweep"
-    plan = plan_sweep(config, output=str(out), single=True)
+    plan = plan_sweep(config, output=str(out))
     check_inputs(plan, log=lambda m: None)
     prepare_output(plan, overwrite=False)
     outcome = run_sweep(plan)
@@ -358,8 +365,24 @@ def test_a_trial_that_fails_once_is_restarted_from_its_checkpoint_and_recorded(
     assert len(failures) == 1 and "InjectedFailure" in failures[0]["error"]
     resumes = [json.loads(x) for x in (trial / "resumes.jsonl").read_text().splitlines()]
     assert [r["round"] for r in resumes] == [2]  # restarted from round 2's checkpoint
-    rounds = [r["round"] for r in _reports(trial)]
-    assert rounds == [1, 2, 3, 4]  # nothing repeated: the restart continued at round 3
+    reports = _reports(trial)
+    assert [r["round"] for r in reports] == [1, 2, 3, 4]  # round 3 once: the retry's
     row = pd.read_csv(out / "summary.csv").iloc[0]
     assert row["finished"] and row["rounds_done"] == 4
     assert row["failures"] == 1 and row["resumes"] == 1
+
+    assert len(list(trial.glob("events.out.tfevents.*"))) == 2  # one per attempt
+    events = EventAccumulator(str(trial))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("eval/acc")]
+    assert steps == sorted(set(steps)) == [int(r["step"]) for r in reports]
+    assert events.Scalars("eval/acc")[-1].value == pytest.approx(reports[-1]["eval/acc"])
+    tags = set(events.Tags()["scalars"])
+    assert {"eval/acc", "train/loss", "lr", "time/elapsed_s"} <= tags
+    assert not tags & BOOKKEEPING
+    hp = _hparams(events)
+    assert _start_values(hp["session_start_info"]) == {
+        "method": "dafl", "kdci.enabled": False, "kdci.k": 4.0, "seed": 0.0,
+        "train.kd_steps": 2.0}
+    assert [m.name.tag for m in hp["experiment"].experiment.metric_infos] == ["eval/acc"]
+    assert hp["session_end_info"].session_end_info.status == api_pb2.STATUS_SUCCESS

@@ -221,5 +221,5 @@ def test_a_sweep_killed_ten_times_ends_as_if_run_once(tiny_settings, tmp_path) -
     assert continuations >= 1
     most = max(trials, key=lambda t: resumes_column[t.name])
     _assert_as_uninterrupted({**settings, "train.rounds": rounds[most.name]}, most)
-    print(f"{KILLS} kills ({', '.join(moments)}), {continuations} continuations; "
-          f"{elapsed:.0f} s in all")
+    print(f"{KILLS} kills ({', '.join(moments)}), {continuations} continuations, "
+          f"{len(finished_before)} trial(s) finished before a kill; {elapsed:.0f} s in all")

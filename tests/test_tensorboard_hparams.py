@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
@@ -172,45 +171,5 @@ def test_a_stopped_run_ends_its_session_as_failed_and_vanilla_has_no_kdci_metric
     assert _start_values(hp["session_start_info"])["kdci.enabled"] is False
 
 
-@pytest.mark.parametrize("trainer", ["tune_trial", "ray_train"])
-def test_a_trial_restarted_from_its_checkpoint_shows_each_step_once_with_its_hparams(
-        tiny_settings, ray_session, tmp_path, trainer: str) -> None:
-    """Checkpoints every 2 rounds, a failure after round 3: Tune retries the trial (Ray Train
-    restarts its worker group) from round 2, which reports round 3 again; TensorBoard shows
-    round 3 once (the retry's)."""
-    from kdci_ray.engine import check_inputs, plan_sweep, run_sweep
-    from kdci_ray.engine.sweep_dir import prepare_output
-
-    config = tmp_path / "fail.yaml"
-    config.write_text(yaml.safe_dump({
-        **tiny_settings, "method": "dafl", "train.rounds": 4, "train.eval_every": 1,
-        "run.checkpoint_every": 2, "run.inject_failure_round": 3, "run.trainer": trainer,
-        "search": {"train.kd_steps": [2]}}, sort_keys=False))
-    out = tmp_path / "sweep"
-    plan = plan_sweep(config, output=str(out))
-    check_inputs(plan, log=lambda m: None)
-    prepare_output(plan, overwrite=False)
-    outcome = run_sweep(plan)
-    assert outcome.errors == [] and not outcome.interrupted
-
-    (trial,) = [p for p in out.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
-    records = [json.loads(x) for x in (trial / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1, 2, 3, 4]  # round 3 once: the retry's
-    assert len(list(trial.glob("events.out.tfevents.*"))) == 2
-    assert [r["round"] for r in _records(trial / "resumes.jsonl")] == [2]
-
-    events = _events(trial)
-    steps = [e.step for e in events.Scalars("eval/acc")]
-    assert steps == sorted(set(steps)) and len(steps) == 4  # strictly increasing, no duplicate
-    assert steps == [int(r["step"]) for r in records]
-    assert events.Scalars("eval/acc")[-1].value == pytest.approx(records[-1]["eval/acc"])
-    tags = set(events.Tags()["scalars"])
-    assert {"eval/acc", "train/loss", "lr", "time/elapsed_s"} <= tags
-    assert not tags & BOOKKEEPING
-
-    hp = _hparams(events)
-    values = _start_values(hp["session_start_info"])
-    assert values == {"method": "dafl", "kdci.enabled": False, "kdci.k": 4.0, "seed": 0.0,
-                      "train.kd_steps": 2.0}
-    assert [m.name.tag for m in hp["experiment"].experiment.metric_infos] == ["eval/acc"]
-    assert hp["session_end_info"].session_end_info.status == api_pb2.STATUS_SUCCESS
+# A real trial restarted from its checkpoint (each step once, its HParams session): the fail-once
+# test of tests/test_interrupt_resume.py, for both trainers.
