@@ -129,15 +129,16 @@ def test_prebuild_scores_in_batches_bit_identical_to_the_one_shot_pass(tiny_sett
     assert seen["kmeans"] == [64]
     monkeypatch.undo()
 
-    # the one-shot pass it replaced: the whole subset normalised, scored, clustered with seed 0
+    # the one-shot pass it replaced: the whole subset normalised, scored, clustered with the
+    # pool's seed (a build-once dictionary's clustering seed is the pool's draw, pool.seed)
     job = _PoolJob(cfg, lambda msg: None, 1)
     subset = job.select()
     kdci = KDCI(cfg.kdci, job.data.num_classes, job.rt.device, seed=cfg.seed,
                 score_batch=cfg.train.batch_size)
     s = kdci.config
     logits = teacher_logits(job.teacher, job.ctx.normalize(subset.images[:64]), kdci.score_batch)
-    ref = build_dictionary(logits.float().cpu(), s.k, s.pca_dim, 0, s.n_init, s.backend,
-                           s.algorithm)
+    ref = build_dictionary(logits.float().cpu(), s.k, s.pca_dim, cfg.pool.seed, s.n_init,
+                           s.backend, s.algorithm)
     stored = torch.load(entry["path"], weights_only=True)
     assert torch.equal(stored["prototypes"], ref.prototypes)
     assert torch.equal(stored["proportions"], ref.proportions)

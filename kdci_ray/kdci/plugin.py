@@ -84,10 +84,10 @@ class KDCI:
     round); ``wrap``: makes the attention module data-parallel (the runtime's; identity on one
     rank); ``source_model``: the other pre-trained model of ``kdci.source: model``, whose logits
     are clustered instead of the teacher's; ``store``: where build-once dictionaries are saved
-    and shared (None: never stored; those are clustered with seed 0 so that every trial of a
-    sweep shares one, the Table 4 ablations applied after loading, with the trial's seed);
-    ``dictionary_seed``: the clustering seed of those (the pool's draw, ``pool.seed``: 0 unless
-    every seed draws its own pool).
+    and shared (None: never stored); those are clustered with ``dictionary_seed``, not the
+    trial's seed, so that every trial of a sweep on one pool shares one (the pool's draw,
+    ``pool.seed``: 0 unless every seed draws its own pool), the Table 4 ablations applied after
+    loading, with the trial's seed.
     """
 
     def __init__(self, config: KDCIConfig, num_classes: int, device: torch.device, *,
