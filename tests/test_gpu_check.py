@@ -22,7 +22,8 @@ def test_gpu_check_runs_every_cpu_path(repo_root, tmp_path) -> None:
                  "ddp-torchrun+kdci", "ray-train+kdci", "dictionary-prebuild-actor",
                  "skdcgn-smoke", "speed/amp-bf16", "speed/tf32", "speed/channels-last"}
                 | {f"kd/{m}{k}" for m in methods for k in ("", "+kdci")}
-                | {f"resume/{m}+kdci" for m in methods})
+                | {f"resume/{m}+kdci" for m in methods}
+                | {"label-shift/dfnd", "label-shift/fast"})
     assert expected | GPU_ONLY == set(lines)
     assert {name for name, line in lines.items() if line["status"] == "SKIP"} == GPU_ONLY
     assert all(lines[name]["status"] == "PASS" for name in expected)

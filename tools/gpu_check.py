@@ -10,8 +10,9 @@ elsewhere is trusted), on smoke schedules. What it checks:
 
 - the environment: torch's CUDA and the device's name; cuML and CuPy; the cuML tests (they must
   run, not skip); the 600k x 100 dictionary with cuML against scikit-learn (time ratio, inertia);
-- each DFKD method on the device without and with KDCI; the KD step's host-device
-  synchronisations (``torch.cuda.set_sync_debug_mode``: at most one per step);
+- each DFKD method on the device without and with KDCI; the label-shift paths (class-balanced
+  KD, the post-hoc readings, the ``teacher_ref_scalar`` fusion) on DFND and Fast; the KD step's
+  host-device synchronisations (``torch.cuda.set_sync_debug_mode``: at most one per step);
 - resume on the device of every method (a failure injected after the first checkpoint, the
   checkpoint read back with ``map_location="cpu"``, the run continued; on a GPU with
   ``run.deterministic`` it must end bit-identical to the uninterrupted run, as on the CPU);
@@ -231,6 +232,27 @@ def check_kd(c: Checker, method: str, kdci: bool) -> str:
         raise RuntimeError(f"the run did not finish: {final}")
     kdci_part = f", acc_kdci {final['eval/acc_kdci']:.3f}" if kdci else ""
     return f"{int(final['step'])} KD steps, acc {final['eval/acc']:.3f}{kdci_part}"
+
+
+def check_label_shift(c: Checker, method: str) -> str:
+    """The label-shift paths of issue 25 on the device: a skewed run with class-balanced KD,
+    the post-hoc readings and the ``teacher_ref_scalar`` fusion (its bias fitted on held-out
+    inputs, loaded into the deployable module)."""
+    from kdci_ray.experiments.dfkd import resolve
+    from kdci_ray.train.loop import Collect, distill
+    from kdci_ray.train.readings import READINGS
+
+    cfg = resolve(settings(c.device, method, True, **{
+        "kdci.fusion": "teacher_ref_scalar", "kdci.train_through": False,
+        "shift.imbalance": 8.0, "shift.readings": True, "shift.heldout": 32,
+        "train.balance_beta": 1.0}))
+    rep = Collect()
+    final = distill(cfg, rep)
+    missing = [r for r in READINGS if f"eval/acc_{r}" not in final]
+    if not final.get("finished") or missing or "eval/acc_kdci" not in final:
+        raise RuntimeError(f"the run did not finish with every reading (missing {missing})")
+    return (f"acc {final['eval/acc']:.3f}, teacher_ref_scalar {final['eval/acc_kdci']:.3f} "
+            f"(tau {final['shift/tau']:.2f}), oracle {final['eval/acc_oracle']:.3f}")
 
 
 def check_syncs(c: Checker) -> str:
@@ -491,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         for kdci in (False, True):
             c.run(f"kd/{method}{'+kdci' if kdci else ''}",
                   lambda m=method, k=kdci: check_kd(c, m, k))
+    for method in ("dfnd", "fast"):
+        c.run(f"label-shift/{method}", lambda m=method: check_label_shift(c, m))
     c.run("kd-step-syncs", lambda: check_syncs(c))
     for method in METHODS:
         c.run(f"resume/{method}+kdci", lambda m=method: check_resume(c, m))
