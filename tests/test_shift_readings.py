@@ -155,6 +155,8 @@ def test_teacher_ref_fusion_trains_as_vanilla_and_ships_its_fitted_bias(tiny_set
         resolve(tiny_settings, {**over, "kdci.train_through": True})
     with pytest.raises(ConfigError, match="held-out"):
         resolve(tiny_settings, {**over, "method": "dafl"})
+    with pytest.raises(ConfigError, match="leaves out"):  # DFND keeping the whole pool
+        resolve(tiny_settings, {**over, "dfnd.select_n": 0})
 
 
 def test_the_report_section_pairs_every_reading_and_arm_by_seed() -> None:

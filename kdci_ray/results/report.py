@@ -357,8 +357,7 @@ def _summary_section(summary_markdown: str) -> list[str]:
 def report_markdown(title: str, rows: pd.DataFrame, summary_markdown: str, gains: pd.DataFrame,
                     paths: dict[str, Path | None], searched: list[Path],
                     smoke: bool = False, readings: list[str] | None = None) -> str:
-    """The text of ``report.md``; a smoke sweep's says so before anything else. ``readings``:
-    the label-shift section (``shift_readings``), after the comparisons."""
+    """The text of ``report.md``: a smoke sweep's says so first; ``readings`` follow comparisons."""
     lines = [f"# {title}", "", *([SMOKE_NOTE, ""] if smoke else []), headline(rows, gains), ""]
     lines += _figures(paths, searched, gains)
     lines += comparison_section(rows)

@@ -112,6 +112,12 @@ def _check_post_hoc(cfg: ExperimentConfig) -> None:
             f"kdci.fusion={kc.fusion} fits on held-out substitution inputs: '{cfg.method}' "
             f"{'draws none' if cfg.shift.heldout >= 1 else 'gets none with shift.heldout: 0'}; "
             f"use dfnd or fast with shift.heldout > 0, or another fusion")
+    selection = METHODS[cfg.method].open_world_selection(cfg.method_config)
+    if kc.enabled and reference and selection and not 0 < selection[1] < cfg.pool.size:
+        raise ConfigError(
+            f"kdci.fusion={kc.fusion} fits on the pool images the selection leaves out, and "
+            f"{cfg.method}.select_n={selection[1]} keeps all {cfg.pool.size}: lower the "
+            f"selection size below pool.size")
 
 
 def _has_heldout(method_cls: type[Method]) -> bool:
