@@ -157,7 +157,8 @@ class KDCIAttention(nn.Module):
         return float(self.prototypes.shape[0] * torch.sigmoid(self.scale_logit.detach()))
 
     def count(self, teacher_logits: Tensor) -> None:
-        """Add a KD batch's teacher arg-max to the realised class histogram (``log_prior``)."""
+        """Add a KD batch's teacher arg-max to the realised class histogram (``log_prior``).
+        Under DDP the module's buffers are broadcast from rank 0, so the counts are rank 0's."""
         classes = torch.arange(self.class_counts.numel(), device=teacher_logits.device)
         hits = (teacher_logits.detach().argmax(1, keepdim=True) == classes).sum(0)
         self.class_counts += hits.to(self.class_counts)

@@ -178,7 +178,8 @@ class KDCI:
                       class_counts: Tensor, ridge: float) -> dict[str, float]:
         """``teacher_ref``: fit the class bias from both models' logits on held-out
         substitution inputs (the scalar variant along the realised log prior of
-        ``class_counts``) and load it; its metrics."""
+        ``class_counts``) and load it; its metrics. Under DDP every rank fits on its own
+        held-out draw; ``student.pt`` (rank 0's) holds rank 0's bias."""
         direction = None
         if self.config.fusion == "teacher_ref_scalar":
             direction = log_prior(class_counts.cpu())
