@@ -15,10 +15,12 @@ from torch import nn
 
 from kdci_ray.errors import ConfigError
 from kdci_ray.experiments.dfkd import resolve
+from kdci_ray.kdci import label_shift
+from kdci_ray.kdci.label_shift import balanced_weights_unchecked
 from kdci_ray.methods import METHODS
 from kdci_ray.methods.base import Method
 from kdci_ray.methods.losses import kd_loss, weighted_kd_loss
-from kdci_ray.train.kd_step import KDStep, _balanced_weights
+from kdci_ray.train.kd_step import KDStep
 from kdci_ray.train.loop import Collect, distill
 from kdci_ray.train.runtime import Runtime
 
@@ -39,23 +41,22 @@ def test_weights_have_mean_one_and_beta_zero_gives_ones() -> None:
     probs = F.softmax(torch.randn(32, 5, generator=g) * 3, dim=1)
     prior = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
     for beta in (0.5, 1.0, 2.0):
-        w = _balanced_weights(probs, prior, beta)
+        w = balanced_weights_unchecked(probs, prior, beta)
         assert w.shape == (32,) and w.dtype == torch.float32
         assert w.mean().item() == pytest.approx(1.0, abs=1e-6)
         assert w.std().item() > 0.05  # not a constant
         expected = (probs.double() / prior.double()).sum(1) ** beta
         assert torch.allclose(w.double(), expected / expected.mean(), atol=1e-6)
-    assert torch.equal(_balanced_weights(probs, prior, 0.0), torch.ones(32))
+    assert torch.equal(balanced_weights_unchecked(probs, prior, 0.0), torch.ones(32))
 
 
-def test_the_step_helper_agrees_with_label_shift_balanced_weights() -> None:
-    """The KD step's device-only helper is ``label_shift.balanced_weights`` without its checks."""
-    label_shift = pytest.importorskip("kdci_ray.kdci.label_shift")
+def test_the_step_helper_agrees_with_label_shiftbalanced_weights_unchecked() -> None:
+    """What the KD step calls is ``label_shift.balanced_weights`` without its checks."""
     g = torch.Generator().manual_seed(1)
     probs = F.softmax(torch.randn(20, 4, generator=g) * 2, dim=1)
     prior = torch.tensor([0.7, 0.2, 0.1, 0.0])  # a class never seen: clamped to 1e-6
     for beta in (0.5, 1.0):
-        assert torch.allclose(_balanced_weights(probs, prior, beta),
+        assert torch.allclose(balanced_weights_unchecked(probs, prior, beta),
                               label_shift.balanced_weights(probs, prior, beta), atol=1e-6)
 
 

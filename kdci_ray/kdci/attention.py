@@ -51,6 +51,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kdci_ray.kdci.label_shift import smoothed_prior
+
 
 class KDCIAttention(nn.Module):
     """``forward(s) -> (s~, weights)``: the student's ``(B, C)`` logits adjusted by the prior of
@@ -172,8 +174,7 @@ class KDCIAttention(nn.Module):
     def log_prior(self) -> Tensor:
         """The positive control's ``(C,)`` adjustment: ``tau`` times the centred log of the
         realised prior, half a count per class (a class never seen stays finite)."""
-        c = self.class_counts  # as label_shift.log_prior, without its checks (no host read)
-        log_pi = torch.log((c + 0.5) / (c.sum() + 0.5 * c.numel()))
+        log_pi = torch.log(smoothed_prior(self.class_counts))  # no check, so no host read
         return self.tau * (log_pi - log_pi.mean())
 
     def prior(self, logits: Tensor) -> tuple[Tensor, Tensor]:

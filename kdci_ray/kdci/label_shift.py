@@ -23,8 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adjusted_accuracy", "balanced_weights", "em_prior", "fit_class_bias",
-           "fit_prior_scale", "log_prior", "realised_prior", "teacher_reference"]
+__all__ = ["adjusted_accuracy", "balanced_weights", "balanced_weights_unchecked", "em_prior",
+           "fit_class_bias", "fit_prior_scale", "log_prior", "realised_prior", "smoothed_prior",
+           "teacher_reference"]
 
 _ARMIJO = 1e-4
 _MAX_HALVINGS = 40
@@ -53,11 +54,18 @@ def realised_prior(counts: Tensor) -> Tensor:
     return out.to(torch.float32)
 
 
+def smoothed_prior(counts: Tensor) -> Tensor:
+    """Shares ``(n + 1/2) / (N + C/2)`` of a ``(C,)`` histogram (Jeffreys' half count: a class
+    never seen keeps a finite log), in the counts' dtype and device and without value checks, so
+    a KD step can call it without reading the device back."""
+    c = counts.detach()
+    return (c + 0.5) / (c.sum() + 0.5 * c.numel())
+
+
 def log_prior(counts: Tensor) -> Tensor:
     """Centred log prior ``log((n + 1/2) / (N + C/2))`` minus its class mean (Jeffreys' half count
     keeps a class never seen finite). Returns ``(C,)`` summing to ~0."""
-    c = _counts64(counts)
-    lp = torch.log((c + 0.5) / (c.sum() + 0.5 * c.numel()))
+    lp = torch.log(smoothed_prior(_counts64(counts)))
     return (lp - lp.mean()).to(torch.float32)
 
 
@@ -102,18 +110,26 @@ def em_prior(probs: Tensor, source_prior: Tensor | None = None, iters: int = 200
     return (prior / prior.sum()).to(torch.float32)
 
 
+def balanced_weights_unchecked(probs: Tensor, prior: Tensor, beta: float) -> Tensor:
+    """:func:`balanced_weights`' math, in float64, returned as float32 on the device, without
+    its value checks (they read the device back to the host): what a KD step calls, its one
+    read being the loss's non-finite check, where a non-finite weight shows up."""
+    p = probs.detach().double()
+    w = (p / prior.detach().double().clamp_min(1e-6)).sum(dim=1) ** float(beta)
+    return (w / w.mean()).float()
+
+
 def balanced_weights(probs: Tensor, prior: Tensor, beta: float = 1.0) -> Tensor:
     """Per-sample weights ``(sum_y probs[x, y] / prior[y]) ** beta`` normalised to mean 1
     (``prior`` clamped below at 1e-6); ``beta = 0`` gives all ones. Returns ``(N,)``."""
     p = _probs64(probs)
-    pr = _prior64(prior, p.shape[1], p.device, "prior").clamp_min(1e-6)
+    pr = _prior64(prior, p.shape[1], p.device, "prior")
     if beta == 0:
         return torch.ones(p.shape[0], dtype=torch.float32, device=probs.device)
-    w = (p / pr).sum(dim=1) ** float(beta)
-    mean = w.mean()
-    if not torch.isfinite(mean) or mean <= 0:
+    w = balanced_weights_unchecked(p, pr, beta)
+    if not torch.isfinite(w).all():
         raise ValueError("weights are degenerate (all zero or not finite)")
-    return (w / mean).to(torch.float32)
+    return w
 
 
 def _problem(student_logits: Tensor, target_probs: Tensor, weights: Tensor | None,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kdci_ray.kdci import KDCI
 from kdci_ray.kdci.collectives import collective_device
+from kdci_ray.kdci.label_shift import balanced_weights_unchecked, smoothed_prior
 from kdci_ray.methods import Method
 from kdci_ray.train.numerics import autocast, format_input
 from kdci_ray.train.runtime import Runtime
@@ -43,17 +44,6 @@ def nonfinite_loss(loss: Tensor, rt: Runtime) -> float | None:
     if inf:
         return value if math.isinf(value) else math.inf
     return None
-
-
-def _balanced_weights(probs: Tensor, prior: Tensor, beta: float) -> Tensor:
-    """``(N,)`` weights ``(sum_y probs[x, y] / prior[y]) ** beta`` normalised to mean 1 (``prior``
-    clamped below at 1e-6), detached, in float64 and returned as float32: the math of
-    ``kdci_ray.kdci.label_shift.balanced_weights`` without its value checks, which read the
-    device back to the host (a KD step keeps its one read for the non-finite check; a non-finite
-    weight shows up in the loss there)."""
-    p = probs.detach().double()
-    w = (p / prior.detach().double().clamp_min(1e-6)).sum(1) ** float(beta)
-    return (w / w.mean()).float()
 
 
 def nonfinite_weights(*modules: nn.Module | None) -> bool:
@@ -134,9 +124,8 @@ class KDStep:
         """``train.balance_beta``'s per-sample KD weights, on the device (no read back): the
         teacher's posteriors over the prior ``pi`` = its arg-max counts so far, this batch
         included, half-count smoothed ``(n + 1/2) / (N + C/2)``."""
-        counts = self.class_counts.double()
-        prior = (counts + 0.5) / (counts.sum() + 0.5 * self.num_classes)
-        return _balanced_weights(torch.softmax(t_logits.float(), dim=1), prior, beta)
+        prior = smoothed_prior(self.class_counts.double())
+        return balanced_weights_unchecked(torch.softmax(t_logits.float(), dim=1), prior, beta)
 
     def take_sums(self) -> dict[str, float]:
         """The summed step metrics since the last call, read back (an evaluation's one read)."""

@@ -260,14 +260,17 @@ class Distillation:
         logs."""
         cfg = self.cfg
         rare = int(torch.tensor(counts).argmin()) if cfg.shift.imbalance else None
-        fitted = self._fit_reference(counts)
+        reference = self.kdci is not None and self.kdci.needs_reference
+        readings = cfg.shift.readings and rnd + 1 == cfg.train.rounds
+        heldout = self._heldout_logits() if reference or readings else (None, None)
+        fitted = self._fit_reference(counts, *heldout) if reference else {}
         metrics = evaluate_student(self.student, self.kdci, self.data, self.rt, rare)
         metrics.update(fitted)
         if cfg.shift.imbalance or cfg.shift.readings:
             metrics.update(realised_prior_metrics(torch.tensor(counts)))
         posteriors = self.kd_step.take_posteriors()  # those since the last evaluation
-        if cfg.shift.readings and rnd + 1 == cfg.train.rounds:
-            metrics.update(self._readings(counts, rare, posteriors))
+        if readings:
+            metrics.update(self._readings(counts, rare, posteriors, *heldout))
         n = max(1, self.step - self.last_eval_step)
         metrics.update({k: v / n for k, v in self.kd_step.take_sums().items()})
         self.last_eval_step = self.step
@@ -287,21 +290,20 @@ class Distillation:
             return None, None
         return model_logits(self.student, heldout), model_logits(self.teacher, heldout)
 
-    def _fit_reference(self, counts: list[int]) -> dict[str, float]:
-        """``kdci.fusion: teacher_ref[_scalar]``: the class bias fitted before an evaluation."""
-        if self.kdci is None or not self.kdci.needs_reference:
-            return {}
-        student_h, teacher_h = self._heldout_logits()
+    def _fit_reference(self, counts: list[int], student_h: torch.Tensor,
+                       teacher_h: torch.Tensor) -> dict[str, float]:
+        """``kdci.fusion: teacher_ref[_scalar]``: the class bias fitted before an evaluation,
+        from both models' logits on the held-out inputs."""
         return self.kdci.fit_reference(student_h, teacher_h, torch.tensor(counts),
                                        self.cfg.shift.ridge)
 
-    def _readings(self, counts: list[int], rare: int | None,
-                  posteriors: torch.Tensor | None) -> dict[str, float]:
+    def _readings(self, counts: list[int], rare: int | None, posteriors: torch.Tensor | None,
+                  student_h: torch.Tensor | None,
+                  teacher_h: torch.Tensor | None) -> dict[str, float]:
         """The post-hoc label-shift readings of the final student (``shift.readings``,
         ``kdci_ray.train.readings``): nothing it does changes the student or a random stream."""
         cfg = self.cfg
         logits, labels = predict_logits(self.student, self.data, self.rt.device)
-        student_h, teacher_h = self._heldout_logits()
         return shift_readings(torch.tensor(counts), logits, labels,
                               kd_posteriors=posteriors,
                               heldout_student=student_h, heldout_teacher=teacher_h,
